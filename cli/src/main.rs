@@ -1,0 +1,269 @@
+//! `voike`: the command-line client of the `voiked` admin API.
+//!
+//! It finds the API at `--api`, `VOIKE_API`, the `api.addr` file of `--data-dir` (written by the
+//! daemon at start), or `127.0.0.1:8080`; and the token at `--token`, `VOIKE_ADMIN_TOKEN`, or the
+//! `admin.token` file of the data directory. Output is a table, or JSON with `--json`. Errors are
+//! one line on stderr and a non-zero exit status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use voike_protocol::api::{ErrorBody, InviteRequest, InviteResponse, NodesResponse, SelfInfo};
+
+/// Command-line client of the voiked admin API.
+#[derive(Debug, Parser)]
+#[command(name = "voike", version, about)]
+struct Args {
+    /// Admin API address, `HOST:PORT` or a URL.
+    #[arg(long, global = true, env = "VOIKE_API")]
+    api: Option<String>,
+    /// Admin token (default: the data directory's admin.token).
+    #[arg(long, global = true, env = "VOIKE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Data directory of the local voiked (for its token and API address).
+    #[arg(long, global = true, env = "VOIKED_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// This node: id, mesh, addresses, roles.
+    Status,
+    /// Every known member with its connection state.
+    Peers,
+    /// Issue a join ticket (admins only).
+    Invite {
+        /// How long the ticket stays valid (e.g. 30m, 1h, 7d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Role granted: member or admin.
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+fn data_dir(args: &Args) -> PathBuf {
+    args.data_dir
+        .clone()
+        .or_else(|| dirs::data_dir().map(|d| d.join("voiked")))
+        .unwrap_or_else(|| PathBuf::from("voiked-data"))
+}
+
+impl Client {
+    fn new(args: &Args) -> anyhow::Result<Client> {
+        let dir = data_dir(args);
+        let api = match &args.api {
+            Some(a) => a.clone(),
+            None => std::fs::read_to_string(dir.join("api.addr"))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "127.0.0.1:8080".to_string()),
+        };
+        let base = if api.starts_with("http://") || api.starts_with("https://") {
+            api.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{api}")
+        };
+        let token = match &args.token {
+            Some(t) => t.clone(),
+            None => {
+                let path = dir.join("admin.token");
+                std::fs::read_to_string(&path)
+                    .map(|s| s.trim().to_string())
+                    .with_context(|| {
+                        format!(
+                            "no admin token: pass --token, set VOIKE_ADMIN_TOKEN, or point --data-dir at the node's data directory ({} is not readable)",
+                            path.display()
+                        )
+                    })?
+            }
+        };
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        Ok(Client { base, token, agent })
+    }
+
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let sent = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            (_, Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(b),
+            (_, None) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
+        };
+        let mut resp = match sent {
+            Ok(r) => r,
+            Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                bail!(
+                    "voiked is not running at {} (connection refused)",
+                    self.base
+                )
+            }
+            Err(ureq::Error::ConnectionFailed) => {
+                bail!("voiked is not running at {} (connection failed)", self.base)
+            }
+            Err(e) => bail!("cannot reach voiked at {}: {e}", self.base),
+        };
+        let status = resp.status();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("reading the response of {path}"))?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map(|e| format!("{} ({})", e.error.message, e.error.code))
+                .unwrap_or(text);
+            bail!("{path}: HTTP {}: {message}", status.as_u16());
+        }
+        serde_json::from_str(&text).map_err(|e| anyhow!("{path}: unexpected response: {e}"))
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints rows as a left-aligned table with a header.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let client = Client::new(&args)?;
+    match &args.command {
+        Cmd::Status => {
+            let s: SelfInfo = client.call("GET", "/mesh/self", None::<&()>)?;
+            if args.json {
+                return print_json(&s);
+            }
+            let rows = vec![
+                vec!["node".into(), s.node_id],
+                vec!["mesh".into(), s.mesh_id],
+                vec!["membership".into(), s.membership],
+                vec!["roles".into(), s.roles.join(", ")],
+                vec![
+                    "genesis".into(),
+                    if s.genesis { "yes" } else { "no" }.into(),
+                ],
+                vec![
+                    "members".into(),
+                    format!("{} known, {} connected", s.known_members, s.connected_peers),
+                ],
+                vec!["api".into(), s.api_addr],
+                vec!["listen".into(), s.listen_addrs.join("\n")],
+                vec!["version".into(), s.version],
+                vec![
+                    "uptime".into(),
+                    humantime::format_duration(Duration::from_secs(s.uptime_secs)).to_string(),
+                ],
+            ];
+            for row in rows {
+                let mut lines = row[1].lines();
+                println!("{:<11} {}", row[0], lines.next().unwrap_or(""));
+                for l in lines {
+                    println!("{:<11} {l}", "");
+                }
+            }
+        }
+        Cmd::Peers => {
+            let n: NodesResponse = client.call("GET", "/mesh/nodes", None::<&()>)?;
+            if args.json {
+                return print_json(&n);
+            }
+            let rows: Vec<Vec<String>> = n
+                .nodes
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.node_id.clone(),
+                        p.state.clone(),
+                        p.connection.clone().unwrap_or_else(|| "-".into()),
+                        p.rtt_ms
+                            .map(|r| format!("{r:.1}"))
+                            .unwrap_or_else(|| "-".into()),
+                        p.roles.join(","),
+                        p.addresses.first().cloned().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            table(
+                &["NODE", "STATE", "PATH", "RTT_MS", "ROLE", "ADDRESS"],
+                &rows,
+            );
+        }
+        Cmd::Invite { ttl, role } => {
+            let req = InviteRequest {
+                ttl: Some(ttl.clone()),
+                role: Some(role.clone()),
+            };
+            let r: InviteResponse = client.call("POST", "/mesh/invites", Some(&req))?;
+            if args.json {
+                return print_json(&r);
+            }
+            // The ticket alone on stdout, so that `voiked --join "$(voike invite)"` works.
+            println!("{}", r.ticket);
+            eprintln!("role {}, expires at unix time {}", r.role, r.expires_at);
+        }
+    }
+    Ok(())
+}

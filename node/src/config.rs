@@ -1,0 +1,431 @@
+//! Daemon configuration: embedded defaults, a TOML file, `VOIKED_*` environment variables and
+//! command-line flags, applied in that order (later wins).
+//!
+//! Environment variables name a key by its path, sections separated by a double underscore:
+//! `VOIKED_DATA_DIR`, `VOIKED_API__LISTEN`, `VOIKED_P2P__BOOTSTRAP`. Values are read as TOML
+//! (`VOIKED_P2P__MAX_PEERS=32`) or, failing that, as a string; lists also accept a comma-separated
+//! string. `VOIKED_LOG` (log filter) and `VOIKED_CONFIG` (config file) are not config keys.
+//! Every error names the key it is about. The full reference is `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Deserializer};
+
+/// Environment variables that are not config keys.
+const NON_KEY_VARS: &[&str] = &["VOIKED_LOG", "VOIKED_CONFIG"];
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Data directory (identity key, admin token, database). Default: `$XDG_DATA_HOME/voiked`,
+    /// i.e. `~/.local/share/voiked`.
+    pub data_dir: Option<PathBuf>,
+    /// `"human"` (default) or `"json"`.
+    pub log_format: LogFormat,
+    /// How long a graceful shutdown may take before the process exits anyway. Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub p2p: P2pConfig,
+    pub api: ApiConfig,
+}
+
+/// `[p2p]`: the libp2p swarm.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct P2pConfig {
+    /// Listen multiaddrs. Default: TCP and QUIC on `0.0.0.0` port 4747. Port 0 picks a free port.
+    #[serde(deserialize_with = "multiaddrs")]
+    pub listen: Vec<Multiaddr>,
+    /// Extra bootstrap peers to dial, besides those in a join ticket and known members.
+    #[serde(deserialize_with = "multiaddrs")]
+    pub bootstrap: Vec<Multiaddr>,
+    /// A join ticket (`voike1...`), used on first start only.
+    pub join: Option<String>,
+    /// Longest wait between two dial attempts to an unreachable peer. Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub redial_max: Duration,
+    /// How long a new connection may stay without a valid membership proof. Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Interval of libp2p pings on each connection (RTT measurement). Default `"15s"`.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Most members this node keeps connections to. Default 64.
+    pub max_peers: usize,
+}
+
+/// `[api]`: the admin HTTP API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Listen address. Default `127.0.0.1:8080`. Must be a loopback address unless
+    /// `allow_remote` is set.
+    pub listen: SocketAddr,
+    /// Allow a non-loopback `listen` address. Default false.
+    pub allow_remote: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: None,
+            log_format: LogFormat::Human,
+            shutdown_timeout: Duration::from_secs(10),
+            p2p: P2pConfig::default(),
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        P2pConfig {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4747"
+                    .parse()
+                    .expect("valid default multiaddr"),
+                "/ip4/0.0.0.0/udp/4747/quic-v1"
+                    .parse()
+                    .expect("valid default multiaddr"),
+            ],
+            bootstrap: Vec::new(),
+            join: None,
+            redial_max: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(15),
+            max_peers: 64,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allow_remote: false,
+        }
+    }
+}
+
+/// Command-line values that override the file and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Vec<Multiaddr>,
+    pub api: Option<SocketAddr>,
+    pub join: Option<String>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// A configuration error; the message names the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid value for key `{key}` ({origin}): {message}")]
+    Key {
+        key: String,
+        origin: String,
+        message: String,
+    },
+    #[error("environment variable {var} is not valid UTF-8")]
+    Env { var: String },
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then `VOIKED_*` variables from `env`, then `overrides`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: e.message().to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut env_keys = Vec::new();
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("VOIKED_") else {
+                continue;
+            };
+            if NON_KEY_VARS.contains(&var.as_str()) || rest.is_empty() {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            env_keys.push((path.join("."), var.clone()));
+            insert_path(&mut table, &path, parse_env_value(&value));
+        }
+        let origin_of = |key: &str| -> String {
+            env_keys
+                .iter()
+                .find(|(k, _)| {
+                    key == k
+                        || key.starts_with(&format!("{k}["))
+                        || key.starts_with(&format!("{k}."))
+                })
+                .map(|(_, var)| format!("from environment variable {var}"))
+                .unwrap_or_else(|| match file {
+                    Some(p) => format!("from config file {}", p.display()),
+                    None => "from defaults".to_string(),
+                })
+        };
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::Key {
+                    origin: origin_of(&key),
+                    message: e.into_inner().message().to_string(),
+                    key,
+                }
+            })?;
+        config.apply(overrides);
+        config.check().map_err(|(key, message)| ConfigError::Key {
+            origin: origin_of(key),
+            key: key.to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: Overrides) {
+        if let Some(d) = o.data_dir {
+            self.data_dir = Some(d);
+        }
+        if !o.listen.is_empty() {
+            self.p2p.listen = o.listen;
+        }
+        if let Some(a) = o.api {
+            self.api.listen = a;
+        }
+        if let Some(j) = o.join {
+            self.p2p.join = Some(j);
+        }
+        self.p2p.bootstrap.extend(o.bootstrap);
+        if let Some(f) = o.log_format {
+            self.log_format = f;
+        }
+    }
+
+    /// Checks rules that types alone do not express.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.p2p.listen.is_empty() {
+            return Err((
+                "p2p.listen",
+                "at least one listen address is required".into(),
+            ));
+        }
+        if !self.api.allow_remote && !self.api.listen.ip().is_loopback() {
+            return Err((
+                "api.listen",
+                format!(
+                    "{} is not a loopback address; the admin API is for local use (set api.allow_remote = true to override)",
+                    self.api.listen
+                ),
+            ));
+        }
+        if self.p2p.redial_max < Duration::from_secs(1) {
+            return Err(("p2p.redial_max", "must be at least 1s".into()));
+        }
+        if self.p2p.handshake_timeout < Duration::from_millis(100) {
+            return Err(("p2p.handshake_timeout", "must be at least 100ms".into()));
+        }
+        if self.p2p.ping_interval < Duration::from_secs(1) {
+            return Err(("p2p.ping_interval", "must be at least 1s".into()));
+        }
+        if self.p2p.max_peers == 0 {
+            return Err(("p2p.max_peers", "must be at least 1".into()));
+        }
+        if self.shutdown_timeout < Duration::from_millis(100) {
+            return Err(("shutdown_timeout", "must be at least 100ms".into()));
+        }
+        Ok(())
+    }
+
+    /// The data directory, from the config or the per-user default.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+}
+
+/// `$XDG_DATA_HOME/voiked`, or `./voiked-data` when there is no home directory.
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .map(|d| d.join("voiked"))
+        .unwrap_or_else(|| PathBuf::from("voiked-data"))
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn insert_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(t) = entry {
+                insert_path(t, rest, value);
+            }
+        }
+    }
+}
+
+/// A list of multiaddrs, given as a TOML array or a comma-separated string.
+fn multiaddrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<String>),
+        One(String),
+    }
+    let items = match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    };
+    items
+        .into_iter()
+        .map(|s| {
+            s.parse::<Multiaddr>()
+                .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a multiaddr: {e}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), text).expect("write");
+        f
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::load(None, env(&[]), Overrides::default()).expect("defaults");
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.p2p.listen.len(), 2);
+        assert!(c.p2p.listen[0].to_string().ends_with("/tcp/4747"));
+        assert!(c.p2p.listen[1].to_string().ends_with("/udp/4747/quic-v1"));
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let f = file(
+            "data_dir = \"/from/file\"\n[api]\nlisten = \"127.0.0.1:9000\"\n[p2p]\nmax_peers = 5\n",
+        );
+        let c = Config::load(
+            Some(f.path()),
+            env(&[
+                ("VOIKED_API__LISTEN", "127.0.0.1:9001"),
+                ("VOIKED_P2P__MAX_PEERS", "7"),
+                ("HOME", "/x"),
+            ]),
+            Overrides {
+                api: Some("127.0.0.1:9002".parse().expect("addr")),
+                ..Overrides::default()
+            },
+        )
+        .expect("load");
+        assert_eq!(c.data_dir, Some(PathBuf::from("/from/file")));
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:9002");
+        assert_eq!(c.p2p.max_peers, 7);
+    }
+
+    #[test]
+    fn env_lists_accept_commas() {
+        let c = Config::load(
+            None,
+            env(&[(
+                "VOIKED_P2P__LISTEN",
+                "/ip4/127.0.0.1/tcp/0, /ip4/127.0.0.1/udp/0/quic-v1",
+            )]),
+            Overrides::default(),
+        )
+        .expect("load");
+        assert_eq!(c.p2p.listen.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let f = file("[p2p]\nlisten = [\"not-a-multiaddr\"]\n");
+        let e = Config::load(Some(f.path()), env(&[]), Overrides::default()).expect_err("bad");
+        assert!(e.to_string().contains("`p2p.listen`"), "{e}");
+
+        let f = file("[api]\nlistn = \"127.0.0.1:1\"\n");
+        let e = Config::load(Some(f.path()), env(&[]), Overrides::default()).expect_err("bad");
+        assert!(e.to_string().contains("listn"), "{e}");
+
+        let e = Config::load(
+            None,
+            env(&[("VOIKED_SHUTDOWN_TIMEOUT", "soon")]),
+            Overrides::default(),
+        )
+        .expect_err("bad");
+        assert!(e.to_string().contains("`shutdown_timeout`"), "{e}");
+        assert!(e.to_string().contains("VOIKED_SHUTDOWN_TIMEOUT"), "{e}");
+
+        let f = file("[api]\nlisten = \"0.0.0.0:8080\"\n");
+        let e = Config::load(Some(f.path()), env(&[]), Overrides::default()).expect_err("bad");
+        assert!(e.to_string().contains("`api.listen`"), "{e}");
+
+        let f = file("this is [ not toml");
+        let e = Config::load(Some(f.path()), env(&[]), Overrides::default()).expect_err("bad");
+        assert!(e.to_string().contains("not valid TOML"), "{e}");
+    }
+}

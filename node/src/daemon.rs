@@ -1,0 +1,141 @@
+//! Starting and stopping a node: files in the data directory, the store, the swarm, the API,
+//! signals and graceful shutdown.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+use voike_storage::{Store, keyfile};
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::mesh::MeshState;
+use crate::swarm::{EventLoop, behaviour};
+
+/// File names inside the data directory.
+pub const KEY_FILE: &str = "node.key";
+pub const TOKEN_FILE: &str = "admin.token";
+pub const DB_FILE: &str = "state.redb";
+/// Written at start with the bound admin API address, removed on clean shutdown.
+pub const API_ADDR_FILE: &str = "api.addr";
+
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| {
+                format!("cannot create data directory {} (data_dir)", dir.display())
+            })?;
+    }
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read data directory {}", dir.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!(
+            "data directory {} is not a directory (data_dir)",
+            dir.display()
+        );
+    }
+    if meta.permissions().mode() & 0o002 != 0 {
+        anyhow::bail!(
+            "data directory {} is writable by everyone; run `chmod 700 {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs a node until SIGINT/SIGTERM (returns `Ok`) or a fatal error such as a refused join.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.data_dir();
+    prepare_data_dir(&data_dir)?;
+    let (key, created) = keyfile::load_or_create_identity(&data_dir.join(KEY_FILE))?;
+    let token = keyfile::load_or_create_token(&data_dir.join(TOKEN_FILE))?;
+    let peer_id = key.public().to_peer_id();
+    info!(node = %peer_id, data_dir = %data_dir.display(), new_identity = created, "starting voiked");
+
+    let (store, store_thread) = Store::open(&data_dir.join(DB_FILE))?;
+    let result = run_with_store(&config, &data_dir, key, token, store).await;
+
+    // Every Store clone is gone once run_with_store returned: the writer drains and exits.
+    let joined = tokio::task::spawn_blocking(move || store_thread.join());
+    if tokio::time::timeout(config.shutdown_timeout, joined)
+        .await
+        .is_err()
+    {
+        error!("store did not close within the shutdown timeout");
+    } else {
+        info!("store closed");
+    }
+    let _ = std::fs::remove_file(data_dir.join(API_ADDR_FILE));
+    result
+}
+
+async fn run_with_store(
+    config: &Config,
+    data_dir: &Path,
+    key: libp2p::identity::Keypair,
+    token: String,
+    store: Store,
+) -> anyhow::Result<()> {
+    let mesh = MeshState::open(key.clone(), store, config.p2p.join.as_deref()).await?;
+    let listener = TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind the admin API to {} (api.listen)",
+                config.api.listen
+            )
+        })?;
+    let api_addr = listener.local_addr()?;
+    let swarm = behaviour::build(key, config.p2p.ping_interval, config.p2p.handshake_timeout)?;
+    let (event_loop, handle) =
+        EventLoop::new(swarm, mesh, config.p2p.clone(), api_addr.to_string())?;
+    std::fs::write(data_dir.join(API_ADDR_FILE), format!("{api_addr}\n"))
+        .with_context(|| format!("cannot write {}", data_dir.join(API_ADDR_FILE).display()))?;
+    info!(%api_addr, "admin API listening");
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut swarm_task = tracker.spawn(event_loop.run(cancel.child_token()));
+    let app = api::router(ApiState {
+        swarm: handle,
+        token: Arc::new(token),
+    });
+    let api_cancel = cancel.child_token();
+    tracker.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { api_cancel.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            error!(%error, "admin API failed");
+        }
+    });
+    tracker.close();
+
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let result = tokio::select! {
+        _ = tokio::signal::ctrl_c() => { info!("SIGINT received; shutting down"); Ok(()) }
+        _ = sigterm.recv() => { info!("SIGTERM received; shutting down"); Ok(()) }
+        res = &mut swarm_task => match res {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("swarm task failed: {e}")),
+        },
+    };
+    cancel.cancel();
+    if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(timeout = ?config.shutdown_timeout, "tasks did not stop within the shutdown timeout");
+    }
+    result
+}

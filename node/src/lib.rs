@@ -1,0 +1,15 @@
+//! `voiked`, the VOIKE mesh daemon, as a library: the binary in `main.rs` parses flags and calls
+//! [`daemon::run`].
+//!
+//! # Layout
+//! - [`config`]: defaults, TOML file, `VOIKED_*` environment and flag layering.
+//! - [`daemon`]: data directory, identity, store, swarm and API start-up; signals and shutdown.
+//! - [`mesh`]: founding or joining a mesh and persisting its members.
+//! - [`swarm`]: the libp2p behaviour and the one event loop that owns the swarm.
+//! - [`api`]: the admin HTTP API.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod mesh;
+pub mod swarm;

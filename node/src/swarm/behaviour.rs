@@ -1,0 +1,92 @@
+//! The composed libp2p behaviour of a node and how the swarm is built.
+
+use std::time::Duration;
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, autonat, dcutr, identify, identity::Keypair, kad, noise,
+    ping, relay, request_response, tcp, tls, yamux,
+};
+use voike_protocol::wire::{self, Hello, HelloReply};
+
+/// Protocol of the mesh's private Kademlia DHT (kept apart from public DHTs).
+pub const KAD_PROTOCOL: &str = "/voike/kad/1.0.0";
+/// identify protocol version string; peers with another major version are not meshed with.
+pub const IDENTIFY_PROTOCOL: &str = "/voike/1.0.0";
+
+/// Every behaviour of the swarm, polled by the one event loop.
+#[allow(
+    missing_debug_implementations,
+    reason = "libp2p behaviours do not implement Debug"
+)]
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub relay: relay::client::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub member: request_response::cbor::Behaviour<Hello, HelloReply>,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub autonat: autonat::Behaviour,
+    pub dcutr: dcutr::Behaviour,
+}
+
+/// Builds the swarm: QUIC, and TCP with TLS (preferred) or noise, both multiplexed with yamux;
+/// relay client transport for NAT traversal.
+pub fn build(
+    key: Keypair,
+    ping_interval: Duration,
+    handshake_timeout: Duration,
+) -> anyhow::Result<Swarm<Behaviour>> {
+    let swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            (tls::Config::new, noise::Config::new),
+            yamux::Config::default,
+        )?
+        .with_quic()
+        .with_relay_client(
+            (tls::Config::new, noise::Config::new),
+            yamux::Config::default,
+        )?
+        .with_behaviour(|key, relay| {
+            let peer = key.public().to_peer_id();
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                    .with_agent_version(format!("voiked/{}", env!("CARGO_PKG_VERSION")))
+                    .with_interval(Duration::from_secs(15 * 60))
+                    .with_push_listen_addr_updates(true),
+            );
+            let ping = ping::Behaviour::new(ping::Config::new().with_interval(ping_interval));
+            let member = request_response::cbor::Behaviour::with_codec(
+                request_response::cbor::codec::Codec::default()
+                    .set_request_size_maximum(wire::MAX_HELLO_BYTES)
+                    .set_response_size_maximum(wire::MAX_REPLY_BYTES),
+                [(
+                    StreamProtocol::new(wire::MEMBER_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default().with_request_timeout(handshake_timeout),
+            );
+            let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(10 * 60)));
+            let mut kad =
+                kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
+            kad.set_mode(Some(kad::Mode::Server));
+            let autonat = autonat::Behaviour::new(peer, autonat::Config::default());
+            let dcutr = dcutr::Behaviour::new(peer);
+            Ok(Behaviour {
+                relay,
+                identify,
+                ping,
+                member,
+                kad,
+                autonat,
+                dcutr,
+            })
+        })?
+        // Members stay connected; connections are closed by the mesh logic, not by idleness.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+        .build();
+    Ok(swarm)
+}

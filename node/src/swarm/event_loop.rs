@@ -1,0 +1,879 @@
+//! The swarm event loop.
+//!
+//! Membership handshake: when the first connection to a peer opens, each side sends a
+//! [`Hello`] with its membership record. The receiver admits it through the mesh
+//! [`Directory`](voike_protocol::membership::Directory) and answers `Welcome` (with the members it
+//! knows and a receipt) or `Rejected` (and disconnects). Until a peer's hello has been admitted it
+//! is not a member: it is not listed, not synced with, and it is disconnected when
+//! `p2p.handshake_timeout` passes.
+//!
+//! Dialing: known members that are not connected are redialed with exponential backoff up to
+//! `p2p.redial_max`; bootstrap addresses (ticket, `--bootstrap`) are dialed the same way while no
+//! member is connected. The loop sleeps until the next deadline: an idle node does not tick.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use voike_protocol::api::{InviteResponse, NodeInfo, SelfInfo};
+use voike_protocol::membership::{AdmissionReceipt, Admitted};
+use voike_protocol::mesh::Role;
+use voike_protocol::ticket::{MAX_BOOTSTRAP_ADDRS, Ticket, TicketBody};
+use voike_protocol::wire::{
+    Hello, HelloReply, MAX_ADDRS_PER_MEMBER, MAX_MEMBERS_PER_REPLY, MAX_RECEIPTS, MemberInfo,
+    RejectCode,
+};
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use crate::config::P2pConfig;
+use crate::mesh::{MeshState, unix_now};
+
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// How long a rejected peer keeps its connection, so that the rejection reaches it.
+const REJECT_LINGER: Duration = Duration::from_secs(2);
+const COMMAND_QUEUE: usize = 64;
+
+/// Requests served by the event loop.
+#[derive(Debug)]
+pub enum Command {
+    SelfInfo {
+        reply: oneshot::Sender<SelfInfo>,
+    },
+    Nodes {
+        reply: oneshot::Sender<Vec<NodeInfo>>,
+    },
+    Ready {
+        reply: oneshot::Sender<bool>,
+    },
+    Invite {
+        ttl: Duration,
+        role: Role,
+        reply: oneshot::Sender<Result<InviteResponse, InviteError>>,
+    },
+}
+
+/// Why an invite could not be issued.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InviteError {
+    #[error("only admins can issue invites; this node's role is {0}")]
+    NotAdmin(Role),
+    #[error("this node has not joined its mesh yet")]
+    NotMember,
+    #[error("this node has no listen address to put in a ticket")]
+    NoAddress,
+    #[error("could not sign the ticket: {0}")]
+    Sign(String),
+}
+
+/// A cloneable handle to the event loop.
+#[derive(Clone, Debug)]
+pub struct SwarmHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl SwarmHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn self_info(&self) -> Option<SelfInfo> {
+        self.ask(|reply| Command::SelfInfo { reply }).await
+    }
+
+    pub async fn nodes(&self) -> Option<Vec<NodeInfo>> {
+        self.ask(|reply| Command::Nodes { reply }).await
+    }
+
+    pub async fn ready(&self) -> bool {
+        self.ask(|reply| Command::Ready { reply })
+            .await
+            .unwrap_or(false)
+    }
+
+    pub async fn invite(
+        &self,
+        ttl: Duration,
+        role: Role,
+    ) -> Option<Result<InviteResponse, InviteError>> {
+        self.ask(|reply| Command::Invite { ttl, role, reply }).await
+    }
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    /// Open connections and their remote addresses.
+    connections: HashMap<ConnectionId, Multiaddr>,
+    /// The peer presented a valid membership record on the current connections.
+    verified: bool,
+    connected_since: Option<Instant>,
+    rtt: Option<Duration>,
+    /// Addresses the peer listens on, as it or other members told us.
+    addrs: Vec<Multiaddr>,
+    next_dial: Option<Instant>,
+    backoff: Duration,
+    disconnect_at: Option<Instant>,
+}
+
+impl Peer {
+    fn connected(&self) -> bool {
+        !self.connections.is_empty()
+    }
+
+    fn relayed(&self) -> bool {
+        !self.connections.is_empty()
+            && self
+                .connections
+                .values()
+                .all(|a| a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
+    }
+}
+
+#[derive(Debug)]
+struct Bootstrap {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    next_dial: Instant,
+    backoff: Duration,
+}
+
+/// Owns the swarm and the mesh state.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    mesh: MeshState,
+    config: P2pConfig,
+    rx: mpsc::Receiver<Command>,
+    peers: HashMap<PeerId, Peer>,
+    bootstrap: Vec<Bootstrap>,
+    listen_addrs: Vec<Multiaddr>,
+    listeners_pending: usize,
+    api_addr: String,
+    started: Instant,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("peer_id", &self.mesh.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
+    if peer_of(addr).is_some() {
+        addr.clone()
+    } else {
+        addr.clone().with(Protocol::P2p(peer))
+    }
+}
+
+fn without_peer(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
+    addrs
+        .iter()
+        .take(MAX_ADDRS_PER_MEMBER)
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .map(|a| without_peer(&a))
+        .collect()
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.8 + rand::random::<f64>() * 0.4)
+}
+
+impl EventLoop {
+    /// Creates the loop and starts listening. `extra_bootstrap` comes from config and flags.
+    pub fn new(
+        mut swarm: Swarm<Behaviour>,
+        mesh: MeshState,
+        config: P2pConfig,
+        api_addr: String,
+    ) -> anyhow::Result<(EventLoop, SwarmHandle)> {
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (p2p.listen): {e}"))?;
+        }
+        let now = Instant::now();
+        let mut bootstrap_addrs: Vec<Multiaddr> = config.bootstrap.clone();
+        if let voike_protocol::membership::Admission::Ticket(t) = &mesh.own.body.admission
+            && !mesh.is_member()
+        {
+            bootstrap_addrs.extend(t.body.bootstrap.iter().filter_map(|a| a.parse().ok()));
+        }
+        let bootstrap = bootstrap_addrs
+            .into_iter()
+            .filter(|a| peer_of(a) != Some(mesh.peer_id))
+            .map(|addr| Bootstrap {
+                peer: peer_of(&addr),
+                addr,
+                next_dial: now,
+                backoff: INITIAL_BACKOFF,
+            })
+            .collect();
+        let mut peers: HashMap<PeerId, Peer> = HashMap::new();
+        for (peer, addrs) in mesh.stored_addrs()? {
+            if peer != mesh.peer_id {
+                let p = peers.entry(peer).or_default();
+                p.addrs = parse_addrs(&addrs);
+                p.next_dial = Some(now);
+                p.backoff = INITIAL_BACKOFF;
+            }
+        }
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let listeners_pending = config.listen.len();
+        Ok((
+            EventLoop {
+                swarm,
+                mesh,
+                config,
+                rx,
+                peers,
+                bootstrap,
+                listen_addrs: Vec::new(),
+                listeners_pending,
+                api_addr,
+                started: now,
+            },
+            SwarmHandle { tx },
+        ))
+    }
+
+    /// Runs until `cancel` fires (returns `Ok`) or a join is refused (returns the reason).
+    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let result = loop {
+            let wake = self.maintain();
+            tokio::select! {
+                _ = cancel.cancelled() => break Ok(()),
+                event = self.swarm.select_next_some() => {
+                    if let Err(e) = self.on_swarm_event(event).await {
+                        break Err(e);
+                    }
+                }
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break Ok(()),
+                },
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        };
+        self.close().await;
+        result
+    }
+
+    /// Closes every connection and listener before the swarm is dropped.
+    async fn close(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in &peers {
+            let _ = self.swarm.disconnect_peer_id(*p);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.swarm.connected_peers().next().is_some() {
+            tokio::select! {
+                _ = self.swarm.select_next_some() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        info!(peers = peers.len(), "closed p2p connections");
+    }
+
+    fn connected_members(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| p.verified && p.connected())
+            .count()
+    }
+
+    /// Dials whoever is due, disconnects whoever overstayed, and returns the next deadline.
+    fn maintain(&mut self) -> Instant {
+        let now = Instant::now();
+        let mut next = now + Duration::from_secs(3600);
+        let redial_max = self.config.redial_max;
+        let handshake = self.config.handshake_timeout;
+
+        // Unverified or rejected connections past their deadline.
+        let mut to_drop = Vec::new();
+        for (id, p) in &self.peers {
+            if !p.connected() {
+                continue;
+            }
+            let deadline = match (p.disconnect_at, p.verified, p.connected_since) {
+                (Some(at), _, _) => Some(at),
+                (None, false, Some(since)) => Some(since + handshake),
+                _ => None,
+            };
+            if let Some(at) = deadline {
+                if at <= now {
+                    to_drop.push(*id);
+                } else {
+                    next = next.min(at);
+                }
+            }
+        }
+        for id in to_drop {
+            debug!(peer = %id, "disconnecting peer without a valid membership proof");
+            let _ = self.swarm.disconnect_peer_id(id);
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.disconnect_at = None;
+                p.connected_since = None;
+            }
+        }
+
+        // Known members that are not connected.
+        let mut budget = self
+            .config
+            .max_peers
+            .saturating_sub(self.connected_members());
+        let members: Vec<PeerId> = self
+            .mesh
+            .directory
+            .members()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != self.mesh.peer_id)
+            .collect();
+        for id in members {
+            let p = self.peers.entry(id).or_insert_with(|| Peer {
+                backoff: INITIAL_BACKOFF,
+                next_dial: Some(now),
+                ..Peer::default()
+            });
+            if p.connected() || p.addrs.is_empty() || budget == 0 {
+                continue;
+            }
+            let due = *p.next_dial.get_or_insert(now);
+            if due > now {
+                next = next.min(due);
+                continue;
+            }
+            let opts = DialOpts::peer_id(id)
+                .addresses(p.addrs.clone())
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            p.next_dial = Some(now + jitter(p.backoff));
+            p.backoff = (p.backoff * 2).min(redial_max);
+            next = next.min(p.next_dial.unwrap_or(next));
+            budget -= 1;
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(peer = %id, error = %e, "dial not started");
+            }
+        }
+
+        // Bootstrap addresses while no member is connected (or while joining).
+        if self.connected_members() == 0 || !self.mesh.is_member() {
+            for b in &mut self.bootstrap {
+                if b.peer.is_some_and(|p| self.swarm.is_connected(&p)) {
+                    continue;
+                }
+                if b.next_dial > now {
+                    next = next.min(b.next_dial);
+                    continue;
+                }
+                b.next_dial = now + jitter(b.backoff);
+                b.backoff = (b.backoff * 2).min(redial_max);
+                next = next.min(b.next_dial);
+                let opts = match b.peer {
+                    Some(p) => DialOpts::peer_id(p)
+                        .addresses(vec![without_peer(&b.addr)])
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build(),
+                    None => DialOpts::unknown_peer_id().address(b.addr.clone()).build(),
+                };
+                debug!(addr = %b.addr, "dialing bootstrap peer");
+                if let Err(e) = self.swarm.dial(opts) {
+                    debug!(addr = %b.addr, error = %e, "bootstrap dial not started");
+                }
+            }
+        }
+        next
+    }
+
+    async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> anyhow::Result<()> {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address);
+                }
+                self.listeners_pending = self.listeners_pending.saturating_sub(1);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let remote = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => address.clone(),
+                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
+                };
+                debug!(peer = %peer_id, %remote, "connection established");
+                let p = self.peers.entry(peer_id).or_default();
+                p.connections.insert(connection_id, remote);
+                if num_established.get() == 1 {
+                    p.connected_since = Some(Instant::now());
+                    p.verified = false;
+                    let hello = self.hello();
+                    self.swarm
+                        .behaviour_mut()
+                        .member
+                        .send_request(&peer_id, hello);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                let is_member = self.mesh.directory.contains(&peer_id);
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.connections.remove(&connection_id);
+                    if num_established == 0 {
+                        if p.verified {
+                            info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "member disconnected");
+                        }
+                        p.verified = false;
+                        p.connected_since = None;
+                        p.disconnect_at = None;
+                        p.rtt = None;
+                        p.backoff = INITIAL_BACKOFF;
+                        p.next_dial = Some(Instant::now() + jitter(INITIAL_BACKOFF));
+                        if !is_member && p.addrs.is_empty() {
+                            self.peers.remove(&peer_id);
+                        }
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            record: self.mesh.own.clone(),
+            listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            receipts: self
+                .mesh
+                .receipts
+                .iter()
+                .take(MAX_RECEIPTS)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    async fn on_behaviour_event(&mut self, event: BehaviourEvent) -> anyhow::Result<()> {
+        match event {
+            BehaviourEvent::Member(event) => self.on_member_event(event).await?,
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != super::behaviour::IDENTIFY_PROTOCOL {
+                    debug!(peer = %peer_id, version = %info.protocol_version, "peer speaks another protocol version");
+                }
+                let addrs: Vec<Multiaddr> = info.listen_addrs.iter().map(without_peer).collect();
+                self.learn_addrs(peer_id, addrs).await;
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.rtt = Some(rtt);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Remembers a member's listen addresses (persisted when they change).
+    async fn learn_addrs(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
+        if peer == self.mesh.peer_id || addrs.is_empty() {
+            return;
+        }
+        addrs.truncate(MAX_ADDRS_PER_MEMBER);
+        addrs.dedup();
+        let is_member = self.mesh.directory.contains(&peer);
+        let p = self.peers.entry(peer).or_default();
+        if p.addrs == addrs {
+            return;
+        }
+        p.addrs = addrs.clone();
+        if is_member {
+            for a in &addrs {
+                self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+            }
+            let text: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            if let Err(error) = self.mesh.persist_addrs(&peer, &text).await {
+                warn!(%peer, %error, "could not store peer addresses");
+            }
+        }
+    }
+
+    async fn on_member_event(
+        &mut self,
+        event: request_response::Event<Hello, HelloReply>,
+    ) -> anyhow::Result<()> {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.on_hello(peer, request, channel).await,
+            request_response::Event::Message {
+                peer,
+                message: request_response::Message::Response { response, .. },
+                ..
+            } => return self.on_hello_reply(peer, response).await,
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "membership hello failed");
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "membership hello from peer failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn on_hello(&mut self, peer: PeerId, hello: Hello, channel: ResponseChannel<HelloReply>) {
+        let now = unix_now();
+        let receipts: Vec<AdmissionReceipt> =
+            hello.receipts.into_iter().take(MAX_RECEIPTS).collect();
+        let record = hello.record;
+        // A joining node checks the members it meets only structurally: it cannot judge freshness
+        // before it knows the mesh, and no fake member can make it a member.
+        let result = if self.mesh.is_member() {
+            self.mesh
+                .directory
+                .admit_presented(record.clone(), peer, &receipts, now)
+        } else if record.peer_id().ok() == Some(peer) {
+            self.mesh.directory.admit_known(record.clone())
+        } else {
+            Err(voike_protocol::membership::AdmissionError::NotOwnRecord {
+                presenter: peer.to_string(),
+                owner: record.peer_id().map(|p| p.to_string()).unwrap_or_default(),
+            })
+        };
+        let reply = match result {
+            Ok(admitted) => {
+                if admitted == Admitted::New {
+                    if let Err(error) = self.mesh.persist_member(&record).await {
+                        warn!(%peer, %error, "could not store membership record; refusing the peer for now");
+                        self.mesh_reject(
+                            peer,
+                            channel,
+                            RejectCode::Invalid,
+                            "the member could not store the record; try again".into(),
+                        );
+                        return;
+                    }
+                    info!(%peer, role = %record.body.role, "admitted new member");
+                }
+                let addrs = parse_addrs(&hello.listen_addrs);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.verified = true;
+                    p.disconnect_at = None;
+                    p.backoff = INITIAL_BACKOFF;
+                }
+                self.learn_addrs(peer, addrs).await;
+                info!(%peer, "member connected");
+                let receipt = if self.mesh.is_member() {
+                    AdmissionReceipt::issue(&self.mesh.key, &record, now).ok()
+                } else {
+                    None
+                };
+                HelloReply::Welcome {
+                    members: self.member_list(),
+                    receipt,
+                }
+            }
+            Err(error) => {
+                warn!(%peer, %error, "refused peer: not a member of this mesh");
+                self.mesh_reject(peer, channel, RejectCode::of(&error), error.to_string());
+                return;
+            }
+        };
+        if self
+            .swarm
+            .behaviour_mut()
+            .member
+            .send_response(channel, reply)
+            .is_err()
+        {
+            debug!(%peer, "peer left before the welcome was sent");
+        }
+    }
+
+    fn mesh_reject(
+        &mut self,
+        peer: PeerId,
+        channel: ResponseChannel<HelloReply>,
+        code: RejectCode,
+        reason: String,
+    ) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .member
+            .send_response(channel, HelloReply::Rejected { code, reason });
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.verified = false;
+            p.disconnect_at = Some(Instant::now() + REJECT_LINGER);
+        }
+    }
+
+    async fn on_hello_reply(&mut self, peer: PeerId, reply: HelloReply) -> anyhow::Result<()> {
+        match reply {
+            HelloReply::Welcome { members, receipt } => {
+                let receipt = receipt.filter(|r| {
+                    r.node == self.mesh.own.body.node
+                        && r.mesh_id == self.mesh.mesh_id()
+                        && r.verified_admitter() == Some(peer)
+                });
+                if !self.mesh.is_member() {
+                    // Only a peer that proved its own membership can admit us.
+                    if !self.peers.get(&peer).is_some_and(|p| p.verified) {
+                        debug!(%peer, "welcome from a peer that has not proven membership yet");
+                    }
+                    self.mesh.complete_join(receipt).await?;
+                } else if let Some(r) = receipt
+                    && self.mesh.receipts.len() < MAX_RECEIPTS
+                    && !self.mesh.receipts.iter().any(|x| x.admitter == r.admitter)
+                {
+                    self.mesh.complete_join(Some(r)).await?;
+                }
+                for info in members.into_iter().take(MAX_MEMBERS_PER_REPLY) {
+                    let Ok(id) = info.record.peer_id() else {
+                        continue;
+                    };
+                    if id == self.mesh.peer_id {
+                        continue;
+                    }
+                    match self.mesh.admit_relayed(info.record).await {
+                        Ok(true) => info!(peer = %id, via = %peer, "learned of member"),
+                        Ok(false) => {}
+                        Err(error) => {
+                            warn!(peer = %id, via = %peer, %error, "ignored relayed membership record")
+                        }
+                    }
+                    if self.mesh.directory.contains(&id) {
+                        let addrs = parse_addrs(&info.addrs);
+                        let known = self
+                            .peers
+                            .get(&id)
+                            .map(|p| p.addrs.is_empty())
+                            .unwrap_or(true);
+                        if known {
+                            self.learn_addrs(id, addrs).await;
+                        }
+                    }
+                }
+            }
+            HelloReply::Rejected { code, reason } => {
+                if !self.mesh.is_member() {
+                    anyhow::bail!("join rejected by {peer} ({code:?}): {reason}");
+                }
+                warn!(%peer, ?code, %reason, "peer refused our membership proof");
+            }
+        }
+        Ok(())
+    }
+
+    fn member_list(&self) -> Vec<MemberInfo> {
+        self.mesh
+            .directory
+            .members()
+            .take(MAX_MEMBERS_PER_REPLY)
+            .map(|(id, record)| {
+                let addrs: Vec<String> = if *id == self.mesh.peer_id {
+                    self.listen_addrs.iter().map(|a| a.to_string()).collect()
+                } else {
+                    self.peers
+                        .get(id)
+                        .map(|p| p.addrs.iter().map(|a| a.to_string()).collect())
+                        .unwrap_or_default()
+                };
+                MemberInfo {
+                    record: record.clone(),
+                    addrs,
+                }
+            })
+            .collect()
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::SelfInfo { reply } => {
+                let _ = reply.send(self.self_info());
+            }
+            Command::Nodes { reply } => {
+                let _ = reply.send(self.nodes());
+            }
+            Command::Ready { reply } => {
+                let _ = reply.send(self.mesh.is_member() && self.listeners_pending == 0);
+            }
+            Command::Invite { ttl, role, reply } => {
+                let _ = reply.send(self.invite(ttl, role));
+            }
+        }
+    }
+
+    fn self_info(&self) -> SelfInfo {
+        SelfInfo {
+            node_id: self.mesh.peer_id.to_string(),
+            mesh_id: self.mesh.mesh_id().to_string(),
+            listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            api_addr: self.api_addr.clone(),
+            roles: vec![self.mesh.role().to_string()],
+            genesis: self.mesh.is_genesis(),
+            membership: if self.mesh.is_member() {
+                "member"
+            } else {
+                "joining"
+            }
+            .to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            connected_peers: self.connected_members(),
+            known_members: self.mesh.directory.len(),
+        }
+    }
+
+    fn nodes(&self) -> Vec<NodeInfo> {
+        self.mesh
+            .directory
+            .members()
+            .map(|(id, record)| {
+                let roles = vec![record.body.role.to_string()];
+                if *id == self.mesh.peer_id {
+                    return NodeInfo {
+                        node_id: id.to_string(),
+                        addresses: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+                        connected: true,
+                        connection: None,
+                        rtt_ms: None,
+                        state: "self".into(),
+                        roles,
+                        joined_at: record.body.joined_at,
+                        is_self: true,
+                    };
+                }
+                let p = self.peers.get(id);
+                let connected = p.is_some_and(|p| p.connected() && p.verified);
+                NodeInfo {
+                    node_id: id.to_string(),
+                    addresses: p
+                        .map(|p| p.addrs.iter().map(|a| a.to_string()).collect())
+                        .unwrap_or_default(),
+                    connected,
+                    connection: p
+                        .filter(|_| connected)
+                        .map(|p| if p.relayed() { "relayed" } else { "direct" }.to_string()),
+                    rtt_ms: p
+                        .filter(|_| connected)
+                        .and_then(|p| p.rtt)
+                        .map(|r| r.as_secs_f64() * 1000.0),
+                    state: if connected {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    }
+                    .into(),
+                    roles,
+                    joined_at: record.body.joined_at,
+                    is_self: false,
+                }
+            })
+            .collect()
+    }
+
+    fn invite(&self, ttl: Duration, role: Role) -> Result<InviteResponse, InviteError> {
+        if !self.mesh.is_member() {
+            return Err(InviteError::NotMember);
+        }
+        if self.mesh.role() != Role::Admin {
+            return Err(InviteError::NotAdmin(self.mesh.role()));
+        }
+        let me = self.mesh.peer_id;
+        let mut bootstrap: Vec<String> = self
+            .listen_addrs
+            .iter()
+            .map(|a| with_peer(a, me).to_string())
+            .collect();
+        if bootstrap.is_empty() {
+            return Err(InviteError::NoAddress);
+        }
+        for (id, p) in &self.peers {
+            if p.verified && p.connected() {
+                bootstrap.extend(
+                    p.addrs
+                        .iter()
+                        .take(2)
+                        .map(|a| with_peer(a, *id).to_string()),
+                );
+            }
+        }
+        bootstrap.truncate(MAX_BOOTSTRAP_ADDRS);
+        let expires_at = unix_now().saturating_add(ttl.as_secs().max(1));
+        let body = TicketBody {
+            charter: self.mesh.directory.charter().clone(),
+            role,
+            expires_at,
+            nonce: rand::random(),
+            bootstrap: bootstrap.clone(),
+            issuer: Vec::new(),
+        };
+        let proof = (!self.mesh.is_genesis()).then(|| self.mesh.own.clone());
+        let ticket = Ticket::issue(&self.mesh.key, body, proof)
+            .map_err(|e| InviteError::Sign(e.to_string()))?;
+        let text = ticket
+            .encode()
+            .map_err(|e| InviteError::Sign(e.to_string()))?;
+        info!(%role, expires_at, "issued invite");
+        Ok(InviteResponse {
+            ticket: text,
+            role: role.to_string(),
+            expires_at,
+            bootstrap,
+        })
+    }
+}

@@ -1,0 +1,90 @@
+//! JSON bodies of the admin HTTP API, shared by `voiked` and the `voike` CLI.
+//!
+//! Field names are part of the interface (DESIGN.md §10); add fields, do not rename them.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /mesh/self`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SelfInfo {
+    pub node_id: String,
+    pub mesh_id: String,
+    /// Addresses the p2p listeners are bound to (after resolving port 0).
+    pub listen_addrs: Vec<String>,
+    /// The admin API's bound address.
+    pub api_addr: String,
+    pub roles: Vec<String>,
+    /// Whether this node founded the mesh.
+    pub genesis: bool,
+    /// `"member"`, or `"joining"` while a `--join` has not been accepted yet.
+    pub membership: String,
+    pub version: String,
+    pub uptime_secs: u64,
+    /// Members currently connected (not counting this node).
+    pub connected_peers: usize,
+    /// Members known (counting this node).
+    pub known_members: usize,
+}
+
+/// One member in `GET /mesh/nodes`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub addresses: Vec<String>,
+    /// Whether a connection to this member is open (always true for this node itself).
+    pub connected: bool,
+    /// `"direct"`, `"relayed"`, or null when not connected (and for this node itself).
+    pub connection: Option<String>,
+    /// Last ping round-trip time in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// `"self"`, `"connected"` or `"disconnected"`.
+    pub state: String,
+    pub roles: Vec<String>,
+    pub joined_at: u64,
+    pub is_self: bool,
+}
+
+/// `GET /mesh/nodes`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodesResponse {
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// `POST /mesh/invites` request; every field is optional.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteRequest {
+    /// Lifetime as a humantime duration (`"1h"`, `"30m"`); default one hour.
+    pub ttl: Option<String>,
+    /// `"member"` (default) or `"admin"`.
+    pub role: Option<String>,
+}
+
+/// `POST /mesh/invites` response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InviteResponse {
+    pub ticket: String,
+    pub role: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub expires_at: u64,
+    pub bootstrap: Vec<String>,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+}
+
+/// The body of every error response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: `unauthorized`, `not_found`, `bad_request`, `forbidden`, ...
+    pub code: String,
+    pub message: String,
+}

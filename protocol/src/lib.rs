@@ -1,0 +1,24 @@
+//! The VOIKE mesh protocol, without I/O.
+//!
+//! Everything two nodes (or a node and its admin client) must agree on lives here: mesh ids,
+//! admission tickets, self-certifying membership records and the rules that check them, the
+//! messages exchanged when two peers connect, and the JSON types of the admin API. Nothing here
+//! reads a clock, a file or a socket: callers pass `now` in, which keeps the rules testable and
+//! lets `simnet` drive them.
+//!
+//! # Layout
+//! - [`mesh`]: mesh charters, mesh ids and roles.
+//! - [`signing`]: domain-separated signatures and the key/peer id encodings used on the wire.
+//! - [`ticket`]: invitation tickets (`voike1...` strings) signed by an admin.
+//! - [`membership`]: membership records and the [`membership::Directory`] that admits them.
+//! - [`wire`]: the membership handshake messages peers exchange on every new connection.
+//! - [`api`]: request and response bodies of the admin HTTP API, shared with the `voike` CLI.
+
+pub mod api;
+pub mod membership;
+pub mod mesh;
+pub mod signing;
+pub mod ticket;
+pub mod wire;
+
+pub use libp2p_identity::{Keypair, PeerId, PublicKey};
