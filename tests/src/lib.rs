@@ -1,1 +1,434 @@
-//! placeholder
+//! Black-box test harness: starts real `voiked` processes and talks to them like users do.
+//!
+//! [`TestNode::spawn`] starts a daemon on loopback with ephemeral ports and a temporary data
+//! directory, waits for its admin API, and kills it on drop (printing its log if the test failed).
+//! Binaries come from the cargo target directory next to the test executable (`cargo test
+//! --workspace` builds them), or from `VOIKE_BIN_DIR`.
+//!
+//! # Layout
+//! Everything is in this file: [`TestNode`], [`Api`] responses, [`wait_for`] and [`bin`].
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Loopback listen flags with ephemeral ports.
+pub const LOOPBACK: &[&str] = &[
+    "--listen",
+    "/ip4/127.0.0.1/tcp/0",
+    "--listen",
+    "/ip4/127.0.0.1/udp/0/quic-v1",
+    "--api",
+    "127.0.0.1:0",
+];
+
+/// Path of a workspace binary (`voiked` or `voike`).
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("VOIKE_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // Tests run from target/<profile>/deps/, bench binaries from target/<profile>/.
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join(name))
+        .collect();
+    match candidates.iter().find(|p| p.exists()) {
+        Some(p) => p.clone(),
+        None => panic!(
+            "{name} not found next to {}: run the tests with `cargo test --workspace` (which builds it) or set VOIKE_BIN_DIR",
+            exe.display()
+        ),
+    }
+}
+
+/// An error that stops [`wait_for`] at once instead of being retried.
+#[derive(Debug)]
+pub struct Fatal(pub String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// Polls `check` until it returns `Ok(true)` or `timeout` passes; the error names `what`.
+/// Errors from `check` are retried (a daemon may not be listening yet) unless they are [`Fatal`].
+pub fn wait_for(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) if e.is::<Fatal>() => return Err(e),
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() >= deadline {
+            match last_err {
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                }
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An HTTP response: status and parsed JSON body (`Value::Null` if the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub status: u16,
+    pub body: Value,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+}
+
+/// Sends a request to `base` + `path` with an optional bearer token and JSON body.
+pub fn http(
+    method: &str,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> anyhow::Result<Api> {
+    let url = format!("{base}{path}");
+    let a = agent();
+    let resp = match method {
+        "GET" => {
+            let mut r = a.get(&url);
+            if let Some(t) = token {
+                r = r.header("Authorization", &format!("Bearer {t}"));
+            }
+            r.call()
+        }
+        "POST" => {
+            let mut r = a.post(&url);
+            if let Some(t) = token {
+                r = r.header("Authorization", &format!("Bearer {t}"));
+            }
+            match body {
+                Some(b) => r.send_json(b),
+                None => r.send_empty(),
+            }
+        }
+        "DELETE" => {
+            let mut r = a.delete(&url);
+            if let Some(t) = token {
+                r = r.header("Authorization", &format!("Bearer {t}"));
+            }
+            r.call()
+        }
+        other => bail!("unsupported method {other}"),
+    };
+    let mut resp = resp.with_context(|| format!("{method} {url}"))?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    Ok(Api {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+    })
+}
+
+/// A running (or stopped) `voiked` with its own data directory.
+#[derive(Debug)]
+pub struct TestNode {
+    pub name: String,
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    args: Vec<String>,
+    pub api: String,
+    pub token: String,
+    pub node_id: String,
+}
+
+impl TestNode {
+    /// Starts a node with a fresh data directory; `extra` are added to the loopback flags.
+    pub fn spawn(name: &str, extra: &[&str]) -> anyhow::Result<TestNode> {
+        let mut node = Self::create(name, extra)?;
+        node.start()?;
+        Ok(node)
+    }
+
+    /// A node with a fresh data directory that has not been started yet.
+    pub fn create(name: &str, extra: &[&str]) -> anyhow::Result<TestNode> {
+        let temp = tempfile::Builder::new()
+            .prefix(&format!("voike-{name}-"))
+            .tempdir()?;
+        let dir = temp.path().join("data");
+        Ok(TestNode {
+            name: name.to_string(),
+            dir,
+            _temp: Some(temp),
+            child: None,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            api: String::new(),
+            token: String::new(),
+            node_id: String::new(),
+        })
+    }
+
+    /// Starts a Genesis node (a new mesh).
+    pub fn genesis(name: &str) -> anyhow::Result<TestNode> {
+        Self::spawn(name, &[])
+    }
+
+    /// Starts a node that joins with `ticket`.
+    pub fn join(name: &str, ticket: &str) -> anyhow::Result<TestNode> {
+        Self::spawn(name, &["--join", ticket])
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.with_file_name(format!("{}.log", self.name))
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A `voiked` command with this node's data dir, loopback flags and extra args.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bin("voiked"));
+        c.arg("--data-dir")
+            .arg(&self.dir)
+            .args(LOOPBACK)
+            .args(&self.args);
+        c.env("VOIKED_LOG", "info,voiked=debug,libp2p=warn");
+        c.env_remove("VOIKED_CONFIG");
+        c
+    }
+
+    /// Starts the process and waits until its admin API answers.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let _ = fs::remove_file(self.dir.join("api.addr"));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning voiked")?;
+        self.child = Some(child);
+        let addr_file = self.dir.join("api.addr");
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{} to write api.addr", self.name),
+            || {
+                if let Some(status) = self.try_exit()? {
+                    return Err(Fatal(format!(
+                        "voiked exited early with {status}: {}",
+                        self.log()
+                    ))
+                    .into());
+                }
+                Ok(addr_file.exists())
+            },
+        )?;
+        self.api = format!("http://{}", fs::read_to_string(&addr_file)?.trim());
+        self.token = fs::read_to_string(self.dir.join("admin.token"))?
+            .trim()
+            .to_string();
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{} API", self.name),
+            || {
+                if let Some(status) = self.try_exit()? {
+                    return Err(Fatal(format!(
+                        "voiked exited early with {status}: {}",
+                        self.log()
+                    ))
+                    .into());
+                }
+                Ok(http("GET", &self.api, "/healthz", None, None)?.status == 200)
+            },
+        )?;
+        let me = self.get("/mesh/self")?;
+        self.node_id = me.body["node_id"].as_str().unwrap_or_default().to_string();
+        Ok(())
+    }
+
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process has exited (and with what).
+    pub fn try_exit(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match &mut self.child {
+            Some(c) => Ok(c.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let mut status = None;
+        wait_for(timeout, &format!("{} to exit", self.name), || {
+            status = self.try_exit()?;
+            Ok(status.is_some())
+        })?;
+        self.child = None;
+        status.context("exit status")
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<Api> {
+        http("GET", &self.api, path, Some(&self.token), None)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Api> {
+        http("POST", &self.api, path, Some(&self.token), Some(body))
+    }
+
+    /// Issues an invite and returns the ticket.
+    pub fn invite(&self, ttl: &str) -> anyhow::Result<String> {
+        let r = self.post("/mesh/invites", &serde_json::json!({ "ttl": ttl }))?;
+        if r.status != 201 {
+            bail!("invite failed: {} {}", r.status, r.body);
+        }
+        Ok(r.body["ticket"].as_str().context("ticket")?.to_string())
+    }
+
+    /// `GET /mesh/nodes` → `nodes`.
+    pub fn nodes(&self) -> anyhow::Result<Vec<Value>> {
+        let r = self.get("/mesh/nodes")?;
+        if r.status != 200 {
+            bail!("/mesh/nodes: {} {}", r.status, r.body);
+        }
+        Ok(r.body["nodes"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Whether this node lists `node_id` as a connected member.
+    pub fn sees_connected(&self, node_id: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .nodes()?
+            .iter()
+            .any(|n| n["node_id"] == node_id && n["connected"] == true))
+    }
+
+    /// Whether `node_id` appears in this node's member list at all.
+    pub fn lists(&self, node_id: &str) -> anyhow::Result<bool> {
+        Ok(self.nodes()?.iter().any(|n| n["node_id"] == node_id))
+    }
+
+    /// This node's p2p listen addresses with `/p2p/<id>`.
+    pub fn dial_addrs(&self) -> anyhow::Result<Vec<String>> {
+        let me = self.get("/mesh/self")?;
+        Ok(me.body["listen_addrs"]
+            .as_array()
+            .context("listen_addrs")?
+            .iter()
+            .filter_map(|a| a.as_str())
+            .map(|a| format!("{a}/p2p/{}", self.node_id))
+            .collect())
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("node is not running")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, sig)?;
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        self.signal(nix::sys::signal::Signal::SIGTERM)?;
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Ok(())
+    }
+
+    /// Starts the node again with the same data directory (and no `--join`).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.args.retain(|a| !a.starts_with("voike1"));
+        if let Some(i) = self.args.iter().position(|a| a == "--join") {
+            self.args.remove(i);
+        }
+        self.start()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- log of {} (last {} lines) ----", self.name, tail.len());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Runs `voike` with `args` against `node` and returns its output.
+pub fn voike(node: &TestNode, args: &[&str]) -> anyhow::Result<Output> {
+    Ok(Command::new(bin("voike"))
+        .arg("--data-dir")
+        .arg(&node.dir)
+        .args(args)
+        .env_remove("VOIKE_API")
+        .env_remove("VOIKE_ADMIN_TOKEN")
+        .output()?)
+}
+
+/// Runs `voiked` to completion (for commands and start-ups that must fail).
+pub fn voiked_output(args: &[&str], timeout: Duration) -> anyhow::Result<Output> {
+    let child = Command::new(bin("voiked"))
+        .args(args)
+        .env_remove("VOIKED_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => Ok(out?),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            bail!("voiked {args:?} did not exit within {timeout:?}")
+        }
+    }
+}

@@ -141,6 +141,17 @@ impl Peer {
     }
 }
 
+type HeldWelcome = (Vec<MemberInfo>, Option<AdmissionReceipt>);
+
+/// Who told us a peer's addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// The peer itself (identify, hello).
+    Peer,
+    /// Another member's member list.
+    Relayed,
+}
+
 #[derive(Debug)]
 struct Bootstrap {
     addr: Multiaddr,
@@ -159,6 +170,8 @@ pub struct EventLoop {
     bootstrap: Vec<Bootstrap>,
     listen_addrs: Vec<Multiaddr>,
     listeners_pending: usize,
+    /// Welcomes received before the sender's own hello was checked.
+    held_welcomes: HashMap<PeerId, HeldWelcome>,
     api_addr: String,
     started: Instant,
 }
@@ -256,6 +269,7 @@ impl EventLoop {
                 bootstrap,
                 listen_addrs: Vec::new(),
                 listeners_pending,
+                held_welcomes: HashMap::new(),
                 api_addr,
                 started: now,
             },
@@ -459,6 +473,7 @@ impl EventLoop {
                 if let Some(p) = self.peers.get_mut(&peer_id) {
                     p.connections.remove(&connection_id);
                     if num_established == 0 {
+                        self.held_welcomes.remove(&peer_id);
                         if p.verified {
                             info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "member disconnected");
                         }
@@ -505,7 +520,7 @@ impl EventLoop {
                     debug!(peer = %peer_id, version = %info.protocol_version, "peer speaks another protocol version");
                 }
                 let addrs: Vec<Multiaddr> = info.listen_addrs.iter().map(without_peer).collect();
-                self.learn_addrs(peer_id, addrs).await;
+                self.learn_addrs(peer_id, addrs, Source::Peer).await;
             }
             BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -521,24 +536,40 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Remembers a member's listen addresses (persisted when they change).
-    async fn learn_addrs(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
+    /// Remembers a member's listen addresses (persisted when they change). What the peer says
+    /// itself (`Source::Peer`) replaces what we knew; what another member relays is merged in
+    /// front of it. New addresses of a disconnected member make it due for a dial at once.
+    async fn learn_addrs(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, source: Source) {
         if peer == self.mesh.peer_id || addrs.is_empty() {
             return;
         }
-        addrs.truncate(MAX_ADDRS_PER_MEMBER);
-        addrs.dedup();
         let is_member = self.mesh.directory.contains(&peer);
         let p = self.peers.entry(peer).or_default();
-        if p.addrs == addrs {
+        let mut merged = addrs.clone();
+        if source == Source::Relayed {
+            merged.extend(p.addrs.iter().filter(|a| !addrs.contains(a)).cloned());
+        }
+        let mut seen = Vec::with_capacity(merged.len());
+        merged.retain(|a| {
+            let fresh = !seen.contains(a);
+            seen.push(a.clone());
+            fresh
+        });
+        merged.truncate(MAX_ADDRS_PER_MEMBER);
+        if p.addrs == merged {
             return;
         }
-        p.addrs = addrs.clone();
+        let has_new = merged.iter().any(|a| !p.addrs.contains(a));
+        p.addrs = merged.clone();
+        if has_new && !p.connected() {
+            p.next_dial = Some(Instant::now());
+            p.backoff = INITIAL_BACKOFF;
+        }
         if is_member {
-            for a in &addrs {
+            for a in &merged {
                 self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
             }
-            let text: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            let text: Vec<String> = merged.iter().map(|a| a.to_string()).collect();
             if let Err(error) = self.mesh.persist_addrs(&peer, &text).await {
                 warn!(%peer, %error, "could not store peer addresses");
             }
@@ -614,8 +645,13 @@ impl EventLoop {
                     p.disconnect_at = None;
                     p.backoff = INITIAL_BACKOFF;
                 }
-                self.learn_addrs(peer, addrs).await;
+                self.learn_addrs(peer, addrs, Source::Peer).await;
                 info!(%peer, "member connected");
+                if let Some((members, receipt)) = self.held_welcomes.remove(&peer)
+                    && let Err(error) = self.on_welcome(peer, members, receipt).await
+                {
+                    warn!(%peer, %error, "could not apply a held welcome");
+                }
                 let receipt = if self.mesh.is_member() {
                     AdmissionReceipt::issue(&self.mesh.key, &record, now).ok()
                 } else {
@@ -664,55 +700,61 @@ impl EventLoop {
     async fn on_hello_reply(&mut self, peer: PeerId, reply: HelloReply) -> anyhow::Result<()> {
         match reply {
             HelloReply::Welcome { members, receipt } => {
-                let receipt = receipt.filter(|r| {
-                    r.node == self.mesh.own.body.node
-                        && r.mesh_id == self.mesh.mesh_id()
-                        && r.verified_admitter() == Some(peer)
-                });
-                if !self.mesh.is_member() {
-                    // Only a peer that proved its own membership can admit us.
-                    if !self.peers.get(&peer).is_some_and(|p| p.verified) {
-                        debug!(%peer, "welcome from a peer that has not proven membership yet");
-                    }
-                    self.mesh.complete_join(receipt).await?;
-                } else if let Some(r) = receipt
-                    && self.mesh.receipts.len() < MAX_RECEIPTS
-                    && !self.mesh.receipts.iter().any(|x| x.admitter == r.admitter)
-                {
-                    self.mesh.complete_join(Some(r)).await?;
+                // Only a peer that proved its own membership can admit us or tell us about
+                // members; if its hello has not been checked yet, keep the welcome until it is.
+                if !self.peers.get(&peer).is_some_and(|p| p.verified) {
+                    debug!(%peer, "welcome before the peer's own proof; holding it");
+                    self.held_welcomes.insert(peer, (members, receipt));
+                    return Ok(());
                 }
-                for info in members.into_iter().take(MAX_MEMBERS_PER_REPLY) {
-                    let Ok(id) = info.record.peer_id() else {
-                        continue;
-                    };
-                    if id == self.mesh.peer_id {
-                        continue;
-                    }
-                    match self.mesh.admit_relayed(info.record).await {
-                        Ok(true) => info!(peer = %id, via = %peer, "learned of member"),
-                        Ok(false) => {}
-                        Err(error) => {
-                            warn!(peer = %id, via = %peer, %error, "ignored relayed membership record")
-                        }
-                    }
-                    if self.mesh.directory.contains(&id) {
-                        let addrs = parse_addrs(&info.addrs);
-                        let known = self
-                            .peers
-                            .get(&id)
-                            .map(|p| p.addrs.is_empty())
-                            .unwrap_or(true);
-                        if known {
-                            self.learn_addrs(id, addrs).await;
-                        }
-                    }
-                }
+                self.on_welcome(peer, members, receipt).await?;
             }
             HelloReply::Rejected { code, reason } => {
                 if !self.mesh.is_member() {
                     anyhow::bail!("join rejected by {peer} ({code:?}): {reason}");
                 }
                 warn!(%peer, ?code, %reason, "peer refused our membership proof");
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_welcome(
+        &mut self,
+        peer: PeerId,
+        members: Vec<MemberInfo>,
+        receipt: Option<AdmissionReceipt>,
+    ) -> anyhow::Result<()> {
+        let receipt = receipt.filter(|r| {
+            r.node == self.mesh.own.body.node
+                && r.mesh_id == self.mesh.mesh_id()
+                && r.verified_admitter() == Some(peer)
+        });
+        if !self.mesh.is_member() {
+            self.mesh.complete_join(receipt).await?;
+        } else if let Some(r) = receipt
+            && self.mesh.receipts.len() < MAX_RECEIPTS
+            && !self.mesh.receipts.iter().any(|x| x.admitter == r.admitter)
+        {
+            self.mesh.complete_join(Some(r)).await?;
+        }
+        for info in members.into_iter().take(MAX_MEMBERS_PER_REPLY) {
+            let Ok(id) = info.record.peer_id() else {
+                continue;
+            };
+            if id == self.mesh.peer_id {
+                continue;
+            }
+            match self.mesh.admit_relayed(info.record).await {
+                Ok(true) => info!(peer = %id, via = %peer, "learned of member"),
+                Ok(false) => {}
+                Err(error) => {
+                    warn!(peer = %id, via = %peer, %error, "ignored relayed membership record")
+                }
+            }
+            if self.mesh.directory.contains(&id) {
+                self.learn_addrs(id, parse_addrs(&info.addrs), Source::Relayed)
+                    .await;
             }
         }
         Ok(())

@@ -1,0 +1,108 @@
+//! Foundation figures: time from `voiked --join` to "connected on every member", and the idle
+//! footprint of a node in a 3-node loopback mesh.
+//!
+//! Run with release binaries: `cargo build --release --workspace --bins && cargo run --release
+//! -p voike-tests --bin bench-foundation -- [TRIALS] [IDLE_SECS]` (defaults 10 and 60).
+//! Prints figures; asserts nothing about speed.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use voike_tests::{TestNode, wait_for};
+
+/// (utime + stime in clock ticks, voluntary + involuntary context switches, VmRSS in KiB).
+fn proc_sample(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields after ")" start at field 3 (state); utime is field 14, stime 15.
+    let utime: u64 = fields[11].parse()?;
+    let stime: u64 = fields[12].parse()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let switches = field("voluntary_ctxt_switches:") + field("nonvoluntary_ctxt_switches:");
+    Ok((utime + stime, switches, field("VmRSS:")))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let trials: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(10);
+    let idle_secs: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(60);
+    println!("voiked binary: {}", voike_tests::bin("voiked").display());
+
+    let genesis = TestNode::genesis("bench-genesis")?;
+    let b = TestNode::join("bench-b", &genesis.invite("1h")?)?;
+    wait_for(Duration::from_secs(30), "b connected", || {
+        genesis.sees_connected(&b.node_id)
+    })?;
+
+    let mut times = Vec::new();
+    for i in 0..trials {
+        let ticket = genesis.invite("1h")?;
+        let started = Instant::now();
+        let mut c = TestNode::join(&format!("bench-c{i}"), &ticket)?;
+        wait_for(
+            Duration::from_secs(30),
+            "c listed as connected on every member",
+            || {
+                Ok(genesis.sees_connected(&c.node_id)?
+                    && b.sees_connected(&c.node_id)?
+                    && c.sees_connected(&genesis.node_id)?
+                    && c.sees_connected(&b.node_id)?)
+            },
+        )?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        println!("join trial {i}: {ms:.1} ms");
+        times.push(ms);
+        if i + 1 < trials {
+            c.stop()?;
+        } else {
+            // The last joiner stays for the idle measurement.
+            let pids = [genesis.pid(), b.pid(), c.pid()];
+            idle(&pids, idle_secs)?;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "join → connected on all members (3 nodes, loopback, includes process start): median {:.1} ms, min {:.1} ms, max {:.1} ms over {} trials",
+        percentile(&times, 0.5),
+        times[0],
+        times[times.len() - 1],
+        times.len()
+    );
+    Ok(())
+}
+
+fn idle(pids: &[Option<u32>], secs: u64) -> anyhow::Result<()> {
+    let ticks = 100.0; // USER_HZ on Linux
+    let pids: Vec<u32> = pids.iter().flatten().copied().collect();
+    let before: Vec<_> = pids
+        .iter()
+        .map(|p| proc_sample(*p))
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let elapsed = started.elapsed().as_secs_f64();
+    for (pid, (cpu0, sw0, _)) in pids.iter().zip(before) {
+        let (cpu1, sw1, rss) = proc_sample(*pid)?;
+        println!(
+            "idle node pid {pid} over {elapsed:.0} s: RSS {:.1} MiB, CPU {:.3} %, {:.2} context switches/s",
+            rss as f64 / 1024.0,
+            (cpu1 - cpu0) as f64 / ticks / elapsed * 100.0,
+            (sw1 - sw0) as f64 / elapsed
+        );
+    }
+    Ok(())
+}

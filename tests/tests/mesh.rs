@@ -1,0 +1,117 @@
+//! Joining a mesh and staying connected without Genesis.
+
+use std::time::Duration;
+
+use voike_tests::{TestNode, wait_for};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn all_see_all(nodes: &[&TestNode]) -> anyhow::Result<bool> {
+    for a in nodes {
+        for b in nodes {
+            if a.node_id != b.node_id && !a.sees_connected(&b.node_id)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+#[test]
+fn three_nodes_join_and_list_each_other_as_connected() -> anyhow::Result<()> {
+    let genesis = TestNode::genesis("genesis")?;
+    let b = TestNode::join("b", &genesis.invite("10m")?)?;
+    let c = TestNode::join("c", &genesis.invite("10m")?)?;
+    wait_for(
+        DEADLINE,
+        "every node to list all three as connected",
+        || all_see_all(&[&genesis, &b, &c]),
+    )?;
+    for n in [&genesis, &b, &c] {
+        let nodes = n.nodes()?;
+        assert_eq!(nodes.len(), 3, "{}: {nodes:?}", n.name);
+        for entry in &nodes {
+            if entry["is_self"] == true {
+                assert_eq!(entry["node_id"], n.node_id.as_str());
+                continue;
+            }
+            assert_eq!(entry["connection"], "direct", "{entry}");
+            assert!(
+                entry["addresses"].as_array().is_some_and(|a| !a.is_empty()),
+                "{entry}"
+            );
+        }
+        let me = n.get("/mesh/self")?.body;
+        assert_eq!(me["mesh_id"], genesis.get("/mesh/self")?.body["mesh_id"]);
+        assert_eq!(me["membership"], "member");
+        assert_eq!(n.get("/readyz")?.status, 200);
+    }
+    assert_eq!(genesis.get("/mesh/self")?.body["roles"][0], "admin");
+    assert_eq!(b.get("/mesh/self")?.body["roles"][0], "member");
+    // RTT appears once a ping has gone round.
+    wait_for(DEADLINE, "an rtt_ms on b's view of genesis", || {
+        Ok(b.nodes()?
+            .iter()
+            .any(|n| n["node_id"] == genesis.node_id.as_str() && n["rtt_ms"].is_number()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn members_stay_connected_without_genesis_and_genesis_rejoins_with_its_id() -> anyhow::Result<()> {
+    let mut genesis = TestNode::genesis("genesis")?;
+    let mut b = TestNode::join("b", &genesis.invite("10m")?)?;
+    let c = TestNode::join("c", &genesis.invite("10m")?)?;
+    wait_for(DEADLINE, "full mesh", || all_see_all(&[&genesis, &b, &c]))?;
+
+    let genesis_id = genesis.node_id.clone();
+    let status = genesis.stop()?;
+    assert!(status.success(), "graceful stop exits 0, got {status}");
+    wait_for(DEADLINE, "b and c to see genesis disconnected", || {
+        Ok(!b.sees_connected(&genesis_id)? && !c.sees_connected(&genesis_id)?)
+    })?;
+    assert!(
+        b.sees_connected(&c.node_id)?,
+        "b lost c when genesis stopped"
+    );
+    assert!(
+        c.sees_connected(&b.node_id)?,
+        "c lost b when genesis stopped"
+    );
+    // A member restart without Genesis: b comes back to c alone.
+    b.stop()?;
+    b.restart()?;
+    wait_for(DEADLINE, "b and c to reconnect without genesis", || {
+        all_see_all(&[&b, &c])
+    })?;
+
+    genesis.restart()?;
+    assert_eq!(genesis.node_id, genesis_id, "restart keeps the node id");
+    wait_for(DEADLINE, "genesis to rejoin", || {
+        all_see_all(&[&genesis, &b, &c])
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_member_invited_as_admin_can_invite_others() -> anyhow::Result<()> {
+    let genesis = TestNode::genesis("genesis")?;
+    let r = genesis.post(
+        "/mesh/invites",
+        &serde_json::json!({"ttl": "10m", "role": "admin"}),
+    )?;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let admin = TestNode::join("admin", r.body["ticket"].as_str().unwrap_or_default())?;
+    wait_for(DEADLINE, "admin joined", || {
+        genesis.sees_connected(&admin.node_id)
+    })?;
+    let member = TestNode::join("member", &admin.invite("10m")?)?;
+    wait_for(DEADLINE, "everyone connected", || {
+        all_see_all(&[&genesis, &admin, &member])
+    })?;
+    // A plain member cannot invite.
+    let r = member.post("/mesh/invites", &serde_json::json!({}))?;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "forbidden");
+    Ok(())
+}
