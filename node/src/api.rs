@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -174,7 +175,18 @@ async fn mesh_nodes(State(state): State<ApiState>) -> Result<Response, ApiError>
     Ok(Json(NodesResponse { nodes }).into_response())
 }
 
-async fn mesh_invite(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+async fn mesh_invite(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "bad_request"
+        };
+        ApiError::new(e.status(), code, e.body_text())
+    })?;
     let req: InviteRequest = if body.iter().all(u8::is_ascii_whitespace) {
         InviteRequest::default()
     } else {

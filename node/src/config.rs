@@ -54,7 +54,8 @@ pub struct P2pConfig {
     /// Interval of libp2p pings on each connection (RTT measurement). Default `"15s"`.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
-    /// Most members this node keeps connections to. Default 64.
+    /// Most members this node dials to keep connected (inbound connections are not counted
+    /// against it). Default 64.
     pub max_peers: usize,
 }
 
@@ -130,6 +131,32 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
 }
 
+impl Overrides {
+    /// The config keys these flags set.
+    fn keys(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.data_dir.is_some() {
+            keys.push("data_dir");
+        }
+        if !self.listen.is_empty() {
+            keys.push("p2p.listen");
+        }
+        if self.api.is_some() {
+            keys.push("api.listen");
+        }
+        if self.join.is_some() {
+            keys.push("p2p.join");
+        }
+        if !self.bootstrap.is_empty() {
+            keys.push("p2p.bootstrap");
+        }
+        if self.log_format.is_some() {
+            keys.push("log_format");
+        }
+        keys
+    }
+}
+
 /// A configuration error; the message names the key and where it came from.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -184,7 +211,11 @@ impl Config {
             env_keys.push((path.join("."), var.clone()));
             insert_path(&mut table, &path, parse_env_value(&value));
         }
+        let flag_keys = overrides.keys();
         let origin_of = |key: &str| -> String {
+            if flag_keys.contains(&key) {
+                return "from a command-line flag".to_string();
+            }
             env_keys
                 .iter()
                 .find(|(k, _)| {

@@ -18,6 +18,8 @@ use voike_storage::{Store, Table, WriteOp};
 const META_CHARTER: &[u8] = b"charter";
 const META_SELF_RECORD: &[u8] = b"self_record";
 const META_RECEIPTS: &[u8] = b"receipts";
+/// The ticket of a join that has not been accepted yet, so that a restart resumes it.
+const META_PENDING_JOIN: &[u8] = b"pending_join";
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
@@ -106,11 +108,29 @@ impl MeshState {
                 store,
             });
         }
+        let pending = store
+            .get(Table::Meta, META_PENDING_JOIN)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let join = match (join, pending) {
+            (Some(text), _) => Some(text.to_string()),
+            (None, Some(text)) => {
+                info!("resuming the unfinished join of a previous start");
+                Some(text)
+            }
+            (None, None) => None,
+        };
         if let Some(text) = join {
-            let ticket = Ticket::decode(text).context("invalid --join ticket")?;
+            let ticket = Ticket::decode(&text).context("invalid --join ticket")?;
             let charter = ticket.body.charter.clone();
             membership::verify_ticket(&ticket, &charter, 0).context("invalid --join ticket")?;
             membership::check_fresh(&ticket, now).context("invalid --join ticket")?;
+            store
+                .write(vec![WriteOp::Put {
+                    table: Table::Meta,
+                    key: META_PENDING_JOIN.to_vec(),
+                    value: text.trim().as_bytes().to_vec(),
+                }])
+                .await?;
             let own = MembershipRecord::redeem(&key, ticket, now)?;
             info!(mesh = %charter.id(), node = %peer_id, "joining mesh");
             return Ok(MeshState {
@@ -169,6 +189,10 @@ impl MeshState {
                     key: META_RECEIPTS.to_vec(),
                     value: postcard::to_stdvec(&self.receipts)?,
                 },
+                WriteOp::Delete {
+                    table: Table::Meta,
+                    key: META_PENDING_JOIN.to_vec(),
+                },
             ])
             .await?;
         Ok(())
@@ -188,6 +212,18 @@ impl MeshState {
 
     pub fn role(&self) -> Role {
         self.own.body.role
+    }
+
+    /// While joining, signs the own record again with the current time, so that a joiner that
+    /// waits long for a reachable member is not refused for clock skew.
+    pub fn refresh_pending_record(&mut self) -> anyhow::Result<()> {
+        if self.is_member() {
+            return Ok(());
+        }
+        if let voike_protocol::membership::Admission::Ticket(t) = &self.own.body.admission {
+            self.own = MembershipRecord::redeem(&self.key, t.clone(), unix_now())?;
+        }
+        Ok(())
     }
 
     /// Stores a newly admitted member's record.

@@ -10,6 +10,10 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Starts a node that is expected to be refused; returns its log after it exited non-zero.
 fn refused_join(name: &str, args: &[&str]) -> anyhow::Result<String> {
+    Ok(refused_node(name, args)?.log())
+}
+
+fn refused_node(name: &str, args: &[&str]) -> anyhow::Result<TestNode> {
     let mut intruder = TestNode::create(name, args)?;
     // Refused before or after its API came up: either way the process must exit non-zero.
     let _ = intruder.start();
@@ -18,7 +22,7 @@ fn refused_join(name: &str, args: &[&str]) -> anyhow::Result<String> {
         !status.success(),
         "{name} should exit non-zero, got {status}"
     );
-    Ok(intruder.log())
+    Ok(intruder)
 }
 
 fn assert_never_listed(members: &[&TestNode], log: &str) -> anyhow::Result<()> {
@@ -99,10 +103,18 @@ fn reused_ticket_is_refused_and_first_owner_keeps_it() -> anyhow::Result<()> {
     wait_for(DEADLINE, "first to join", || {
         genesis.sees_connected(&first.node_id)
     })?;
-    let log = refused_join("second", &["--join", &ticket])?;
+    let mut second = refused_node("second", &["--join", &ticket])?;
+    let log = second.log();
     assert!(log.contains("join rejected"), "{log}");
     assert!(log.contains("already used by node"), "{log}");
     assert_never_listed(&[&genesis, &first], &log)?;
+    // Restarted without --join, the refused node resumes its join (and is refused again)
+    // instead of quietly founding a mesh of its own.
+    let _ = second.restart();
+    assert!(!second.wait_exit(DEADLINE)?.success());
+    let log = second.log();
+    assert!(log.contains("resuming the unfinished join"), "{log}");
+    assert!(!log.contains("created a new mesh"), "{log}");
     assert!(genesis.sees_connected(&first.node_id)?);
     Ok(())
 }

@@ -11,7 +11,7 @@ use voike_protocol::wire::{self, Hello, HelloReply};
 
 /// Protocol of the mesh's private Kademlia DHT (kept apart from public DHTs).
 pub const KAD_PROTOCOL: &str = "/voike/kad/1.0.0";
-/// identify protocol version string; peers with another major version are not meshed with.
+/// identify protocol version string (informational: membership proofs decide who is meshed with).
 pub const IDENTIFY_PROTOCOL: &str = "/voike/1.0.0";
 
 /// Every behaviour of the swarm, polled by the one event loop.

@@ -11,11 +11,12 @@
 //! `p2p.redial_max`; bootstrap addresses (ticket, `--bootstrap`) are dialed the same way while no
 //! member is connected. The loop sleeps until the next deadline: an idle node does not tick.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -169,7 +170,8 @@ pub struct EventLoop {
     peers: HashMap<PeerId, Peer>,
     bootstrap: Vec<Bootstrap>,
     listen_addrs: Vec<Multiaddr>,
-    listeners_pending: usize,
+    /// Listeners that have not reported an address yet (readiness waits for them).
+    listeners_pending: HashSet<ListenerId>,
     /// Welcomes received before the sender's own hello was checked.
     held_welcomes: HashMap<PeerId, HeldWelcome>,
     api_addr: String,
@@ -214,6 +216,28 @@ fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
         .collect()
 }
 
+/// libp2p's TCP listeners set `SO_REUSEPORT` (for hole punching), so a second daemon on the same
+/// port would start and share connections with the first. Probe the port without it first.
+fn check_port_free(addr: &Multiaddr) -> anyhow::Result<()> {
+    let mut ip = None;
+    let mut tcp_port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(port) => tcp_port = Some(port),
+            _ => {}
+        }
+    }
+    if let (Some(ip), Some(port)) = (ip, tcp_port)
+        && port != 0
+        && let Err(e) = std::net::TcpListener::bind((ip, port))
+    {
+        anyhow::bail!("cannot listen on {addr} (p2p.listen): {e}; is another voiked running?");
+    }
+    Ok(())
+}
+
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.8 + rand::random::<f64>() * 0.4)
 }
@@ -226,10 +250,13 @@ impl EventLoop {
         config: P2pConfig,
         api_addr: String,
     ) -> anyhow::Result<(EventLoop, SwarmHandle)> {
+        let mut listeners_pending = HashSet::new();
         for addr in &config.listen {
-            swarm
+            check_port_free(addr)?;
+            let id = swarm
                 .listen_on(addr.clone())
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (p2p.listen): {e}"))?;
+            listeners_pending.insert(id);
         }
         let now = Instant::now();
         let mut bootstrap_addrs: Vec<Multiaddr> = config.bootstrap.clone();
@@ -258,7 +285,6 @@ impl EventLoop {
             }
         }
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let listeners_pending = config.listen.len();
         Ok((
             EventLoop {
                 swarm,
@@ -427,17 +453,29 @@ impl EventLoop {
 
     async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> anyhow::Result<()> {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } => {
                 info!(%address, "listening");
                 if !self.listen_addrs.contains(&address) {
                     self.listen_addrs.push(address);
                 }
-                self.listeners_pending = self.listeners_pending.saturating_sub(1);
+                self.listeners_pending.remove(&listener_id);
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| *a != address);
             }
             SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                addresses,
+            } => {
+                warn!(?reason, ?addresses, "listener closed");
+                self.listeners_pending.remove(&listener_id);
+                self.listen_addrs.retain(|a| !addresses.contains(a));
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -490,7 +528,11 @@ impl EventLoop {
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                debug!(peer = ?peer_id, %error, "dial failed");
+                if self.mesh.is_member() {
+                    debug!(peer = ?peer_id, %error, "dial failed");
+                } else {
+                    info!(peer = ?peer_id, %error, "cannot reach bootstrap peer yet; will retry");
+                }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event).await?,
             _ => {}
@@ -498,7 +540,10 @@ impl EventLoop {
         Ok(())
     }
 
-    fn hello(&self) -> Hello {
+    fn hello(&mut self) -> Hello {
+        if let Err(error) = self.mesh.refresh_pending_record() {
+            warn!(%error, "could not re-sign the joining record");
+        }
         Hello {
             record: self.mesh.own.clone(),
             listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
@@ -791,7 +836,7 @@ impl EventLoop {
                 let _ = reply.send(self.nodes());
             }
             Command::Ready { reply } => {
-                let _ = reply.send(self.mesh.is_member() && self.listeners_pending == 0);
+                let _ = reply.send(self.mesh.is_member() && self.listeners_pending.is_empty());
             }
             Command::Invite { ttl, role, reply } => {
                 let _ = reply.send(self.invite(ttl, role));
