@@ -105,16 +105,18 @@ async fn method_not_allowed() -> ApiError {
 }
 
 fn presented_token(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    {
-        return v.strip_prefix("Bearer ").map(str::trim);
-    }
-    headers
-        .get("x-voike-admin-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    bearer.or_else(|| {
+        headers
+            .get("x-voike-admin-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    })
 }
 
 fn same(a: &[u8], b: &[u8]) -> bool {

@@ -89,3 +89,29 @@ fn bad_invite_requests_are_400_and_name_the_field() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn token_header_variants_are_accepted_and_oversized_bodies_get_json_413() -> anyhow::Result<()> {
+    let node = TestNode::genesis("api")?;
+    let url = format!("{}/mesh/self", node.api);
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let lower = agent
+        .get(&url)
+        .header("Authorization", &format!("bearer {}", node.token))
+        .call()?;
+    assert_eq!(lower.status().as_u16(), 200);
+    let fallback = agent
+        .get(&url)
+        .header("Authorization", "Basic Zm9vOmJhcg==")
+        .header("x-voike-admin-token", &node.token)
+        .call()?;
+    assert_eq!(fallback.status().as_u16(), 200);
+    let big = serde_json::json!({"ttl": "x".repeat(100 * 1024)});
+    let r = node.post("/mesh/invites", &big)?;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "payload_too_large");
+    Ok(())
+}

@@ -18,8 +18,7 @@ fn proc_sample(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
     // Fields after ")" start at field 3 (state); utime is field 14, stime 15.
     let utime: u64 = fields[11].parse()?;
     let stime: u64 = fields[12].parse()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> u64 {
+    let field = |status: &str, name: &str| -> u64 {
         status
             .lines()
             .find(|l| l.starts_with(name))
@@ -27,8 +26,15 @@ fn proc_sample(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    let switches = field("voluntary_ctxt_switches:") + field("nonvoluntary_ctxt_switches:");
-    Ok((utime + stime, switches, field("VmRSS:")))
+    // Context switches are per thread: sum them over every thread of the process.
+    let mut switches = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let status = std::fs::read_to_string(task?.path().join("status")).unwrap_or_default();
+        switches += field(&status, "voluntary_ctxt_switches:")
+            + field(&status, "nonvoluntary_ctxt_switches:");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok((utime + stime, switches, field(&status, "VmRSS:")))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -98,7 +104,7 @@ fn idle(pids: &[Option<u32>], secs: u64) -> anyhow::Result<()> {
     for (pid, (cpu0, sw0, _)) in pids.iter().zip(before) {
         let (cpu1, sw1, rss) = proc_sample(*pid)?;
         println!(
-            "idle node pid {pid} over {elapsed:.0} s: RSS {:.1} MiB, CPU {:.3} %, {:.2} context switches/s",
+            "idle node pid {pid} over {elapsed:.0} s: RSS {:.1} MiB, CPU {:.3} %, {:.2} wake-ups (context switches, all threads)/s",
             rss as f64 / 1024.0,
             (cpu1 - cpu0) as f64 / ticks / elapsed * 100.0,
             (sw1 - sw0) as f64 / elapsed
