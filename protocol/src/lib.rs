@@ -12,9 +12,13 @@
 //! - [`ticket`]: invitation tickets (`voike1...` strings) signed by an admin.
 //! - [`membership`]: membership records and the [`membership::Directory`] that admits them.
 //! - [`wire`]: the membership handshake messages peers exchange on every new connection.
+//! - [`hlc`]: hybrid logical clocks with a bound on remote drift.
+//! - [`ledger`]: Truth Ledger entries, per-author hash chains, verification and anchors.
 //! - [`api`]: request and response bodies of the admin HTTP API, shared with the `voike` CLI.
 
 pub mod api;
+pub mod hlc;
+pub mod ledger;
 pub mod membership;
 pub mod mesh;
 pub mod signing;

@@ -7,9 +7,11 @@
 //!
 //! # Layout
 //! - [`store`]: the redb database, its versioned tables and the writer thread.
+//! - [`ledger`]: Truth Ledger chains: append with link checks, ranges, recent entries, verify.
 //! - [`keyfile`]: loading and creating the node's ed25519 identity key and other secret files.
 
 pub mod keyfile;
+pub mod ledger;
 pub mod store;
 
 pub use store::{Store, StoreError, Table, WriteOp};

@@ -12,13 +12,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use voike_protocol::ledger::{ChainFault, Entry};
+
+use crate::ledger::{self, Overlay};
 use tokio::sync::{mpsc, oneshot};
 
 /// Schema version this build writes and understands.
 pub const SCHEMA_VERSION: u32 = 1;
 /// Most writes committed in one transaction.
 pub const MAX_BATCH: usize = 4096;
+/// redb page cache: bounded, so memory does not grow with the database.
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Depth of the write queue.
 const QUEUE_DEPTH: usize = 8192;
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -33,6 +40,14 @@ pub enum Table {
     Members,
     /// Last known addresses of peers by peer id bytes.
     PeerAddrs,
+    /// Ledger entries by (author, seq).
+    Ledger,
+    /// Ledger chain heads by author.
+    LedgerHeads,
+    /// Ledger entry keys by entry hash.
+    LedgerIndex,
+    /// Ledger entry keys in local arrival order (big-endian position).
+    LedgerLog,
 }
 
 impl Table {
@@ -41,6 +56,10 @@ impl Table {
             Table::Meta => "meta_v1",
             Table::Members => "members_v1",
             Table::PeerAddrs => "peer_addrs_v1",
+            Table::Ledger => "ledger_v1",
+            Table::LedgerHeads => "ledger_heads_v1",
+            Table::LedgerIndex => "ledger_index_v1",
+            Table::LedgerLog => "ledger_log_v1",
         })
     }
 }
@@ -60,6 +79,10 @@ pub enum WriteOp {
         table: Table,
         key: Vec<u8>,
     },
+    /// Appends a ledger entry to its author's chain. The writer checks that it links to the
+    /// current head (an entry already stored is accepted again as a no-op); a request holding an
+    /// entry that does not link is refused as a whole. Signatures are the caller's to check.
+    AppendEntry(Box<Entry>),
 }
 
 /// Errors from the store. Messages name the database file.
@@ -82,6 +105,8 @@ pub enum StoreError {
     Write(String),
     #[error("the store is closed")]
     Closed,
+    #[error("ledger append refused: {0}")]
+    Chain(#[from] ChainFault),
 }
 
 struct WriteRequest {
@@ -126,7 +151,10 @@ impl Store {
             path: path.to_path_buf(),
             reason,
         };
-        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_err(e.to_string()))?;
         let db = Arc::new(db);
         {
             let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
@@ -156,7 +184,14 @@ impl Store {
                             .map_err(|e| open_err(e.to_string()))?;
                     }
                 }
-                for t in [Table::Members, Table::PeerAddrs] {
+                for t in [
+                    Table::Members,
+                    Table::PeerAddrs,
+                    Table::Ledger,
+                    Table::LedgerHeads,
+                    Table::LedgerIndex,
+                    Table::LedgerLog,
+                ] {
                     txn.open_table(t.def())
                         .map_err(|e| open_err(e.to_string()))?;
                 }
@@ -211,36 +246,95 @@ fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<WriteRequest>) {
                 Err(_) => break,
             }
         }
-        let result = commit(&db, &batch);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, writes = batch.len(), "store commit failed");
-        }
-        for req in batch {
-            let _ = req.reply.send(result.clone());
+        let outcome = commit(&db, &batch);
+        let results: Vec<Result<(), StoreError>> = match outcome {
+            Ok(per_request) => per_request,
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "store commit failed");
+                vec![Err(e); batch.len()]
+            }
+        };
+        for (req, result) in batch.into_iter().zip(results) {
+            let _ = req.reply.send(result);
         }
     }
 }
 
-fn commit(db: &Database, batch: &[WriteRequest]) -> Result<(), StoreError> {
+/// Applies every request that is valid in one transaction; returns each request's result, or an
+/// error for all when the transaction itself fails.
+fn commit(
+    db: &Database,
+    batch: &[WriteRequest],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let mut txn = db.begin_write().map_err(write_err)?;
     txn.set_durability(Durability::Immediate)
         .map_err(write_err)?;
+    let mut overlay = Overlay::default();
+    let mut results = Vec::with_capacity(batch.len());
     for req in batch {
-        for op in &req.ops {
-            match op {
-                WriteOp::Put { table, key, value } => {
-                    let mut t = txn.open_table(table.def()).map_err(write_err)?;
-                    t.insert(key.as_slice(), value.as_slice())
-                        .map_err(write_err)?;
-                }
-                WriteOp::Delete { table, key } => {
-                    let mut t = txn.open_table(table.def()).map_err(write_err)?;
-                    t.remove(key.as_slice()).map_err(write_err)?;
-                }
+        results.push(apply(&txn, &mut overlay, &req.ops)?);
+    }
+    overlay.flush(&txn)?;
+    txn.commit().map_err(write_err)?;
+    Ok(results)
+}
+
+/// Applies one request: its ledger appends are checked first, so that a refused request writes
+/// nothing. Returns `Err` only for storage failures (which abort the whole batch).
+fn apply(
+    txn: &WriteTransaction,
+    overlay: &mut Overlay,
+    ops: &[WriteOp],
+) -> Result<Result<(), StoreError>, StoreError> {
+    let mut staged = overlay.clone();
+    let mut appends = Vec::new();
+    for op in ops {
+        if let WriteOp::AppendEntry(entry) = op {
+            match ledger::check_append(txn, &mut staged, entry)? {
+                Ok(true) => appends.push(entry.as_ref()),
+                Ok(false) => {}
+                Err(fault) => return Ok(Err(StoreError::Chain(fault))),
             }
         }
     }
-    txn.commit().map_err(write_err)
+    for op in ops {
+        match op {
+            WriteOp::Put { table, key, value } => {
+                let mut t = txn.open_table(table.def()).map_err(write_err)?;
+                t.insert(key.as_slice(), value.as_slice())
+                    .map_err(write_err)?;
+            }
+            WriteOp::Delete { table, key } => {
+                let mut t = txn.open_table(table.def()).map_err(write_err)?;
+                t.remove(key.as_slice()).map_err(write_err)?;
+            }
+            WriteOp::AppendEntry(_) => {}
+        }
+    }
+    for entry in appends {
+        ledger::write_entry(txn, &mut staged, entry)?;
+    }
+    *overlay = staged;
+    Ok(Ok(()))
+}
+
+pub(crate) fn table_def(t: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    t.def()
+}
+
+pub(crate) fn storage_err(e: impl std::fmt::Display) -> StoreError {
+    write_err(e)
+}
+
+pub(crate) fn storage_read_err(e: impl std::fmt::Display) -> StoreError {
+    read_err(e)
+}
+
+/// Reads that need the database itself (see `ledger.rs`).
+impl Store {
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
 }
 
 #[cfg(test)]
