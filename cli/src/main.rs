@@ -13,7 +13,9 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use voike_protocol::api::{ErrorBody, InviteRequest, InviteResponse, NodesResponse, SelfInfo};
+use voike_protocol::api::{
+    ErrorBody, InviteRequest, InviteResponse, LedgerEntries, LedgerEntry, NodesResponse, SelfInfo,
+};
 
 /// Command-line client of the voiked admin API.
 #[derive(Debug, Parser)]
@@ -50,6 +52,28 @@ enum Cmd {
         #[arg(long, default_value = "member")]
         role: String,
     },
+    /// The Truth Ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCmd {
+    /// The newest entries; with -f, keep printing new ones.
+    Tail {
+        /// How many entries to show first.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: u64,
+        /// Follow: print entries as they arrive (Ctrl-C to stop).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Walk every chain (links and signatures) and report the first fault.
+    Verify,
+    /// A signed anchor over every chain head.
+    Anchor,
+    /// Write every entry as JSON lines to FILE.
+    Export { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -263,6 +287,129 @@ fn run(args: Args) -> anyhow::Result<()> {
             // The ticket alone on stdout, so that `voiked --join "$(voike invite)"` works.
             println!("{}", r.ticket);
             eprintln!("role {}, expires at unix time {}", r.role, r.expires_at);
+        }
+        Cmd::Ledger(cmd) => ledger(&client, cmd, args.json)?,
+    }
+    Ok(())
+}
+
+fn entry_line(e: &LedgerEntry) -> String {
+    let short = |s: &str| {
+        s.chars()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<String>()
+    };
+    format!(
+        "{:>6}  {}  {}#{:<5}  {:<20}  {}",
+        e.position.map(|p| p.to_string()).unwrap_or_default(),
+        e.hlc,
+        short(&e.author),
+        e.seq,
+        e.kind,
+        e.body
+    )
+}
+
+fn ledger(client: &Client, cmd: &LedgerCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        LedgerCmd::Tail { limit, follow } => {
+            let page: LedgerEntries = client.call(
+                "GET",
+                &format!("/ledger/recent?limit={}", limit.clamp(&1, &1000)),
+                None::<&()>,
+            )?;
+            let mut entries = page.entries;
+            entries.reverse();
+            let last = entries.last().and_then(|e| e.position);
+            for e in &entries {
+                if json {
+                    println!("{}", serde_json::to_string(e)?);
+                } else {
+                    println!("{}", entry_line(e));
+                }
+            }
+            let mut next = last.map(|p| p + 1).unwrap_or(0);
+            if !*follow {
+                return Ok(());
+            }
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let page: LedgerEntries = client.call(
+                    "GET",
+                    &format!("/ledger/recent?from={next}&limit=1000"),
+                    None::<&()>,
+                )?;
+                for e in &page.entries {
+                    next = e.position.map(|p| p + 1).unwrap_or(next);
+                    if json {
+                        println!("{}", serde_json::to_string(e)?);
+                    } else {
+                        println!("{}", entry_line(e));
+                    }
+                }
+            }
+        }
+        LedgerCmd::Verify => {
+            let report: serde_json::Value = client.call("POST", "/ledger/verify", None::<&()>)?;
+            if json {
+                print_json(&report)?;
+            } else if report["ok"] == true {
+                println!(
+                    "ledger ok: {} entries from {} authors, heads {}",
+                    report["entries"],
+                    report["authors"],
+                    report["heads_hash"].as_str().unwrap_or("")
+                );
+            } else {
+                println!("ledger FAULT: {}", report["fault"]);
+            }
+            if report["ok"] != true {
+                bail!("ledger verification failed");
+            }
+        }
+        LedgerCmd::Anchor => {
+            let anchor: serde_json::Value = client.call("POST", "/ledger/anchor", None::<&()>)?;
+            print_json(&anchor)?;
+        }
+        LedgerCmd::Export { file } => {
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(
+                std::fs::File::create(file)
+                    .with_context(|| format!("cannot create {}", file.display()))?,
+            );
+            let total =
+                client.call::<serde_json::Value>("POST", "/ledger/verify", None::<&()>)?["entries"]
+                    .as_u64()
+                    .unwrap_or(0);
+            let mut written = 0u64;
+            let mut next = 0u64;
+            loop {
+                let page: LedgerEntries = client.call(
+                    "GET",
+                    &format!("/ledger/recent?from={next}&limit=1000"),
+                    None::<&()>,
+                )?;
+                if page.entries.is_empty() {
+                    break;
+                }
+                for e in &page.entries {
+                    writeln!(out, "{}", serde_json::to_string(e)?)?;
+                    next = e.position.map(|p| p + 1).unwrap_or(next + 1);
+                    written += 1;
+                }
+                if total > 0 {
+                    eprint!(
+                        "\rexported {written}/{total} entries ({:.0}%)",
+                        written as f64 * 100.0 / total as f64
+                    );
+                }
+            }
+            out.flush()?;
+            eprintln!("\rexported {written} entries to {}", file.display());
         }
     }
     Ok(())

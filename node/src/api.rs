@@ -10,15 +10,18 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use voike_protocol::api::{ErrorBody, ErrorDetail, Health, InviteRequest, NodesResponse};
+use voike_protocol::api::{
+    ErrorBody, ErrorDetail, Health, InviteRequest, LedgerEntries, NodesResponse,
+};
 use voike_protocol::mesh::Role;
 
+use crate::ledger::{LedgerHandle, anchor_json, entry_json};
 use crate::swarm::{InviteError, SwarmHandle};
 
 /// Largest request body accepted.
@@ -30,6 +33,7 @@ const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
 #[derive(Clone, Debug)]
 pub struct ApiState {
     pub swarm: SwarmHandle,
+    pub ledger: LedgerHandle,
     pub token: Arc<String>,
 }
 
@@ -81,6 +85,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/mesh/self", get(mesh_self))
         .route("/mesh/nodes", get(mesh_nodes))
         .route("/mesh/invites", post(mesh_invite))
+        .route("/ledger/recent", get(ledger_recent))
+        .route("/ledger/verify", post(ledger_verify))
+        .route("/ledger/anchor", post(ledger_anchor))
+        .route("/ledger/{id}", get(ledger_get))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -235,4 +243,108 @@ async fn mesh_invite(
             e.to_string(),
         )),
     }
+}
+
+/// Most entries one `GET /ledger/recent` returns.
+pub const MAX_LEDGER_PAGE: usize = 1000;
+
+fn storage_error(e: voike_storage::StoreError) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
+}
+
+/// `?limit=N` (default 50, at most 1000) and `?from=POS` (entries stored at that local position
+/// or later, oldest first; without it, the newest first).
+async fn ledger_recent(
+    State(state): State<ApiState>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    for key in q.keys() {
+        if key != "limit" && key != "from" {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter `{key}` (use limit, from)"
+            )));
+        }
+    }
+    let num = |name: &str| -> Result<Option<u64>, ApiError> {
+        q.get(name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "`{name}` must be a non-negative integer, got {v:?}"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let limit = num("limit")?.unwrap_or(50);
+    if limit == 0 || limit > MAX_LEDGER_PAGE as u64 {
+        return Err(ApiError::bad_request(format!(
+            "`limit` must be between 1 and {MAX_LEDGER_PAGE}"
+        )));
+    }
+    let store = state.ledger.store().clone();
+    let from = num("from")?;
+    let rows = tokio::task::spawn_blocking(move || match from {
+        Some(a) => store.ledger_since(a, limit as usize),
+        None => store.ledger_recent(limit as usize),
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(storage_error)?;
+    let entries = rows
+        .iter()
+        .map(|(pos, e)| entry_json(e, Some(*pos)))
+        .collect();
+    Ok(Json(LedgerEntries { entries }).into_response())
+}
+
+async fn ledger_get(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut hash = [0u8; 32];
+    let valid = id.len() == 64
+        && id
+            .as_bytes()
+            .chunks(2)
+            .zip(hash.iter_mut())
+            .all(|(pair, out)| {
+                std::str::from_utf8(pair)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .map(|b| *out = b)
+                    .is_some()
+            });
+    if !valid {
+        return Err(ApiError::bad_request(
+            "ledger entry id must be 64 hex characters",
+        ));
+    }
+    match state
+        .ledger
+        .store()
+        .ledger_get(&hash)
+        .map_err(storage_error)?
+    {
+        Some(e) => Ok(Json(serde_json::json!({ "entry": entry_json(&e, None) })).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no ledger entry {id}"),
+        )),
+    }
+}
+
+async fn ledger_verify(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let store = state.ledger.store().clone();
+    let report = tokio::task::spawn_blocking(move || store.ledger_verify())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(storage_error)?;
+    Ok(Json(report).into_response())
+}
+
+async fn ledger_anchor(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let anchor = state.ledger.anchor().await.map_err(storage_error)?;
+    Ok(Json(serde_json::json!({ "anchor": anchor_json(&anchor) })).into_response())
 }

@@ -15,6 +15,7 @@ use voike_storage::{Store, keyfile};
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::ledger::LedgerHandle;
 use crate::mesh::MeshState;
 use crate::swarm::{EventLoop, behaviour};
 
@@ -86,7 +87,14 @@ async fn run_with_store(
     token: String,
     store: Store,
 ) -> anyhow::Result<()> {
-    let mesh = MeshState::open(key.clone(), store, config.p2p.join.as_deref()).await?;
+    let ledger = LedgerHandle::spawn(key.clone(), store.clone())?;
+    let mesh = MeshState::open(
+        key.clone(),
+        store,
+        ledger.clone(),
+        config.p2p.join.as_deref(),
+    )
+    .await?;
     let listener = TcpListener::bind(config.api.listen)
         .await
         .with_context(|| {
@@ -108,6 +116,7 @@ async fn run_with_store(
     let mut swarm_task = tracker.spawn(event_loop.run(cancel.child_token()));
     let app = api::router(ApiState {
         swarm: handle,
+        ledger,
         token: Arc::new(token),
     });
     let api_cancel = cancel.child_token();

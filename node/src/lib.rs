@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: defaults, TOML file, `VOIKED_*` environment and flag layering.
 //! - [`daemon`]: data directory, identity, store, swarm and API start-up; signals and shutdown.
+//! - [`ledger`]: the Truth Ledger actor that appends this node's entries.
 //! - [`mesh`]: founding or joining a mesh and persisting its members.
 //! - [`swarm`]: the libp2p behaviour and the one event loop that owns the swarm.
 //! - [`api`]: the admin HTTP API.
@@ -11,5 +12,6 @@
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod ledger;
 pub mod mesh;
 pub mod swarm;

@@ -15,6 +15,8 @@ use voike_protocol::mesh::{MeshCharter, MeshId, Role};
 use voike_protocol::ticket::Ticket;
 use voike_storage::{Store, Table, WriteOp};
 
+use crate::ledger::LedgerHandle;
+
 const META_CHARTER: &[u8] = b"charter";
 const META_SELF_RECORD: &[u8] = b"self_record";
 const META_RECEIPTS: &[u8] = b"receipts";
@@ -47,12 +49,18 @@ pub struct MeshState {
     pub own: MembershipRecord,
     pub membership: Membership,
     pub receipts: Vec<AdmissionReceipt>,
+    pub ledger: LedgerHandle,
     store: Store,
 }
 
 impl MeshState {
     /// Loads the stored mesh, or founds a new one, or prepares to join with `join`.
-    pub async fn open(key: Keypair, store: Store, join: Option<&str>) -> anyhow::Result<MeshState> {
+    pub async fn open(
+        key: Keypair,
+        store: Store,
+        ledger: LedgerHandle,
+        join: Option<&str>,
+    ) -> anyhow::Result<MeshState> {
         let peer_id = key.public().to_peer_id();
         let now = unix_now();
         if let Some(charter) = store.get(Table::Meta, META_CHARTER)? {
@@ -105,6 +113,7 @@ impl MeshState {
                 own,
                 membership: Membership::Member,
                 receipts,
+                ledger,
                 store,
             });
         }
@@ -140,6 +149,7 @@ impl MeshState {
                 own,
                 membership: Membership::Joining,
                 receipts: Vec::new(),
+                ledger,
                 store,
             });
         }
@@ -158,9 +168,17 @@ impl MeshState {
             own,
             membership: Membership::Member,
             receipts: Vec::new(),
+            ledger,
             store,
         };
         state.persist_self(&charter).await?;
+        state
+            .ledger
+            .append(
+                "mesh.create",
+                serde_json::json!({ "mesh_id": charter.id().to_string(), "genesis": peer_id.to_string() }),
+            )
+            .await?;
         info!(mesh = %charter.id(), node = %peer_id, "created a new mesh; this node is its genesis and first admin");
         Ok(state)
     }
@@ -260,6 +278,14 @@ impl MeshState {
         let charter = self.directory.charter().clone();
         self.persist_self(&charter).await?;
         self.membership = Membership::Member;
+        self.ledger.record(
+            "member.join",
+            serde_json::json!({
+                "mesh_id": self.mesh_id().to_string(),
+                "node": self.peer_id.to_string(),
+                "role": self.role().as_str(),
+            }),
+        );
         info!(mesh = %self.mesh_id(), node = %self.peer_id, "joined mesh");
         Ok(())
     }

@@ -88,3 +88,43 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
 }
+
+/// A Truth Ledger entry as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// Hex SHA-256 of the entry (body and signature): `GET /ledger/{id}`.
+    pub id: String,
+    /// Position in this node's local arrival order (for `?from=`).
+    pub position: Option<u64>,
+    /// Peer id of the author.
+    pub author: String,
+    pub seq: u64,
+    pub prev_hash: String,
+    /// HLC as `"<wall_ms>.<counter>"`.
+    pub hlc: String,
+    pub kind: String,
+    /// The entry's JSON body (a string if it is not JSON).
+    pub body: serde_json::Value,
+    pub signature: String,
+}
+
+/// `GET /ledger/recent`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntries {
+    pub entries: Vec<LedgerEntry>,
+}
+
+/// `POST /ledger/anchor`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LedgerAnchor {
+    pub heads_hash: String,
+    pub authors: u64,
+    pub entries: u64,
+    pub hlc: String,
+    /// Peer id of the signer.
+    pub signer: String,
+    /// Hex of the signer's protobuf-encoded public key.
+    pub signer_key: String,
+    /// Hex signature; see `voike_protocol::ledger::Anchor`.
+    pub signature: String,
+}

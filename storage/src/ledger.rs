@@ -230,17 +230,17 @@ impl Store {
 
     /// The `limit` most recently stored entries, newest first, with their log positions.
     pub fn ledger_recent(&self, limit: usize) -> Result<Vec<(u64, Entry)>, StoreError> {
-        self.ledger_log(None, limit, true)
+        self.ledger_log(0, limit, true)
     }
 
-    /// Entries stored after log position `after` (oldest first), for tailing.
-    pub fn ledger_since(&self, after: u64, limit: usize) -> Result<Vec<(u64, Entry)>, StoreError> {
-        self.ledger_log(Some(after), limit, false)
+    /// Entries stored at log position `from` or later (oldest first), for tailing and export.
+    pub fn ledger_since(&self, from: u64, limit: usize) -> Result<Vec<(u64, Entry)>, StoreError> {
+        self.ledger_log(from, limit, false)
     }
 
     fn ledger_log(
         &self,
-        after: Option<u64>,
+        from: u64,
         limit: usize,
         newest_first: bool,
     ) -> Result<Vec<(u64, Entry)>, StoreError> {
@@ -251,10 +251,7 @@ impl Store {
         let entries = txn
             .open_table(table_def(Table::Ledger))
             .map_err(storage_read_err)?;
-        let start = after
-            .map(|a| a.saturating_add(1))
-            .unwrap_or(0)
-            .to_be_bytes();
+        let start = from.to_be_bytes();
         let range = log.range(start.as_slice()..).map_err(storage_read_err)?;
         let mut out = Vec::new();
         let mut push = |item: LogItem<'_>| -> Result<bool, StoreError> {
@@ -449,7 +446,7 @@ mod tests {
         let recent = store.ledger_recent(3).expect("recent");
         assert_eq!(recent[0].1, all[49]);
         assert_eq!(recent[2].1, all[47]);
-        let since = store.ledger_since(recent[1].0, 10).expect("since");
+        let since = store.ledger_since(recent[1].0 + 1, 10).expect("since");
         assert_eq!(since.len(), 1);
         assert_eq!(
             store.ledger_get(&all[7].hash()).expect("get"),

@@ -60,7 +60,7 @@ impl std::fmt::Display for Fatal {
 
 impl std::error::Error for Fatal {}
 
-/// Polls `check` until it returns `Ok(true)` or `timeout` passes; the error names `what`.
+/// Polls `check` until it returns `Ok(true)`; panics naming `what` when `timeout` passes.
 /// Errors from `check` are retried (a daemon may not be listening yet) unless they are [`Fatal`].
 pub fn wait_for(
     timeout: Duration,
@@ -77,11 +77,12 @@ pub fn wait_for(
             Err(e) => last_err = Some(e),
         }
         if Instant::now() >= deadline {
+            // Panic rather than return: unwinding drops the test's nodes, which print their logs.
             match last_err {
                 Some(e) => {
-                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                    panic!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
                 }
-                None => bail!("timed out after {timeout:?} waiting for {what}"),
+                None => panic!("timed out after {timeout:?} waiting for {what}"),
             }
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -123,6 +123,8 @@ struct Peer {
     rtt: Option<Duration>,
     /// Addresses the peer listens on, as it or other members told us.
     addrs: Vec<Multiaddr>,
+    /// The addresses last written to the store (only members' are stored).
+    stored_addrs: Vec<Multiaddr>,
     next_dial: Option<Instant>,
     backoff: Duration,
     disconnect_at: Option<Instant>,
@@ -280,6 +282,7 @@ impl EventLoop {
             if peer != mesh.peer_id {
                 let p = peers.entry(peer).or_default();
                 p.addrs = parse_addrs(&addrs);
+                p.stored_addrs = p.addrs.clone();
                 p.next_dial = Some(now);
                 p.backoff = INITIAL_BACKOFF;
             }
@@ -381,6 +384,12 @@ impl EventLoop {
                 p.disconnect_at = None;
                 p.connected_since = None;
             }
+        }
+
+        // Dial only once every listener has its address: the hello sent on each new connection
+        // carries our listen addresses, which is how members find us again after a restart.
+        if !self.listeners_pending.is_empty() {
+            return next;
         }
 
         // Known members that are not connected.
@@ -601,16 +610,16 @@ impl EventLoop {
             fresh
         });
         merged.truncate(MAX_ADDRS_PER_MEMBER);
-        if p.addrs == merged {
-            return;
-        }
         let has_new = merged.iter().any(|a| !p.addrs.contains(a));
-        p.addrs = merged.clone();
         if has_new && !p.connected() {
             p.next_dial = Some(Instant::now());
             p.backoff = INITIAL_BACKOFF;
         }
-        if is_member {
+        p.addrs = merged.clone();
+        // Addresses learned before the peer proved membership (identify often arrives first)
+        // are stored once it has.
+        if is_member && p.stored_addrs != merged {
+            p.stored_addrs = merged.clone();
             for a in &merged {
                 self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
             }
@@ -683,6 +692,16 @@ impl EventLoop {
                         return;
                     }
                     info!(%peer, role = %record.body.role, "admitted new member");
+                    if self.mesh.is_member() {
+                        self.mesh.ledger.record(
+                            "member.admit",
+                            serde_json::json!({
+                                "node": peer.to_string(),
+                                "role": record.body.role.as_str(),
+                                "joined_at": record.body.joined_at,
+                            }),
+                        );
+                    }
                 }
                 let addrs = parse_addrs(&hello.listen_addrs);
                 if let Some(p) = self.peers.get_mut(&peer) {
@@ -709,6 +728,12 @@ impl EventLoop {
             }
             Err(error) => {
                 warn!(%peer, %error, "refused peer: not a member of this mesh");
+                if self.mesh.is_member() {
+                    self.mesh.ledger.record(
+                        "trust.peer_refused",
+                        serde_json::json!({ "peer": peer.to_string(), "reason": error.to_string() }),
+                    );
+                }
                 self.mesh_reject(peer, channel, RejectCode::of(&error), error.to_string());
                 return;
             }

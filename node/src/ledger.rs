@@ -1,0 +1,219 @@
+//! The Truth Ledger actor: appends this node's entries to its own chain.
+//!
+//! One task owns the chain head and the HLC: it signs entries in order and hands them to the
+//! store's group-commit writer without waiting, so concurrent appends share fsyncs; each caller is
+//! answered once its entry is durable. If a write fails, the actor reloads its head from the store
+//! before signing the next entry. Reads go straight to the store.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use libp2p::identity::Keypair;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+use voike_protocol::api::{LedgerAnchor, LedgerEntry};
+use voike_protocol::hlc::HlcClock;
+use voike_protocol::ledger::{Anchor, Entry, Head};
+use voike_protocol::signing::{self, hex};
+use voike_storage::{Store, StoreError, WriteOp};
+
+/// How far ahead of the local clock a remote entry's HLC may be (milliseconds).
+pub const MAX_DRIFT_MS: u64 = 60_000;
+const QUEUE: usize = 1024;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+enum LedgerMsg {
+    Append {
+        kind: String,
+        body: serde_json::Value,
+        reply: Option<oneshot::Sender<Result<Entry, StoreError>>>,
+    },
+    Anchor {
+        reply: oneshot::Sender<Result<Anchor, StoreError>>,
+    },
+    Resync,
+}
+
+/// Cloneable handle to the ledger.
+#[derive(Clone, Debug)]
+pub struct LedgerHandle {
+    tx: mpsc::Sender<LedgerMsg>,
+    store: Store,
+}
+
+impl std::fmt::Debug for LedgerMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LedgerMsg")
+    }
+}
+
+impl LedgerHandle {
+    /// Starts the actor for `key`'s chain.
+    pub fn spawn(key: Keypair, store: Store) -> Result<LedgerHandle, StoreError> {
+        let author = key.public().encode_protobuf();
+        let head = store.ledger_head(&author)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let actor = LedgerActor {
+            key,
+            author,
+            head,
+            clock: HlcClock::new(MAX_DRIFT_MS),
+            store: store.clone(),
+            rx,
+            tx: tx.downgrade(),
+        };
+        tokio::spawn(actor.run());
+        Ok(LedgerHandle { tx, store })
+    }
+
+    /// Appends an entry and waits until it is durable.
+    pub async fn append(&self, kind: &str, body: serde_json::Value) -> Result<Entry, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(LedgerMsg::Append {
+                kind: kind.to_string(),
+                body,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Appends an entry without waiting (for events recorded from the swarm loop).
+    pub fn record(&self, kind: &str, body: serde_json::Value) {
+        let msg = LedgerMsg::Append {
+            kind: kind.to_string(),
+            body,
+            reply: None,
+        };
+        if self.tx.try_send(msg).is_err() {
+            warn!(kind, "ledger queue full or closed; event not recorded");
+        }
+    }
+
+    /// A signed anchor over every chain head.
+    pub async fn anchor(&self) -> Result<Anchor, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(LedgerMsg::Anchor { reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+struct LedgerActor {
+    key: Keypair,
+    author: Vec<u8>,
+    head: Head,
+    clock: HlcClock,
+    store: Store,
+    rx: mpsc::Receiver<LedgerMsg>,
+    /// Weak, so that the actor ends once every handle is dropped.
+    tx: mpsc::WeakSender<LedgerMsg>,
+}
+
+impl LedgerActor {
+    async fn run(mut self) {
+        while let Some(msg) = self.rx.recv().await {
+            match msg {
+                LedgerMsg::Append { kind, body, reply } => self.append(kind, body, reply),
+                LedgerMsg::Anchor { reply } => {
+                    let hlc = self.clock.tick(now_ms());
+                    let result = self.store.ledger_heads().and_then(|heads| {
+                        Anchor::sign(&self.key, &heads, hlc)
+                            .map_err(|e| StoreError::Write(e.to_string()))
+                    });
+                    let _ = reply.send(result);
+                }
+                LedgerMsg::Resync => match self.store.ledger_head(&self.author) {
+                    Ok(h) => self.head = h,
+                    Err(e) => error!(error = %e, "cannot reload the ledger head"),
+                },
+            }
+        }
+    }
+
+    fn append(
+        &mut self,
+        kind: String,
+        body: serde_json::Value,
+        reply: Option<oneshot::Sender<Result<Entry, StoreError>>>,
+    ) {
+        let hlc = self.clock.tick(now_ms());
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let entry = match Entry::append(&self.key, self.head, hlc, &kind, bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                if let Some(r) = reply {
+                    let _ = r.send(Err(StoreError::Write(e.to_string())));
+                }
+                return;
+            }
+        };
+        self.head = entry.head();
+        let store = self.store.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = store
+                .write(vec![WriteOp::AppendEntry(Box::new(entry.clone()))])
+                .await
+                .map(|()| entry);
+            if let Err(e) = &result {
+                error!(%kind, error = %e, "ledger append failed");
+                if let Some(tx) = tx.upgrade() {
+                    let _ = tx.send(LedgerMsg::Resync).await;
+                }
+            }
+            if let Some(r) = reply {
+                let _ = r.send(result);
+            }
+        });
+    }
+}
+
+/// The API form of an entry.
+pub fn entry_json(entry: &Entry, position: Option<u64>) -> LedgerEntry {
+    let body = serde_json::from_slice(&entry.body.body).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&entry.body.body).into_owned())
+    });
+    LedgerEntry {
+        id: entry.id(),
+        position,
+        author: signing::peer_id_of(&entry.body.author)
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        seq: entry.body.seq,
+        prev_hash: hex(&entry.body.prev_hash),
+        hlc: entry.body.hlc.to_string(),
+        kind: entry.body.kind.clone(),
+        body,
+        signature: hex(&entry.signature),
+    }
+}
+
+/// The API form of an anchor.
+pub fn anchor_json(a: &Anchor) -> LedgerAnchor {
+    LedgerAnchor {
+        heads_hash: hex(&a.heads_hash),
+        authors: a.authors,
+        entries: a.entries,
+        hlc: a.hlc.to_string(),
+        signer: signing::peer_id_of(&a.signer)
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        signer_key: hex(&a.signer),
+        signature: hex(&a.signature),
+    }
+}
