@@ -381,10 +381,15 @@ fn ledger(client: &Client, cmd: &LedgerCmd, json: bool) -> anyhow::Result<()> {
                 std::fs::File::create(file)
                     .with_context(|| format!("cannot create {}", file.display()))?,
             );
-            let total =
-                client.call::<serde_json::Value>("POST", "/ledger/verify", None::<&()>)?["entries"]
-                    .as_u64()
-                    .unwrap_or(0);
+            // The newest entry's local position tells how many entries there are.
+            let newest: LedgerEntries =
+                client.call("GET", "/ledger/recent?limit=1", None::<&()>)?;
+            let total = newest
+                .entries
+                .first()
+                .and_then(|e| e.position)
+                .map(|p| p + 1)
+                .unwrap_or(0);
             let mut written = 0u64;
             let mut next = 0u64;
             loop {

@@ -304,6 +304,7 @@ async fn ledger_get(
 ) -> Result<Response, ApiError> {
     let mut hash = [0u8; 32];
     let valid = id.len() == 64
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
         && id
             .as_bytes()
             .chunks(2)

@@ -58,6 +58,12 @@ impl HlcClock {
         self.last
     }
 
+    /// Moves the clock past `h` unconditionally: for this node's own last timestamp on restart,
+    /// so that its chain's timestamps keep increasing even if the wall clock stepped back.
+    pub fn restore(&mut self, h: Hlc) {
+        self.last = self.last.max(h);
+    }
+
     /// A new timestamp for a local event at physical time `now_ms`.
     pub fn tick(&mut self, now_ms: u64) -> Hlc {
         self.last = if now_ms > self.last.wall_ms {

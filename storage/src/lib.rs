@@ -14,4 +14,4 @@ pub mod keyfile;
 pub mod ledger;
 pub mod store;
 
-pub use store::{Store, StoreError, Table, WriteOp};
+pub use store::{PendingWrite, Store, StoreError, Table, WriteOp};

@@ -114,6 +114,18 @@ struct WriteRequest {
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// A queued write; [`PendingWrite::wait`] returns once it is durable (or refused).
+#[derive(Debug)]
+pub struct PendingWrite {
+    rx: oneshot::Receiver<Result<(), StoreError>>,
+}
+
+impl PendingWrite {
+    pub async fn wait(self) -> Result<(), StoreError> {
+        self.rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
 /// A handle to the store: cheap to clone, usable from any task.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -209,12 +221,19 @@ impl Store {
 
     /// Applies `ops` atomically; returns once they are durable.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        self.submit(ops).await?.wait().await
+    }
+
+    /// Queues `ops` and returns once they are queued (in call order), without waiting for the
+    /// commit: a caller that must keep its writes in order submits them one after another and
+    /// awaits the [`PendingWrite`]s elsewhere.
+    pub async fn submit(&self, ops: Vec<WriteOp>) -> Result<PendingWrite, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(WriteRequest { ops, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok(PendingWrite { rx })
     }
 
     /// Reads one value.

@@ -43,6 +43,8 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a rejected peer keeps its connection, so that the rejection reaches it.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
 const COMMAND_QUEUE: usize = 64;
+/// Peers whose refusal time is remembered (for rate-limiting trust events).
+const MAX_REFUSALS_TRACKED: usize = 1024;
 
 /// Requests served by the event loop.
 #[derive(Debug)]
@@ -174,6 +176,8 @@ pub struct EventLoop {
     listen_addrs: Vec<Multiaddr>,
     /// Listeners that have not reported an address yet (readiness waits for them).
     listeners_pending: HashSet<ListenerId>,
+    /// When a refusal of each peer was last written to the ledger.
+    refusals_recorded: HashMap<PeerId, Instant>,
     /// Welcomes received before the sender's own hello was checked.
     held_welcomes: HashMap<PeerId, HeldWelcome>,
     api_addr: String,
@@ -299,6 +303,7 @@ impl EventLoop {
                 listen_addrs: Vec::new(),
                 listeners_pending,
                 held_welcomes: HashMap::new(),
+                refusals_recorded: HashMap::new(),
                 api_addr,
                 started: now,
             },
@@ -728,7 +733,18 @@ impl EventLoop {
             }
             Err(error) => {
                 warn!(%peer, %error, "refused peer: not a member of this mesh");
-                if self.mesh.is_member() {
+                // One trust event per refused peer per hour: a non-member that keeps redialing
+                // must not grow the ledger without bound.
+                let now = Instant::now();
+                let recorded_recently = self
+                    .refusals_recorded
+                    .get(&peer)
+                    .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(3600));
+                if self.refusals_recorded.len() >= MAX_REFUSALS_TRACKED {
+                    self.refusals_recorded.clear();
+                }
+                if self.mesh.is_member() && !recorded_recently {
+                    self.refusals_recorded.insert(peer, now);
                     self.mesh.ledger.record(
                         "trust.peer_refused",
                         serde_json::json!({ "peer": peer.to_string(), "reason": error.to_string() }),

@@ -75,11 +75,28 @@ fn main() -> anyhow::Result<()> {
         if i + 1 < trials {
             c.stop()?;
         } else {
-            // The last joiner stays for the idle measurement.
+            // The last joiner stays: this mesh also has departed members it keeps redialing.
+            println!(
+                "idle, 3 live nodes plus {} departed members being redialed:",
+                trials - 1
+            );
             let pids = [genesis.pid(), b.pid(), c.pid()];
             idle(&pids, idle_secs)?;
         }
     }
+    drop((genesis, b));
+
+    // A clean 3-node mesh: nothing departed, nothing to redial.
+    let g = TestNode::genesis("idle-genesis")?;
+    let n1 = TestNode::join("idle-1", &g.invite("1h")?)?;
+    let n2 = TestNode::join("idle-2", &g.invite("1h")?)?;
+    wait_for(Duration::from_secs(30), "clean mesh", || {
+        Ok(g.sees_connected(&n1.node_id)?
+            && g.sees_connected(&n2.node_id)?
+            && n1.sees_connected(&n2.node_id)?)
+    })?;
+    println!("idle, clean 3-node mesh:");
+    idle(&[g.pid(), n1.pid(), n2.pid()], idle_secs)?;
     times.sort_by(f64::total_cmp);
     println!(
         "join → connected on all members (3 nodes, loopback, includes process start): median {:.1} ms, min {:.1} ms, max {:.1} ms over {} trials",
