@@ -276,6 +276,8 @@ mod tests {
         assert_eq!(next.body.seq, 302);
         drop((ledger, store));
         // The actor must get to run and drop its store handle: join off the runtime thread.
-        tokio::task::spawn_blocking(move || thread.join()).await.expect("join");
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("join");
     }
 }
