@@ -240,13 +240,7 @@ impl TestNode {
             Duration::from_secs(30),
             &format!("{} to write api.addr", self.name),
             || {
-                if let Some(status) = self.try_exit()? {
-                    return Err(Fatal(format!(
-                        "voiked exited early with {status}: {}",
-                        self.log()
-                    ))
-                    .into());
-                }
+                self.fail_if_exited()?;
                 Ok(addr_file.exists())
             },
         )?;
@@ -258,13 +252,7 @@ impl TestNode {
             Duration::from_secs(30),
             &format!("{} API", self.name),
             || {
-                if let Some(status) = self.try_exit()? {
-                    return Err(Fatal(format!(
-                        "voiked exited early with {status}: {}",
-                        self.log()
-                    ))
-                    .into());
-                }
+                self.fail_if_exited()?;
                 Ok(http("GET", &self.api, "/healthz", None, None)?.status == 200)
             },
         )?;
@@ -276,6 +264,16 @@ impl TestNode {
     /// The daemon's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// A [`Fatal`] error carrying the log if the process has already exited.
+    fn fail_if_exited(&mut self) -> anyhow::Result<()> {
+        match self.try_exit()? {
+            Some(status) => {
+                Err(Fatal(format!("voiked exited early with {status}: {}", self.log())).into())
+            }
+            None => Ok(()),
+        }
     }
 
     /// Whether the process has exited (and with what).
