@@ -14,15 +14,21 @@
 //! - [`wire`]: the membership handshake messages peers exchange on every new connection.
 //! - [`hlc`]: hybrid logical clocks with a bound on remote drift.
 //! - [`ledger`]: Truth Ledger entries, per-author hash chains, verification and anchors.
+//! - [`docs`]: signed Automerge documents, their write rights and the merge of remote changes.
+//! - [`zones`]: the `zones` document's layout, record validation and typed reads.
+//! - [`sync`]: digests and pull messages of state sync.
 //! - [`api`]: request and response bodies of the admin HTTP API, shared with the `voike` CLI.
 
 pub mod api;
+pub mod docs;
 pub mod hlc;
 pub mod ledger;
 pub mod membership;
 pub mod mesh;
 pub mod signing;
+pub mod sync;
 pub mod ticket;
 pub mod wire;
+pub mod zones;
 
 pub use libp2p_identity::{Keypair, PeerId, PublicKey};

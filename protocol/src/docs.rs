@@ -1,0 +1,716 @@
+//! Signed Automerge documents and the rules that guard them.
+//!
+//! Each replicated document (`members`, `zones`, `endpoints`, `jobs`) is an Automerge document
+//! whose actor ids are the authors' raw ed25519 public keys. Every change is signed by its author
+//! over `(document, change hash)` and travels with that signature. A [`Replica`] admits a remote
+//! change only after checking, in this order: size, encoding, that the actor is an ed25519 key of a
+//! known member, the signature, and that every operation stays inside what the author may write
+//! (judged on the document *as of the change's dependencies*, so every replica reaches the same
+//! verdict whatever order changes arrive in). A change that fails is dropped and reported with a
+//! [`Reject`] reason; nothing of it is merged.
+//!
+//! Documents are trees of maps holding scalars; lists, text, counters and marks are refused.
+//! Write rights, by document:
+//! - `members`: admins only.
+//! - `zones`: top-level keys are zone ids; a change may create a zone that does not exist (as of
+//!   its dependencies) and must then list its author in the zone's `owners` map; anything inside an
+//!   existing zone needs its author in that zone's `owners`. Owners can add owners.
+//! - `endpoints`, `jobs`: top-level keys are node ids; an author writes only under its own id.
+
+use std::collections::{HashMap, HashSet};
+
+use automerge::{
+    ActorId, Automerge, AutomergeError, Change, ChangeHash, ExpandedChange, ObjType, ReadDoc,
+    ScalarValue, Value, transaction::Transaction,
+};
+use libp2p_identity::{Keypair, PeerId, PublicKey, ed25519};
+use serde::{Deserialize, Serialize};
+
+use crate::mesh::Role;
+use crate::signing::{self, SigningError};
+
+/// Domain of document change signatures.
+pub const CHANGE_DOMAIN: &[u8] = b"voike/doc-change/v1\0";
+/// Largest encoded change accepted from a peer.
+pub const MAX_CHANGE_BYTES: usize = 256 * 1024;
+/// Most changes held back waiting for their dependencies.
+pub const MAX_PENDING: usize = 100_000;
+/// Deepest object path accepted (zone / records / record / field).
+pub const MAX_DEPTH: u16 = 6;
+
+/// The replicated documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DocId {
+    Members,
+    Zones,
+    Endpoints,
+    Jobs,
+}
+
+impl DocId {
+    pub const ALL: [DocId; 4] = [DocId::Members, DocId::Zones, DocId::Endpoints, DocId::Jobs];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocId::Members => "members",
+            DocId::Zones => "zones",
+            DocId::Endpoints => "endpoints",
+            DocId::Jobs => "jobs",
+        }
+    }
+
+    /// One byte, for storage keys.
+    pub fn tag(self) -> u8 {
+        match self {
+            DocId::Members => 0,
+            DocId::Zones => 1,
+            DocId::Endpoints => 2,
+            DocId::Jobs => 3,
+        }
+    }
+
+    pub fn from_tag(tag: u8) -> Option<DocId> {
+        DocId::ALL.into_iter().find(|d| d.tag() == tag)
+    }
+}
+
+/// An encoded Automerge change with its author's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedChange {
+    pub doc: DocId,
+    pub bytes: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+#[derive(Serialize)]
+struct ChangeStatement<'a> {
+    doc: DocId,
+    hash: &'a [u8],
+}
+
+impl SignedChange {
+    /// Signs `change` of `doc` with `key`.
+    pub fn sign(key: &Keypair, doc: DocId, change: &mut Change) -> Result<Self, SigningError> {
+        let hash = change.hash();
+        let signature = signing::sign(
+            key,
+            CHANGE_DOMAIN,
+            "document change",
+            &ChangeStatement { doc, hash: &hash.0 },
+        )?;
+        Ok(SignedChange {
+            doc,
+            bytes: change.bytes().into_owned(),
+            signature,
+        })
+    }
+}
+
+/// Why a change was refused; `as_str` is the metric label.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Reject {
+    #[error("change is larger than {MAX_CHANGE_BYTES} bytes")]
+    TooLarge,
+    #[error("change does not decode: {0}")]
+    Malformed(String),
+    #[error("actor id is not an ed25519 public key")]
+    BadActor,
+    #[error("author {0} is not a known member")]
+    UnknownAuthor(String),
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("author {author} may not write {what}")]
+    NotWriter { author: String, what: String },
+    #[error("change breaks the document schema: {0}")]
+    Schema(String),
+    #[error("too many changes are waiting for their dependencies")]
+    Backlog,
+}
+
+impl Reject {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reject::TooLarge => "too_large",
+            Reject::Malformed(_) => "malformed",
+            Reject::BadActor => "bad_actor",
+            Reject::UnknownAuthor(_) => "unknown_author",
+            Reject::BadSignature => "bad_signature",
+            Reject::NotWriter { .. } => "not_writer",
+            Reject::Schema(_) => "schema",
+            Reject::Backlog => "backlog",
+        }
+    }
+
+    /// Whether the same change may be accepted later (the author may become known).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Reject::UnknownAuthor(_) | Reject::Backlog)
+    }
+}
+
+/// Who is a member, and with which role.
+pub trait Roster {
+    fn role(&self, peer: &PeerId) -> Option<Role>;
+}
+
+impl Roster for HashMap<PeerId, Role> {
+    fn role(&self, peer: &PeerId) -> Option<Role> {
+        self.get(peer).copied()
+    }
+}
+
+/// The raw ed25519 key of a libp2p keypair: the Automerge actor id of its node.
+pub fn actor_of(key: &PublicKey) -> Option<ActorId> {
+    key.clone()
+        .try_into_ed25519()
+        .ok()
+        .map(|k| ActorId::from(k.to_bytes()))
+}
+
+/// The peer id behind an actor id.
+pub fn peer_of_actor(actor: &ActorId) -> Option<(PublicKey, PeerId)> {
+    let key = ed25519::PublicKey::try_from_bytes(actor.to_bytes()).ok()?;
+    let key = PublicKey::from(key);
+    let peer = key.to_peer_id();
+    Some((key, peer))
+}
+
+/// An object id as Automerge spells it in ops: (counter, actor).
+type ObjKey = (u64, ActorId);
+
+#[derive(Clone, Debug)]
+struct ObjInfo {
+    /// Depth below the root (a top-level object is 1).
+    depth: u16,
+    /// The top-level key it lives under.
+    top: String,
+    /// The top-level object it lives in (itself at depth 1).
+    top_obj: ObjKey,
+}
+
+/// What happened to a batch of received changes.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Changes merged, in the order they were applied (store these).
+    pub applied: Vec<SignedChange>,
+    /// Changes refused, with their hash (when it could be read) and reason.
+    pub rejected: Vec<(Option<ChangeHash>, Reject)>,
+    /// Changes already held.
+    pub duplicates: usize,
+    /// Changes still waiting for dependencies.
+    pub pending: usize,
+}
+
+/// Errors of local changes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocError {
+    #[error("document change failed: {0}")]
+    Automerge(#[from] AutomergeError),
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+    #[error("this node's key is not ed25519")]
+    KeyType,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One replicated document with the signatures of all its changes.
+#[derive(Debug)]
+pub struct Replica {
+    id: DocId,
+    doc: Automerge,
+    sigs: HashMap<ChangeHash, Vec<u8>>,
+    objects: HashMap<ObjKey, ObjInfo>,
+    pending: HashMap<ChangeHash, (SignedChange, Change)>,
+}
+
+impl Replica {
+    pub fn new(id: DocId) -> Self {
+        Replica {
+            id,
+            doc: Automerge::new(),
+            sigs: HashMap::new(),
+            objects: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    pub fn id(&self) -> DocId {
+        self.id
+    }
+
+    /// Read access to the merged document.
+    pub fn doc(&self) -> &Automerge {
+        &self.doc
+    }
+
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sigs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sigs.is_empty()
+    }
+
+    /// Whether the change is held (merged).
+    pub fn has(&self, hash: &ChangeHash) -> bool {
+        self.sigs.contains_key(hash)
+    }
+
+    /// Loads changes read back from this node's own store, in the order they were stored. They
+    /// were checked when they arrived, so only their encoding is checked again.
+    pub fn load(&mut self, changes: Vec<SignedChange>) -> Result<usize, DocError> {
+        let mut decoded = Vec::with_capacity(changes.len());
+        for sc in changes {
+            let Ok(change) = Change::try_from(&sc.bytes[..]) else {
+                continue;
+            };
+            if self.sigs.contains_key(&change.hash()) {
+                continue;
+            }
+            decoded.push((sc, change));
+        }
+        self.doc
+            .apply_changes(decoded.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>())?;
+        let n = decoded.len();
+        for (sc, change) in decoded {
+            self.register(&change);
+            self.sigs.insert(change.hash(), sc.signature);
+        }
+        Ok(n)
+    }
+
+    /// Makes a local change with `key` as author; returns the signed change, or `None` when `f`
+    /// changed nothing. `f`'s error leaves the document untouched.
+    pub fn change<F>(&mut self, key: &Keypair, f: F) -> Result<Option<SignedChange>, DocError>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> Result<(), DocError>,
+    {
+        let actor = actor_of(&key.public()).ok_or(DocError::KeyType)?;
+        if self.doc.get_actor() != &actor {
+            self.doc.set_actor(actor);
+        }
+        let mut tx = self.doc.transaction();
+        if let Err(e) = f(&mut tx) {
+            tx.rollback();
+            return Err(e);
+        }
+        let (hash, _) = tx.commit();
+        let Some(hash) = hash else {
+            return Ok(None);
+        };
+        let mut change = self
+            .doc
+            .get_change_by_hash(&hash)
+            .ok_or_else(|| DocError::Invalid("committed change is missing".into()))?;
+        let signed = SignedChange::sign(key, self.id, &mut change)?;
+        self.register(&change);
+        self.sigs.insert(hash, signed.signature.clone());
+        Ok(Some(signed))
+    }
+
+    /// Checks and merges received changes (any order, duplicates allowed). Changes whose
+    /// dependencies have not arrived wait (up to [`MAX_PENDING`]).
+    pub fn receive(
+        &mut self,
+        changes: Vec<SignedChange>,
+        roster: &impl Roster,
+    ) -> Result<Outcome, DocError> {
+        let mut out = Outcome::default();
+        let mut ready = Vec::new();
+        for sc in changes {
+            match self.precheck(sc, roster) {
+                Ok(Some((sc, change))) => ready.push((sc, change)),
+                Ok(None) => out.duplicates += 1,
+                Err(e) => out.rejected.push(e),
+            }
+        }
+        // Changes usually arrive in causal order: merge each as soon as its dependencies are in,
+        // and park the rest.
+        for (sc, change) in ready {
+            let hash = change.hash();
+            if self.pending.contains_key(&hash) || self.sigs.contains_key(&hash) {
+                out.duplicates += 1;
+                continue;
+            }
+            if change.deps().iter().all(|d| self.sigs.contains_key(d)) {
+                self.merge(sc, change, roster, &mut out)?;
+                continue;
+            }
+            if self.pending.len() >= MAX_PENDING {
+                out.rejected.push((Some(hash), Reject::Backlog));
+                continue;
+            }
+            self.pending.insert(hash, (sc, change));
+        }
+        self.drain_pending(roster, &mut out)?;
+        out.pending = self.pending.len();
+        Ok(out)
+    }
+
+    /// Size, encoding, author and signature: everything that does not need the dependencies.
+    #[allow(clippy::type_complexity)]
+    fn precheck(
+        &self,
+        sc: SignedChange,
+        roster: &impl Roster,
+    ) -> Result<Option<(SignedChange, Change)>, (Option<ChangeHash>, Reject)> {
+        if sc.bytes.len() > MAX_CHANGE_BYTES {
+            return Err((None, Reject::TooLarge));
+        }
+        if sc.doc != self.id {
+            return Err((
+                None,
+                Reject::Schema(format!("change for {}", sc.doc.as_str())),
+            ));
+        }
+        let change = Change::try_from(&sc.bytes[..])
+            .map_err(|e| (None, Reject::Malformed(e.to_string())))?;
+        let hash = change.hash();
+        if self.sigs.contains_key(&hash) {
+            return Ok(None);
+        }
+        let fail = |r| (Some(hash), r);
+        let (key, peer) = peer_of_actor(change.actor_id()).ok_or(fail(Reject::BadActor))?;
+        if roster.role(&peer).is_none() {
+            return Err(fail(Reject::UnknownAuthor(peer.to_string())));
+        }
+        let statement = ChangeStatement {
+            doc: self.id,
+            hash: &hash.0,
+        };
+        match signing::verify(
+            &key,
+            CHANGE_DOMAIN,
+            "document change",
+            &statement,
+            &sc.signature,
+        ) {
+            Ok(true) => Ok(Some((sc, change))),
+            _ => Err(fail(Reject::BadSignature)),
+        }
+    }
+
+    fn drain_pending(&mut self, roster: &impl Roster, out: &mut Outcome) -> Result<(), DocError> {
+        loop {
+            let mut ready: Vec<ChangeHash> = self
+                .pending
+                .iter()
+                .filter(|(_, (_, c))| c.deps().iter().all(|d| self.sigs.contains_key(d)))
+                .map(|(h, _)| *h)
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            // A fixed order, so that replicas behave the same; every dependency is merged
+            // already, so the order among ready changes does not change the result.
+            ready.sort();
+            for hash in ready {
+                if let Some((sc, change)) = self.pending.remove(&hash) {
+                    self.merge(sc, change, roster, out)?;
+                }
+            }
+        }
+        // A rejected change's dependants can never be merged: drop them too.
+        let mut rejected: HashSet<ChangeHash> =
+            out.rejected.iter().filter_map(|(h, _)| *h).collect();
+        while !rejected.is_empty() {
+            let doomed: Vec<ChangeHash> = self
+                .pending
+                .iter()
+                .filter(|(_, (_, c))| c.deps().iter().any(|d| rejected.contains(d)))
+                .map(|(h, _)| *h)
+                .collect();
+            rejected.clear();
+            for h in doomed {
+                self.pending.remove(&h);
+                rejected.insert(h);
+                out.rejected.push((
+                    Some(h),
+                    Reject::Schema("depends on a rejected change".into()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(
+        &mut self,
+        sc: SignedChange,
+        change: Change,
+        roster: &impl Roster,
+        out: &mut Outcome,
+    ) -> Result<(), DocError> {
+        let hash = change.hash();
+        let expanded = change.decode();
+        if let Err(r) = self.authorize(&change, &expanded, roster) {
+            out.rejected.push((Some(hash), r));
+            return Ok(());
+        }
+        self.doc.apply_changes([change])?;
+        self.register_expanded(&expanded);
+        self.sigs.insert(hash, sc.signature.clone());
+        out.applied.push(sc);
+        Ok(())
+    }
+
+    /// Checks every operation of `change` against the author's rights as of its dependencies.
+    fn authorize(
+        &self,
+        change: &Change,
+        expanded: &ExpandedChange,
+        roster: &impl Roster,
+    ) -> Result<(), Reject> {
+        let actor = change.actor_id();
+        let (_, peer) = peer_of_actor(actor).ok_or(Reject::BadActor)?;
+        let role = roster
+            .role(&peer)
+            .ok_or_else(|| Reject::UnknownAuthor(peer.to_string()))?;
+        let author = peer.to_string();
+        let not_writer = |what: String| Reject::NotWriter {
+            author: author.clone(),
+            what,
+        };
+        if self.id == DocId::Members && role != Role::Admin {
+            return Err(not_writer("the members document".into()));
+        }
+        let deps = change.deps();
+        let start = expanded.start_op.get();
+        let mut created: HashMap<ObjKey, ObjInfo> = HashMap::new();
+        // Zones this change may write into (created here, or owned as of the dependencies).
+        let mut allowed_zones: HashSet<ObjKey> = HashSet::new();
+        for (i, op) in expanded.operations.iter().enumerate() {
+            let op_id: ObjKey = (start + i as u64, actor.clone());
+            let automerge::legacy::Key::Map(key) = &op.key else {
+                return Err(Reject::Schema("only maps are allowed".into()));
+            };
+            if op.insert {
+                return Err(Reject::Schema("only maps are allowed".into()));
+            }
+            let parent: Option<ObjInfo> = match &op.obj {
+                automerge::legacy::ObjectId::Root => None,
+                automerge::legacy::ObjectId::Id(id) => {
+                    let k = (id.0, id.1.clone());
+                    let info = created
+                        .get(&k)
+                        .or_else(|| self.objects.get(&k))
+                        .ok_or_else(|| {
+                            Reject::Schema(format!("unknown object {}@{}", id.0, id.1))
+                        })?;
+                    Some(info.clone())
+                }
+            };
+            match &op.action {
+                automerge::legacy::OpType::Make(ObjType::Map) => {
+                    let depth = parent.as_ref().map_or(1, |p| p.depth + 1);
+                    if depth > MAX_DEPTH {
+                        return Err(Reject::Schema("objects nest too deep".into()));
+                    }
+                    let info = match &parent {
+                        None => ObjInfo {
+                            depth,
+                            top: key.to_string(),
+                            top_obj: op_id.clone(),
+                        },
+                        Some(p) => ObjInfo {
+                            depth,
+                            top: p.top.clone(),
+                            top_obj: p.top_obj.clone(),
+                        },
+                    };
+                    created.insert(op_id.clone(), info);
+                }
+                automerge::legacy::OpType::Put(v) => {
+                    if parent.is_none() {
+                        return Err(Reject::Schema("top-level values must be maps".into()));
+                    }
+                    if matches!(v, ScalarValue::Counter(_)) {
+                        return Err(Reject::Schema("counters are not allowed".into()));
+                    }
+                }
+                automerge::legacy::OpType::Delete => {}
+                _ => return Err(Reject::Schema("only maps of scalars are allowed".into())),
+            }
+            let top = parent.as_ref().map_or(key.as_str(), |p| p.top.as_str());
+            match self.id {
+                DocId::Members => {}
+                DocId::Endpoints | DocId::Jobs => {
+                    if top != author {
+                        return Err(not_writer(format!("entries of {top}")));
+                    }
+                }
+                DocId::Zones => match &parent {
+                    None => {
+                        // Creating, replacing or deleting a zone: allowed when no zone of that
+                        // id exists as of the dependencies, or when the author owns it.
+                        let existing = self
+                            .doc
+                            .get_all_at(automerge::ROOT, key.as_str(), deps)
+                            .map_err(|e| Reject::Schema(e.to_string()))?;
+                        for (_, obj) in existing {
+                            if !self.owns_at(&obj, &author, deps) {
+                                return Err(not_writer(format!("zone {key}")));
+                            }
+                        }
+                        if let automerge::legacy::OpType::Make(_) = op.action {
+                            allowed_zones.insert(op_id.clone());
+                        }
+                    }
+                    Some(p) => {
+                        if !allowed_zones.contains(&p.top_obj) {
+                            if created.contains_key(&p.top_obj) {
+                                allowed_zones.insert(p.top_obj.clone());
+                            } else {
+                                let zone = self
+                                    .doc
+                                    .import_obj(&format!("{}@{}", p.top_obj.0, p.top_obj.1))
+                                    .map_err(|e| Reject::Schema(e.to_string()))?;
+                                if !self.owns_at(&zone, &author, deps) {
+                                    return Err(not_writer(format!("zone {}", p.top)));
+                                }
+                                allowed_zones.insert(p.top_obj.clone());
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        if self.id == DocId::Zones {
+            // A zone created here must name its creator as an owner.
+            for (obj, info) in &created {
+                if info.depth == 1 && !self.created_with_owner(expanded, obj, &author) {
+                    return Err(Reject::Schema(format!(
+                        "zone {} must list its creator in owners",
+                        info.top
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn owns_at(&self, zone: &automerge::ObjId, author: &str, heads: &[ChangeHash]) -> bool {
+        let Ok(Some((Value::Object(ObjType::Map), owners))) =
+            self.doc.get_at(zone, "owners", heads)
+        else {
+            return false;
+        };
+        matches!(
+            self.doc.get_at(&owners, author, heads),
+            Ok(Some((Value::Scalar(v), _))) if matches!(v.as_ref(), ScalarValue::Boolean(true))
+        )
+    }
+
+    /// Whether `expanded` puts `owners[author] = true` into the zone object `zone` it creates.
+    fn created_with_owner(&self, expanded: &ExpandedChange, zone: &ObjKey, author: &str) -> bool {
+        let start = expanded.start_op.get();
+        let actor = &zone.1;
+        let mut owners_obj = None;
+        for (i, op) in expanded.operations.iter().enumerate() {
+            let id = (start + i as u64, actor.clone());
+            let in_obj = |o: &ObjKey| matches!(&op.obj, automerge::legacy::ObjectId::Id(x) if x.0 == o.0 && x.1 == o.1);
+            match (&op.action, &op.key) {
+                (automerge::legacy::OpType::Make(ObjType::Map), automerge::legacy::Key::Map(k))
+                    if in_obj(zone) && k == "owners" =>
+                {
+                    owners_obj = Some(id);
+                }
+                (
+                    automerge::legacy::OpType::Put(ScalarValue::Boolean(true)),
+                    automerge::legacy::Key::Map(k),
+                ) if owners_obj.as_ref().is_some_and(in_obj) && k == author => return true,
+                _ => {}
+            }
+        }
+        false
+    }
+
+    fn register(&mut self, change: &Change) {
+        let expanded = change.decode();
+        self.register_expanded(&expanded);
+    }
+
+    /// Records the objects a merged change created, so later changes can be placed.
+    fn register_expanded(&mut self, expanded: &ExpandedChange) {
+        let start = expanded.start_op.get();
+        for (i, op) in expanded.operations.iter().enumerate() {
+            let automerge::legacy::OpType::Make(_) = op.action else {
+                continue;
+            };
+            let automerge::legacy::Key::Map(key) = &op.key else {
+                continue;
+            };
+            let id: ObjKey = (start + i as u64, expanded.actor_id.clone());
+            let info = match &op.obj {
+                automerge::legacy::ObjectId::Root => ObjInfo {
+                    depth: 1,
+                    top: key.to_string(),
+                    top_obj: id.clone(),
+                },
+                automerge::legacy::ObjectId::Id(p) => match self.objects.get(&(p.0, p.1.clone())) {
+                    Some(parent) => ObjInfo {
+                        depth: parent.depth + 1,
+                        top: parent.top.clone(),
+                        top_obj: parent.top_obj.clone(),
+                    },
+                    None => continue,
+                },
+            };
+            self.objects.insert(id, info);
+        }
+    }
+
+    /// Changes the holder of `their_heads` lacks, in causal order, from `offset`, up to about
+    /// `max_bytes`; and whether more remain.
+    pub fn changes_since(
+        &self,
+        their_heads: &[ChangeHash],
+        offset: usize,
+        max_bytes: usize,
+    ) -> (Vec<SignedChange>, bool) {
+        let known: Vec<ChangeHash> = their_heads
+            .iter()
+            .filter(|h| self.sigs.contains_key(h))
+            .copied()
+            .collect();
+        let changes = self.doc.get_changes(&known);
+        let mut out = Vec::new();
+        let mut size = 0;
+        let mut more = false;
+        for mut change in changes.into_iter().skip(offset) {
+            if size >= max_bytes && !out.is_empty() {
+                more = true;
+                break;
+            }
+            let Some(sig) = self.sigs.get(&change.hash()) else {
+                continue;
+            };
+            let bytes = change.bytes().into_owned();
+            size += bytes.len() + sig.len();
+            out.push(SignedChange {
+                doc: self.id,
+                bytes,
+                signature: sig.clone(),
+            });
+        }
+        (out, more)
+    }
+}
+
+/// Converts wire heads to Automerge hashes, dropping malformed ones.
+pub fn heads_from_bytes(heads: &[[u8; 32]]) -> Vec<ChangeHash> {
+    heads.iter().map(|h| ChangeHash(*h)).collect()
+}
+
+/// Converts Automerge hashes to wire heads.
+pub fn heads_to_bytes(heads: &[ChangeHash]) -> Vec<[u8; 32]> {
+    heads.iter().map(|h| h.0).collect()
+}
+
+#[cfg(test)]
+mod tests;

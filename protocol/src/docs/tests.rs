@@ -1,0 +1,285 @@
+use std::collections::HashMap;
+
+use automerge::ReadDoc;
+use proptest::prelude::*;
+
+use super::*;
+use crate::hlc::Hlc;
+use crate::zones::{self, RecordInput};
+
+struct Node {
+    key: Keypair,
+    id: String,
+}
+
+fn node() -> Node {
+    let key = Keypair::generate_ed25519();
+    let id = key.public().to_peer_id().to_string();
+    Node { key, id }
+}
+
+fn roster(nodes: &[(&Node, Role)]) -> HashMap<PeerId, Role> {
+    nodes
+        .iter()
+        .map(|(n, r)| (n.key.public().to_peer_id(), *r))
+        .collect()
+}
+
+fn hlc(n: u64) -> Hlc {
+    Hlc {
+        wall_ms: 1_700_000_000_000 + n,
+        counter: 0,
+    }
+}
+
+fn rec(name: &str, value: &str) -> RecordInput {
+    RecordInput {
+        rtype: "A".into(),
+        name: name.into(),
+        value: value.into(),
+        ttl: 60,
+    }
+}
+
+fn create_zone(r: &mut Replica, n: &Node, id: &str) -> SignedChange {
+    r.change(&n.key, |tx| {
+        zones::create_zone(tx, id, &format!("{id}.mesh."), &n.id, hlc(0))
+    })
+    .expect("change")
+    .expect("not empty")
+}
+
+fn add_record(
+    r: &mut Replica,
+    n: &Node,
+    zone: &str,
+    name: &str,
+    value: &str,
+    t: u64,
+) -> SignedChange {
+    let obj = zones::zone_obj(r.doc(), zone).expect("zone");
+    let input = zones::check_record(&format!("{zone}.mesh."), &rec(name, value)).expect("valid");
+    r.change(&n.key, |tx| {
+        zones::put_record(tx, zone, &obj, &input, &n.id, hlc(t)).map(|_| ())
+    })
+    .expect("change")
+    .expect("not empty")
+}
+
+#[test]
+fn owner_changes_replicate_and_non_owner_changes_are_rejected() {
+    let (a, b) = (node(), node());
+    let ros = roster(&[(&a, Role::Admin), (&b, Role::Member)]);
+    let mut ra = Replica::new(DocId::Zones);
+    let mut rb = Replica::new(DocId::Zones);
+    let c1 = create_zone(&mut ra, &a, "demo");
+    let c2 = add_record(&mut ra, &a, "demo", "www.demo.mesh.", "10.0.0.1", 1);
+    let out = rb
+        .receive(vec![c2.clone(), c1.clone()], &ros)
+        .expect("receive");
+    assert_eq!(out.applied.len(), 2, "{out:?}");
+    assert!(out.rejected.is_empty());
+    assert_eq!(rb.heads(), ra.heads());
+
+    // B writes into A's zone on its own replica (where nothing stops it) and sends the change.
+    let mut rogue = Replica::new(DocId::Zones);
+    rogue.load(vec![c1, c2]).expect("load");
+    let bad = add_record(&mut rogue, &b, "demo", "evil.demo.mesh.", "10.6.6.6", 2);
+    let out = ra.receive(vec![bad.clone()], &ros).expect("receive");
+    assert!(out.applied.is_empty());
+    assert!(
+        matches!(out.rejected[0].1, Reject::NotWriter { .. }),
+        "{out:?}"
+    );
+    let recs = zones::records(ra.doc(), "demo").expect("zone");
+    assert_eq!(recs.len(), 1, "content unchanged");
+
+    // A forged signature, an unknown author and a change for another document.
+    let mut forged = bad.clone();
+    forged.signature[3] ^= 1;
+    let stranger = node();
+    let mut sr = Replica::new(DocId::Zones);
+    let sc = create_zone(&mut sr, &stranger, "other");
+    let mut wrong_doc = sc.clone();
+    wrong_doc.doc = DocId::Jobs;
+    let ros2 = roster(&[(&a, Role::Admin), (&b, Role::Member)]);
+    let out = ra
+        .receive(vec![forged, sc, wrong_doc], &ros2)
+        .expect("receive");
+    let reasons: Vec<&str> = out.rejected.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(reasons, ["bad_signature", "unknown_author", "schema"]);
+
+    // A member may create its own zone; the owner can add owners, who may then write.
+    // A change that builds on a rejected one waits for it forever; B's honest replica does not.
+    let on_bad = create_zone(&mut rogue, &b, "bzone");
+    let out = ra.receive(vec![on_bad], &ros).expect("receive");
+    assert!(out.applied.is_empty() && out.pending == 1, "{out:?}");
+    let c3 = create_zone(&mut rb, &b, "bzone");
+    let out = ra.receive(vec![c3], &ros).expect("receive");
+    assert_eq!(out.applied.len(), 1, "{out:?}");
+    let zone = zones::zone_obj(ra.doc(), "demo").expect("zone");
+    let grant = ra
+        .change(&a.key, |tx| zones::add_owner(tx, &zone, &b.id))
+        .expect("grant")
+        .expect("not empty");
+    let mut rb2 = Replica::new(DocId::Zones);
+    let all = ra.changes_since(&[], 0, usize::MAX).0;
+    rb2.receive(all, &ros).expect("receive");
+    let _ = grant;
+    let ok = add_record(&mut rb2, &b, "demo", "b.demo.mesh.", "10.0.0.2", 3);
+    let out = ra.receive(vec![ok], &ros).expect("receive");
+    assert_eq!(out.applied.len(), 1, "{out:?}");
+}
+
+#[test]
+fn endpoints_entries_belong_to_their_author() {
+    let (a, b) = (node(), node());
+    let ros = roster(&[(&a, Role::Admin), (&b, Role::Member)]);
+    let mut ra = Replica::new(DocId::Endpoints);
+    let mut rb = Replica::new(DocId::Endpoints);
+    let own = rb
+        .change(&b.key, |tx| {
+            use automerge::transaction::Transactable;
+            let o = tx.put_object(automerge::ROOT, b.id.as_str(), ObjType::Map)?;
+            tx.put(&o, "api", "10.0.0.9:80")?;
+            Ok(())
+        })
+        .expect("change")
+        .expect("some");
+    let foreign = rb
+        .change(&b.key, |tx| {
+            use automerge::transaction::Transactable;
+            let o = tx.put_object(automerge::ROOT, a.id.as_str(), ObjType::Map)?;
+            tx.put(&o, "api", "10.6.6.6:80")?;
+            Ok(())
+        })
+        .expect("change")
+        .expect("some");
+    let out = ra.receive(vec![own, foreign], &ros).expect("receive");
+    assert_eq!(out.applied.len(), 1);
+    assert_eq!(out.rejected[0].1.as_str(), "not_writer");
+    // Members: admins only.
+    let mut rm = Replica::new(DocId::Members);
+    let by_member = rm
+        .change(&b.key, |tx| {
+            use automerge::transaction::Transactable;
+            tx.put_object(automerge::ROOT, "x", ObjType::Map)?;
+            Ok(())
+        })
+        .expect("change")
+        .expect("some");
+    let out = Replica::new(DocId::Members)
+        .receive(vec![by_member], &ros)
+        .expect("receive");
+    assert_eq!(out.rejected[0].1.as_str(), "not_writer");
+}
+
+#[test]
+fn lists_text_and_oversized_changes_are_refused() {
+    let a = node();
+    let ros = roster(&[(&a, Role::Admin)]);
+    let mut src = Replica::new(DocId::Members);
+    let list = src
+        .change(&a.key, |tx| {
+            use automerge::transaction::Transactable;
+            let o = tx.put_object(automerge::ROOT, "m", ObjType::Map)?;
+            tx.put_object(&o, "l", ObjType::List)?;
+            Ok(())
+        })
+        .expect("change")
+        .expect("some");
+    let out = Replica::new(DocId::Members)
+        .receive(vec![list], &ros)
+        .expect("receive");
+    assert_eq!(out.rejected[0].1.as_str(), "schema");
+    let big = SignedChange {
+        doc: DocId::Members,
+        bytes: vec![0; MAX_CHANGE_BYTES + 1],
+        signature: vec![],
+    };
+    let garbage = SignedChange {
+        doc: DocId::Members,
+        bytes: vec![1, 2, 3],
+        signature: vec![],
+    };
+    let out = Replica::new(DocId::Members)
+        .receive(vec![big, garbage], &ros)
+        .expect("receive");
+    let reasons: Vec<&str> = out.rejected.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(reasons, ["too_large", "malformed"]);
+}
+
+/// Three writers make concurrent changes; every replica receives all of them in a different
+/// order, with duplicates, and must end with the same heads and the same records.
+fn scenario(writes: &[(usize, u8)]) -> (Vec<SignedChange>, HashMap<PeerId, Role>) {
+    let nodes = [node(), node(), node()];
+    let ros = roster(&[
+        (&nodes[0], Role::Admin),
+        (&nodes[1], Role::Member),
+        (&nodes[2], Role::Member),
+    ]);
+    let mut replicas: Vec<Replica> = (0..3).map(|_| Replica::new(DocId::Zones)).collect();
+    let mut all = vec![create_zone(&mut replicas[0], &nodes[0], "demo")];
+    let zone = zones::zone_obj(replicas[0].doc(), "demo").expect("zone");
+    for who in 1..3 {
+        all.push(
+            replicas[0]
+                .change(&nodes[0].key, |tx| {
+                    zones::add_owner(tx, &zone, &nodes[who].id)
+                })
+                .expect("grant")
+                .expect("some"),
+        );
+    }
+    for r in &mut replicas[1..] {
+        r.receive(all.clone(), &ros).expect("receive");
+    }
+    for (i, (who, v)) in writes.iter().enumerate() {
+        let who = who % 3;
+        let name = format!("h{}.demo.mesh.", v % 4);
+        let c = add_record(
+            &mut replicas[who],
+            &nodes[who],
+            "demo",
+            &name,
+            &format!("10.0.0.{v}"),
+            i as u64 + 10,
+        );
+        all.push(c);
+    }
+    (all, ros)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn any_order_with_duplicates_converges(
+        writes in proptest::collection::vec((0usize..3, any::<u8>()), 1..12),
+        seed in any::<u64>(),
+    ) {
+        let (all, ros) = scenario(&writes);
+        let mut first = Replica::new(DocId::Zones);
+        first.receive(all.clone(), &ros).expect("receive");
+        // A second replica gets a shuffled copy with duplicates, in small batches.
+        let mut shuffled: Vec<SignedChange> = all.iter().chain(all.iter().step_by(2)).cloned().collect();
+        let mut s = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+            shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+        }
+        let mut second = Replica::new(DocId::Zones);
+        for batch in shuffled.chunks(3) {
+            second.receive(batch.to_vec(), &ros).expect("receive");
+        }
+        prop_assert_eq!(first.len(), all.len());
+        let mut h1 = first.heads(); h1.sort();
+        let mut h2 = second.heads(); h2.sort();
+        prop_assert_eq!(h1, h2);
+        prop_assert_eq!(
+            zones::records(first.doc(), "demo"),
+            zones::records(second.doc(), "demo")
+        );
+        prop_assert_eq!(first.doc().length(automerge::ROOT), 1);
+    }
+}

@@ -1,0 +1,433 @@
+//! The `zones` document: DNS zones, their owners and records, with input validation.
+//!
+//! Layout (all maps): `root[zone_id] = {domain, created_by, owners: {node_id: true},
+//! records: {record_id: {type, name, value, ttl, author, hlc}}}`. A record's id is derived from
+//! `(zone, name, type, value)`, so records form a set keyed by name/type/value: two nodes adding
+//! the same record concurrently add the same key. When concurrent writes leave several versions
+//! of a record (or of a zone), readers take the one with the highest HLC (then the highest
+//! Automerge op id): TTL and metadata are last-writer-wins by HLC.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use automerge::transaction::{Transactable, Transaction};
+use automerge::{Automerge, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::docs::DocError;
+use crate::hlc::Hlc;
+use crate::signing::hex;
+
+/// Record types this version stores.
+pub const RECORD_TYPES: [&str; 9] = ["A", "AAAA", "CNAME", "TXT", "SRV", "MX", "NS", "PTR", "CAA"];
+/// Largest TTL (RFC 2181: 2^31 - 1).
+pub const MAX_TTL: u64 = 2_147_483_647;
+/// Longest record value accepted.
+pub const MAX_VALUE_LEN: usize = 4000;
+
+/// A zone as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Zone {
+    pub id: String,
+    pub domain: String,
+    pub owners: Vec<String>,
+    pub created_by: String,
+    pub records: usize,
+}
+
+/// A record as the API shows it (`type`, `name`, `value`, `ttl` as in DESIGN.md §10).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub id: String,
+    pub zone_id: String,
+    #[serde(rename = "type")]
+    pub rtype: String,
+    pub name: String,
+    pub value: String,
+    pub ttl: u64,
+    pub author: String,
+    pub hlc: String,
+}
+
+/// A record as submitted.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordInput {
+    #[serde(rename = "type")]
+    pub rtype: String,
+    pub name: String,
+    pub value: String,
+    #[serde(default = "default_ttl")]
+    pub ttl: u64,
+}
+
+fn default_ttl() -> u64 {
+    300
+}
+
+/// Bad input, naming the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Checks a zone id: 1–63 of `a-z`, `0-9`, `-`, `_`.
+pub fn check_zone_id(id: &str) -> Result<(), Invalid> {
+    if id.is_empty() || id.len() > 63 {
+        return Err(invalid("id", "must be 1 to 63 characters"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(invalid("id", "may hold only a-z, 0-9, '-' and '_'"));
+    }
+    Ok(())
+}
+
+/// Normalises a domain name to lower case with a trailing dot, checking label rules.
+pub fn normalize_name(field: &'static str, name: &str) -> Result<String, Invalid> {
+    let mut n = name.trim().to_ascii_lowercase();
+    if n.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if !n.ends_with('.') {
+        n.push('.');
+    }
+    if n == "." {
+        return Ok(n);
+    }
+    if n.len() > 254 {
+        return Err(invalid(field, "is longer than 253 characters"));
+    }
+    for (i, label) in n.trim_end_matches('.').split('.').enumerate() {
+        if label.is_empty() {
+            return Err(invalid(field, "has an empty label"));
+        }
+        if label.len() > 63 {
+            return Err(invalid(field, format!("label '{label}' is longer than 63")));
+        }
+        let wildcard = i == 0 && label == "*";
+        if !wildcard
+            && !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                field,
+                format!("label '{label}' has invalid characters"),
+            ));
+        }
+    }
+    Ok(n)
+}
+
+/// Checks and normalises a record for `domain`.
+pub fn check_record(domain: &str, input: &RecordInput) -> Result<RecordInput, Invalid> {
+    let rtype = input.rtype.trim().to_ascii_uppercase();
+    if !RECORD_TYPES.contains(&rtype.as_str()) {
+        return Err(invalid(
+            "record.type",
+            format!("must be one of {}", RECORD_TYPES.join(", ")),
+        ));
+    }
+    let name = normalize_name("record.name", &input.name)?;
+    if !(name == domain || name.ends_with(&format!(".{domain}"))) {
+        return Err(invalid("record.name", format!("must be inside {domain}")));
+    }
+    if input.ttl > MAX_TTL {
+        return Err(invalid("record.ttl", format!("must be at most {MAX_TTL}")));
+    }
+    let value = input.value.trim();
+    if value.is_empty() {
+        return Err(invalid("record.value", "must not be empty"));
+    }
+    if value.len() > MAX_VALUE_LEN {
+        return Err(invalid(
+            "record.value",
+            format!("is longer than {MAX_VALUE_LEN} bytes"),
+        ));
+    }
+    let bad = |what: &str| invalid("record.value", format!("is not {what}"));
+    let value = match rtype.as_str() {
+        "A" => value
+            .parse::<Ipv4Addr>()
+            .map_err(|_| bad("an IPv4 address"))?
+            .to_string(),
+        "AAAA" => value
+            .parse::<Ipv6Addr>()
+            .map_err(|_| bad("an IPv6 address"))?
+            .to_string(),
+        "CNAME" | "NS" | "PTR" => normalize_name("record.value", value)?,
+        "MX" => {
+            let (pref, host) = value
+                .split_once(' ')
+                .ok_or_else(|| bad("'PREFERENCE HOST'"))?;
+            let pref: u16 = pref.parse().map_err(|_| bad("'PREFERENCE HOST'"))?;
+            format!("{pref} {}", normalize_name("record.value", host)?)
+        }
+        "SRV" => {
+            let parts: Vec<&str> = value.split_whitespace().collect();
+            let [p, w, port, target] = parts[..] else {
+                return Err(bad("'PRIORITY WEIGHT PORT TARGET'"));
+            };
+            let nums: Result<Vec<u16>, _> = [p, w, port].iter().map(|s| s.parse()).collect();
+            let nums = nums.map_err(|_| bad("'PRIORITY WEIGHT PORT TARGET'"))?;
+            format!(
+                "{} {} {} {}",
+                nums[0],
+                nums[1],
+                nums[2],
+                normalize_name("record.value", target)?
+            )
+        }
+        "CAA" => {
+            let mut it = value.splitn(3, ' ');
+            let (Some(flags), Some(tag), Some(v)) = (it.next(), it.next(), it.next()) else {
+                return Err(bad("'FLAGS TAG \"VALUE\"'"));
+            };
+            let flags: u8 = flags.parse().map_err(|_| bad("'FLAGS TAG \"VALUE\"'"))?;
+            if !matches!(tag, "issue" | "issuewild" | "iodef") {
+                return Err(bad("a CAA record with tag issue, issuewild or iodef"));
+            }
+            format!("{flags} {tag} {v}")
+        }
+        _ => value.to_string(), // TXT: any text
+    };
+    Ok(RecordInput {
+        rtype,
+        name,
+        value,
+        ttl: input.ttl,
+    })
+}
+
+/// The id of a record: a hash of its zone, name, type and value.
+pub fn record_id(zone: &str, r: &RecordInput) -> String {
+    let mut h = Sha256::new();
+    for part in [zone, &r.name, &r.rtype, &r.value] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let d: [u8; 32] = h.finalize().into();
+    hex(&d[..12])
+}
+
+/// Packs an HLC into one sortable integer.
+pub fn pack_hlc(h: Hlc) -> u64 {
+    (h.wall_ms << 20) | u64::from(h.counter.min((1 << 20) - 1))
+}
+
+fn unpack_hlc(v: u64) -> Hlc {
+    Hlc {
+        wall_ms: v >> 20,
+        counter: (v & ((1 << 20) - 1)) as u32,
+    }
+}
+
+fn str_of(doc: &Automerge, obj: &ObjId, key: &str) -> Option<String> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Scalar(v), _) => match v.as_ref() {
+            ScalarValue::Str(s) => Some(s.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn uint_of(doc: &Automerge, obj: &ObjId, key: &str) -> Option<u64> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Scalar(v), _) => match v.as_ref() {
+            ScalarValue::Uint(n) => Some(*n),
+            ScalarValue::Int(n) => u64::try_from(*n).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Among conflicting map objects under `key`, the one with the highest `hlc` (then op id).
+fn newest_map(doc: &Automerge, parent: &ObjId, key: &str) -> Option<ObjId> {
+    let all = doc.get_all(parent, key).ok()?;
+    all.into_iter()
+        .filter(|(v, _)| matches!(v, Value::Object(ObjType::Map)))
+        .map(|(_, id)| (uint_of(doc, &id, "hlc").unwrap_or(0), id))
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)))
+        .map(|(_, id)| id)
+}
+
+/// The object of zone `id`.
+pub fn zone_obj(doc: &Automerge, id: &str) -> Option<ObjId> {
+    newest_map(doc, &ROOT, id)
+}
+
+fn owners(doc: &Automerge, zone: &ObjId) -> Vec<String> {
+    let Ok(Some((Value::Object(ObjType::Map), o))) = doc.get(zone, "owners") else {
+        return Vec::new();
+    };
+    doc.keys(&o)
+        .filter(|k| {
+            matches!(doc.get(&o, k.as_str()), Ok(Some((Value::Scalar(v), _))) if matches!(v.as_ref(), ScalarValue::Boolean(true)))
+        })
+        .collect()
+}
+
+fn zone_of(doc: &Automerge, id: &str, obj: &ObjId) -> Zone {
+    let records = match doc.get(obj, "records") {
+        Ok(Some((Value::Object(ObjType::Map), r))) => doc.length(&r),
+        _ => 0,
+    };
+    Zone {
+        id: id.to_string(),
+        domain: str_of(doc, obj, "domain").unwrap_or_default(),
+        owners: owners(doc, obj),
+        created_by: str_of(doc, obj, "created_by").unwrap_or_default(),
+        records,
+    }
+}
+
+/// Every zone, by id.
+pub fn zones(doc: &Automerge) -> Vec<Zone> {
+    doc.keys(ROOT)
+        .filter_map(|id| zone_obj(doc, &id).map(|o| zone_of(doc, &id, &o)))
+        .collect()
+}
+
+/// One zone.
+pub fn zone(doc: &Automerge, id: &str) -> Option<Zone> {
+    zone_obj(doc, id).map(|o| zone_of(doc, id, &o))
+}
+
+/// Whether `node` owns zone `id`.
+pub fn is_owner(doc: &Automerge, id: &str, node: &str) -> bool {
+    zone_obj(doc, id).is_some_and(|o| owners(doc, &o).iter().any(|n| n == node))
+}
+
+fn records_obj(doc: &Automerge, zone: &ObjId) -> Option<ObjId> {
+    match doc.get(zone, "records") {
+        Ok(Some((Value::Object(ObjType::Map), r))) => Some(r),
+        _ => None,
+    }
+}
+
+fn record_of(doc: &Automerge, zone_id: &str, id: &str, obj: &ObjId) -> Record {
+    Record {
+        id: id.to_string(),
+        zone_id: zone_id.to_string(),
+        rtype: str_of(doc, obj, "type").unwrap_or_default(),
+        name: str_of(doc, obj, "name").unwrap_or_default(),
+        value: str_of(doc, obj, "value").unwrap_or_default(),
+        ttl: uint_of(doc, obj, "ttl").unwrap_or(0),
+        author: str_of(doc, obj, "author").unwrap_or_default(),
+        hlc: unpack_hlc(uint_of(doc, obj, "hlc").unwrap_or(0)).to_string(),
+    }
+}
+
+/// The records of zone `zone_id`, ordered by id; `None` when the zone does not exist.
+pub fn records(doc: &Automerge, zone_id: &str) -> Option<Vec<Record>> {
+    let zone = zone_obj(doc, zone_id)?;
+    let Some(recs) = records_obj(doc, &zone) else {
+        return Some(Vec::new());
+    };
+    Some(
+        doc.keys(&recs)
+            .filter_map(|id| newest_map(doc, &recs, &id).map(|o| record_of(doc, zone_id, &id, &o)))
+            .collect(),
+    )
+}
+
+/// Finds a record by id in any zone.
+pub fn find_record(doc: &Automerge, record_id: &str) -> Option<Record> {
+    doc.keys(ROOT).find_map(|z| {
+        let zone = zone_obj(doc, &z)?;
+        let recs = records_obj(doc, &zone)?;
+        newest_map(doc, &recs, record_id).map(|o| record_of(doc, &z, record_id, &o))
+    })
+}
+
+/// Creates zone `id` for `domain` owned by `owner`.
+pub fn create_zone(
+    tx: &mut Transaction<'_>,
+    id: &str,
+    domain: &str,
+    owner: &str,
+    hlc: Hlc,
+) -> Result<(), DocError> {
+    let z = tx.put_object(ROOT, id, ObjType::Map)?;
+    tx.put(&z, "domain", domain)?;
+    tx.put(&z, "created_by", owner)?;
+    tx.put(&z, "hlc", pack_hlc(hlc))?;
+    let o = tx.put_object(&z, "owners", ObjType::Map)?;
+    tx.put(&o, owner, true)?;
+    tx.put_object(&z, "records", ObjType::Map)?;
+    Ok(())
+}
+
+/// Adds `node` to the owners of the zone at `zone`.
+pub fn add_owner(tx: &mut Transaction<'_>, zone: &ObjId, node: &str) -> Result<(), DocError> {
+    let o = match tx.get(zone, "owners")? {
+        Some((Value::Object(ObjType::Map), o)) => o,
+        _ => tx.put_object(zone, "owners", ObjType::Map)?,
+    };
+    tx.put(&o, node, true)?;
+    Ok(())
+}
+
+/// Adds (or refreshes) a checked record in the zone at `zone`; returns it.
+pub fn put_record(
+    tx: &mut Transaction<'_>,
+    zone_id: &str,
+    zone: &ObjId,
+    r: &RecordInput,
+    author: &str,
+    hlc: Hlc,
+) -> Result<Record, DocError> {
+    let recs = match tx.get(zone, "records")? {
+        Some((Value::Object(ObjType::Map), o)) => o,
+        _ => tx.put_object(zone, "records", ObjType::Map)?,
+    };
+    let id = record_id(zone_id, r);
+    let obj = match tx.get(&recs, id.as_str())? {
+        Some((Value::Object(ObjType::Map), o)) => o,
+        _ => tx.put_object(&recs, id.as_str(), ObjType::Map)?,
+    };
+    tx.put(&obj, "type", r.rtype.as_str())?;
+    tx.put(&obj, "name", r.name.as_str())?;
+    tx.put(&obj, "value", r.value.as_str())?;
+    tx.put(&obj, "ttl", r.ttl)?;
+    tx.put(&obj, "author", author)?;
+    tx.put(&obj, "hlc", pack_hlc(hlc))?;
+    Ok(Record {
+        id,
+        zone_id: zone_id.to_string(),
+        rtype: r.rtype.clone(),
+        name: r.name.clone(),
+        value: r.value.clone(),
+        ttl: r.ttl,
+        author: author.to_string(),
+        hlc: hlc.to_string(),
+    })
+}
+
+/// Deletes record `id` from the zone at `zone`; false when it is not there.
+pub fn delete_record(tx: &mut Transaction<'_>, zone: &ObjId, id: &str) -> Result<bool, DocError> {
+    let Some((Value::Object(ObjType::Map), recs)) = tx.get(zone, "records")? else {
+        return Ok(false);
+    };
+    if tx.get(&recs, id)?.is_none() {
+        return Ok(false);
+    }
+    tx.delete(&recs, id)?;
+    Ok(true)
+}
