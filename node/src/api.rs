@@ -22,7 +22,10 @@ use voike_protocol::api::{
 use voike_protocol::mesh::Role;
 
 use crate::ledger::{LedgerHandle, anchor_json, entry_json};
+use crate::state::{StateError, StateHandle};
 use crate::swarm::{InviteError, SwarmHandle};
+
+mod vdns;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -34,6 +37,7 @@ const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
 pub struct ApiState {
     pub swarm: SwarmHandle,
     pub ledger: LedgerHandle,
+    pub state: StateHandle,
     pub token: Arc<String>,
 }
 
@@ -54,7 +58,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
@@ -89,10 +93,21 @@ pub fn router(state: ApiState) -> Router {
         .route("/ledger/verify", post(ledger_verify))
         .route("/ledger/anchor", post(ledger_anchor))
         .route("/ledger/{id}", get(ledger_get))
+        .route("/vdns/zones", get(vdns::list_zones).post(vdns::create_zone))
+        .route("/vdns/zones/{zone}/owners", post(vdns::add_owner))
+        .route(
+            "/vdns/records",
+            get(vdns::list_records).post(vdns::add_record),
+        )
+        .route(
+            "/vdns/records/{id}",
+            axum::routing::delete(vdns::delete_record),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -144,6 +159,63 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
     }
 }
 
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            StateError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            StateError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StateError::Invalid(i) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("invalid `{}`: {}", i.field, i.message),
+            ),
+            StateError::Internal(m) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
+            }
+        }
+    }
+}
+
+/// Reads a JSON body; an empty body is `default` when given, else an error.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+    default: Option<T>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "bad_request"
+        };
+        ApiError::new(e.status(), code, e.body_text())
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return default.ok_or_else(|| ApiError::bad_request(format!("missing {what} (JSON body)")));
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid {what}: {e}")))
+}
+
+/// Prometheus text exposition (no token: loopback only, no secrets).
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let s = state.state.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        s.refresh_gauges();
+        s.metrics().encode()
+    })
+    .await
+    .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
@@ -189,20 +261,7 @@ async fn mesh_invite(
     State(state): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| {
-        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
-        } else {
-            "bad_request"
-        };
-        ApiError::new(e.status(), code, e.body_text())
-    })?;
-    let req: InviteRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        InviteRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid invite request: {e}")))?
-    };
+    let req: InviteRequest = parse_json(body, "invite request", Some(InviteRequest::default()))?;
     let ttl = match req.ttl.as_deref() {
         None => DEFAULT_INVITE_TTL,
         Some(t) => humantime::parse_duration(t).map_err(|e| {

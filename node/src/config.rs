@@ -31,6 +31,39 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub p2p: P2pConfig,
     pub api: ApiConfig,
+    pub sync: SyncConfig,
+}
+
+/// `[sync]`: replication of documents and the ledger between members.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Mean interval of anti-entropy rounds with a random connected member (jittered ±20%).
+    /// Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub anti_entropy_interval: Duration,
+    /// How far ahead of the local clock a remote ledger entry's timestamp may be. Default `"60s"`.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// Sync requests a peer may send per second (sustained). Default 50.
+    pub peer_request_rate: u32,
+    /// Sync requests a peer may send in a burst. Default 200.
+    pub peer_request_burst: u32,
+    /// How long a sync request may wait for its answer. Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            anti_entropy_interval: Duration::from_secs(30),
+            max_future_skew: Duration::from_secs(60),
+            peer_request_rate: 50,
+            peer_request_burst: 200,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[p2p]`: the libp2p swarm.
@@ -86,6 +119,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             p2p: P2pConfig::default(),
             api: ApiConfig::default(),
+            sync: SyncConfig::default(),
         }
     }
 }
@@ -294,6 +328,24 @@ impl Config {
         }
         if self.p2p.max_peers == 0 {
             return Err(("p2p.max_peers", "must be at least 1".into()));
+        }
+        if self.sync.anti_entropy_interval < Duration::from_millis(100) {
+            return Err((
+                "sync.anti_entropy_interval",
+                "must be at least 100ms".into(),
+            ));
+        }
+        if self.sync.max_future_skew < Duration::from_secs(1) {
+            return Err(("sync.max_future_skew", "must be at least 1s".into()));
+        }
+        if self.sync.peer_request_rate == 0 || self.sync.peer_request_burst == 0 {
+            return Err((
+                "sync.peer_request_rate",
+                "rate and burst must be at least 1".into(),
+            ));
+        }
+        if self.sync.request_timeout < Duration::from_millis(100) {
+            return Err(("sync.request_timeout", "must be at least 100ms".into()));
         }
         if self.shutdown_timeout < Duration::from_millis(100) {
             return Err(("shutdown_timeout", "must be at least 100ms".into()));

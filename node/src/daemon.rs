@@ -17,7 +17,10 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::ledger::LedgerHandle;
 use crate::mesh::MeshState;
-use crate::swarm::{EventLoop, behaviour};
+use crate::metrics::Metrics;
+use crate::state::StateHandle;
+use crate::swarm::{EventLoop, SyncParts, behaviour};
+use crate::sync;
 
 /// File names inside the data directory.
 pub const KEY_FILE: &str = "node.key";
@@ -87,7 +90,18 @@ async fn run_with_store(
     token: String,
     store: Store,
 ) -> anyhow::Result<()> {
-    let ledger = LedgerHandle::spawn(key.clone(), store.clone())?;
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let ledger = LedgerHandle::spawn_with_notify(key.clone(), store.clone(), changed.clone())?;
+    let metrics = Arc::new(Metrics::new());
+    let state = StateHandle::open(
+        key.clone(),
+        store.clone(),
+        ledger.clone(),
+        metrics.clone(),
+        changed,
+        config.sync.max_future_skew,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot load replicated state: {e}"))?;
     let mesh = MeshState::open(
         key.clone(),
         store,
@@ -104,9 +118,27 @@ async fn run_with_store(
             )
         })?;
     let api_addr = listener.local_addr()?;
-    let swarm = behaviour::build(key, config.p2p.ping_interval, config.p2p.handshake_timeout)?;
-    let (event_loop, handle) =
-        EventLoop::new(swarm, mesh, config.p2p.clone(), api_addr.to_string())?;
+    let swarm = behaviour::build(
+        key,
+        behaviour::BuildOptions {
+            ping_interval: config.p2p.ping_interval,
+            handshake_timeout: config.p2p.handshake_timeout,
+            sync_timeout: config.sync.request_timeout,
+            metrics,
+        },
+    )?;
+    let (sync_tx, sync_rx) = tokio::sync::mpsc::channel(sync::QUEUE);
+    let (event_loop, handle) = EventLoop::new(
+        swarm,
+        mesh,
+        config.p2p.clone(),
+        api_addr.to_string(),
+        SyncParts {
+            state: state.clone(),
+            config: config.sync.clone(),
+            tx: sync_tx,
+        },
+    )?;
     std::fs::write(data_dir.join(API_ADDR_FILE), format!("{api_addr}\n"))
         .with_context(|| format!("cannot write {}", data_dir.join(API_ADDR_FILE).display()))?;
     info!(%api_addr, "admin API listening");
@@ -114,9 +146,18 @@ async fn run_with_store(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut swarm_task = tracker.spawn(event_loop.run(cancel.child_token()));
+    let sync_cancel = cancel.child_token();
+    let sync_worker = sync::run(state.clone(), handle.clone(), sync_rx);
+    tracker.spawn(async move {
+        tokio::select! {
+            _ = sync_cancel.cancelled() => {}
+            _ = sync_worker => {}
+        }
+    });
     let app = api::router(ApiState {
         swarm: handle,
         ledger,
+        state,
         token: Arc::new(token),
     });
     let api_cancel = cancel.child_token();

@@ -8,7 +8,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use libp2p::identity::Keypair;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{error, warn};
 use voike_protocol::api::{LedgerAnchor, LedgerEntry};
 use voike_protocol::hlc::HlcClock;
@@ -31,6 +33,8 @@ enum LedgerMsg {
     Append {
         kind: String,
         body: serde_json::Value,
+        /// Written in the same transaction as the entry.
+        extra: Vec<WriteOp>,
         reply: Option<oneshot::Sender<Result<Entry, StoreError>>>,
     },
     Anchor {
@@ -55,6 +59,15 @@ impl std::fmt::Debug for LedgerMsg {
 impl LedgerHandle {
     /// Starts the actor for `key`'s chain.
     pub fn spawn(key: Keypair, store: Store) -> Result<LedgerHandle, StoreError> {
+        Self::spawn_with_notify(key, store, Arc::new(Notify::new()))
+    }
+
+    /// Starts the actor; `changed` is notified after each durable append.
+    pub fn spawn_with_notify(
+        key: Keypair,
+        store: Store,
+        changed: Arc<Notify>,
+    ) -> Result<LedgerHandle, StoreError> {
         let author = key.public().encode_protobuf();
         let head = store.ledger_head(&author)?;
         let mut clock = HlcClock::new(MAX_DRIFT_MS);
@@ -70,6 +83,7 @@ impl LedgerHandle {
             store: store.clone(),
             rx,
             tx: tx.downgrade(),
+            changed,
         };
         tokio::spawn(actor.run());
         Ok(LedgerHandle { tx, store })
@@ -77,11 +91,22 @@ impl LedgerHandle {
 
     /// Appends an entry and waits until it is durable.
     pub async fn append(&self, kind: &str, body: serde_json::Value) -> Result<Entry, StoreError> {
+        self.append_with(kind, body, Vec::new()).await
+    }
+
+    /// Appends an entry together with `extra` writes, atomically; waits until both are durable.
+    pub async fn append_with(
+        &self,
+        kind: &str,
+        body: serde_json::Value,
+        extra: Vec<WriteOp>,
+    ) -> Result<Entry, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(LedgerMsg::Append {
                 kind: kind.to_string(),
                 body,
+                extra,
                 reply: Some(reply),
             })
             .await
@@ -94,6 +119,7 @@ impl LedgerHandle {
         let msg = LedgerMsg::Append {
             kind: kind.to_string(),
             body,
+            extra: Vec::new(),
             reply: None,
         };
         if self.tx.try_send(msg).is_err() {
@@ -126,13 +152,19 @@ struct LedgerActor {
     rx: mpsc::Receiver<LedgerMsg>,
     /// Weak, so that the actor ends once every handle is dropped.
     tx: mpsc::WeakSender<LedgerMsg>,
+    changed: Arc<Notify>,
 }
 
 impl LedgerActor {
     async fn run(mut self) {
         while let Some(msg) = self.rx.recv().await {
             match msg {
-                LedgerMsg::Append { kind, body, reply } => self.append(kind, body, reply).await,
+                LedgerMsg::Append {
+                    kind,
+                    body,
+                    extra,
+                    reply,
+                } => self.append(kind, body, extra, reply).await,
                 LedgerMsg::Anchor { reply } => {
                     let hlc = self.clock.tick(now_ms());
                     let result = self.store.ledger_heads().and_then(|heads| {
@@ -153,6 +185,7 @@ impl LedgerActor {
         &mut self,
         kind: String,
         body: serde_json::Value,
+        extra: Vec<WriteOp>,
         reply: Option<oneshot::Sender<Result<Entry, StoreError>>>,
     ) {
         let hlc = self.clock.tick(now_ms());
@@ -168,11 +201,9 @@ impl LedgerActor {
         };
         // Queue in chain order here; only the wait for durability runs concurrently, so that
         // concurrent appends share group commits without reaching the writer out of order.
-        let pending = match self
-            .store
-            .submit(vec![WriteOp::AppendEntry(Box::new(entry.clone()))])
-            .await
-        {
+        let mut ops = extra;
+        ops.push(WriteOp::AppendEntry(Box::new(entry.clone())));
+        let pending = match self.store.submit(ops).await {
             Ok(p) => p,
             Err(e) => {
                 if let Some(r) = reply {
@@ -183,8 +214,12 @@ impl LedgerActor {
         };
         self.head = entry.head();
         let tx = self.tx.clone();
+        let changed = self.changed.clone();
         tokio::spawn(async move {
             let result = pending.wait().await.map(|()| entry);
+            if result.is_ok() {
+                changed.notify_one();
+            }
             if let Err(e) = &result {
                 error!(%kind, error = %e, "ledger append failed");
                 if let Some(tx) = tx.upgrade() {

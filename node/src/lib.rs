@@ -6,6 +6,9 @@
 //! - [`daemon`]: data directory, identity, store, swarm and API start-up; signals and shutdown.
 //! - [`ledger`]: the Truth Ledger actor that appends this node's entries.
 //! - [`mesh`]: founding or joining a mesh and persisting its members.
+//! - [`state`]: the signed documents in memory, local writes and the merge of remote changes.
+//! - [`sync`]: the worker that turns digests into pulls (announce and anti-entropy).
+//! - [`metrics`]: Prometheus metrics.
 //! - [`swarm`]: the libp2p behaviour and the one event loop that owns the swarm.
 //! - [`api`]: the admin HTTP API.
 
@@ -14,4 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod ledger;
 pub mod mesh;
+pub mod metrics;
+pub mod state;
 pub mod swarm;
+pub mod sync;

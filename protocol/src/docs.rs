@@ -275,12 +275,27 @@ impl Replica {
             }
             decoded.push((sc, change));
         }
-        self.doc
-            .apply_changes(decoded.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>())?;
-        let n = decoded.len();
+        let batch: Vec<Change> = decoded.iter().map(|(_, c)| c.clone()).collect();
+        if self.doc.apply_changes(batch).is_ok() {
+            let n = decoded.len();
+            for (sc, change) in decoded {
+                self.register(&change);
+                self.sigs.insert(change.hash(), sc.signature);
+            }
+            return Ok(n);
+        }
+        // Some stored change cannot be applied (for example two changes claiming one sequence
+        // number of an actor): rebuild change by change, skipping those.
+        self.doc = Automerge::new();
+        self.objects.clear();
+        self.sigs.clear();
+        let mut n = 0;
         for (sc, change) in decoded {
-            self.register(&change);
-            self.sigs.insert(change.hash(), sc.signature);
+            if self.doc.apply_changes([change.clone()]).is_ok() {
+                self.register(&change);
+                self.sigs.insert(change.hash(), sc.signature);
+                n += 1;
+            }
         }
         Ok(n)
     }
@@ -452,7 +467,12 @@ impl Replica {
             out.rejected.push((Some(hash), r));
             return Ok(());
         }
-        self.doc.apply_changes([change])?;
+        if let Err(e) = self.doc.apply_changes([change]) {
+            // E.g. an author that signed two different changes with one sequence number.
+            out.rejected
+                .push((Some(hash), Reject::Malformed(e.to_string())));
+            return Ok(());
+        }
         self.register_expanded(&expanded);
         self.sigs.insert(hash, sc.signature.clone());
         out.applied.push(sc);

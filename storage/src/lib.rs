@@ -8,8 +8,10 @@
 //! # Layout
 //! - [`store`]: the redb database, its versioned tables and the writer thread.
 //! - [`ledger`]: Truth Ledger chains: append with link checks, ranges, recent entries, verify.
+//! - [`docs`]: signed document changes in the order they were merged.
 //! - [`keyfile`]: loading and creating the node's ed25519 identity key and other secret files.
 
+pub mod docs;
 pub mod keyfile;
 pub mod ledger;
 pub mod store;

@@ -48,6 +48,8 @@ pub enum Table {
     LedgerIndex,
     /// Ledger entry keys in local arrival order (big-endian position).
     LedgerLog,
+    /// Signed document changes by (document tag, big-endian arrival position).
+    DocChanges,
 }
 
 impl Table {
@@ -60,6 +62,7 @@ impl Table {
             Table::LedgerHeads => "ledger_heads_v1",
             Table::LedgerIndex => "ledger_index_v1",
             Table::LedgerLog => "ledger_log_v1",
+            Table::DocChanges => "doc_changes_v1",
         })
     }
 }
@@ -203,6 +206,7 @@ impl Store {
                     Table::LedgerHeads,
                     Table::LedgerIndex,
                     Table::LedgerLog,
+                    Table::DocChanges,
                 ] {
                     txn.open_table(t.def())
                         .map_err(|e| open_err(e.to_string()))?;

@@ -161,6 +161,8 @@ pub struct TestNode {
     pub api: String,
     pub token: String,
     pub node_id: String,
+    /// Listen addresses to use instead of ephemeral ports (see [`TestNode::restart_same_ports`]).
+    fixed_listen: Option<Vec<String>>,
 }
 
 impl TestNode {
@@ -186,6 +188,7 @@ impl TestNode {
             api: String::new(),
             token: String::new(),
             node_id: String::new(),
+            fixed_listen: None,
         })
     }
 
@@ -211,10 +214,19 @@ impl TestNode {
     /// A `voiked` command with this node's data dir, loopback flags and extra args.
     pub fn command(&self) -> Command {
         let mut c = Command::new(bin("voiked"));
-        c.arg("--data-dir")
-            .arg(&self.dir)
-            .args(LOOPBACK)
-            .args(&self.args);
+        c.arg("--data-dir").arg(&self.dir);
+        match &self.fixed_listen {
+            Some(addrs) => {
+                for a in addrs {
+                    c.arg("--listen").arg(a);
+                }
+                c.args(&LOOPBACK[LOOPBACK.len() - 2..]);
+            }
+            None => {
+                c.args(LOOPBACK);
+            }
+        }
+        c.args(&self.args);
         c.env("VOIKED_LOG", "info,voiked=debug,libp2p=warn");
         c.env_remove("VOIKED_CONFIG");
         c
@@ -303,6 +315,76 @@ impl TestNode {
         http("POST", &self.api, path, Some(&self.token), Some(body))
     }
 
+    pub fn delete(&self, path: &str) -> anyhow::Result<Api> {
+        http("DELETE", &self.api, path, Some(&self.token), None)
+    }
+
+    /// `GET /metrics` as text.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let url = format!("{}/metrics", self.api);
+        let mut resp = agent().get(&url).call().with_context(|| url.clone())?;
+        Ok(resp.body_mut().read_to_string()?)
+    }
+
+    /// The value of the metric sample `name{labels}` (exact text before the value), or 0.
+    pub fn metric(&self, sample: &str) -> anyhow::Result<f64> {
+        Ok(self
+            .metrics()?
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// Creates zone `id` for `domain`.
+    pub fn create_zone(&self, id: &str, domain: &str) -> anyhow::Result<()> {
+        let r = self.post(
+            "/vdns/zones",
+            &serde_json::json!({ "id": id, "domain": domain }),
+        )?;
+        if r.status != 201 {
+            bail!("create zone {id}: {} {}", r.status, r.body);
+        }
+        Ok(())
+    }
+
+    /// Adds an A record `name` → `value` to `zone`; returns its id.
+    pub fn add_a(&self, zone: &str, name: &str, value: &str) -> anyhow::Result<String> {
+        let r = self.post(
+            "/vdns/records",
+            &serde_json::json!({ "zoneId": zone, "record": { "type": "A", "name": name, "value": value, "ttl": 60 } }),
+        )?;
+        if r.status != 201 {
+            bail!("add record {name}: {} {}", r.status, r.body);
+        }
+        Ok(r.body["record"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Names of the records of `zone` (empty when the zone is unknown here).
+    pub fn record_names(&self, zone: &str) -> anyhow::Result<Vec<String>> {
+        let r = self.get(&format!("/vdns/records?zoneId={zone}"))?;
+        let mut names: Vec<String> = r.body["records"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(String::from))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// `POST /ledger/verify`.
+    pub fn verify(&self) -> anyhow::Result<Value> {
+        let r = self.post("/ledger/verify", &serde_json::json!({}))?;
+        if r.status != 200 {
+            bail!("ledger verify: {} {}", r.status, r.body);
+        }
+        Ok(r.body)
+    }
+
     /// Issues an invite and returns the ticket.
     pub fn invite(&self, ttl: &str) -> anyhow::Result<String> {
         let r = self.post("/mesh/invites", &serde_json::json!({ "ttl": ttl }))?;
@@ -366,6 +448,22 @@ impl TestNode {
             let _ = c.wait();
         }
         Ok(())
+    }
+
+    /// Like [`TestNode::restart`], but listening on the ports of the previous run (as a node
+    /// with configured ports does), so that peers that also restarted can find it again.
+    pub fn restart_same_ports(&mut self, previous: Vec<String>) -> anyhow::Result<()> {
+        self.fixed_listen = Some(previous);
+        self.restart()
+    }
+
+    /// This node's listen addresses without `/p2p/...` (to pass to `restart_same_ports`).
+    pub fn listen_addrs(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .dial_addrs()?
+            .iter()
+            .map(|a| a.split("/p2p/").next().unwrap_or_default().to_string())
+            .collect())
     }
 
     /// Starts the node again with the same data directory (and no `--join`).

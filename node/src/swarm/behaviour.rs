@@ -1,13 +1,18 @@
 //! The composed libp2p behaviour of a node and how the swarm is built.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, autonat, dcutr, identify, identity::Keypair, kad, noise,
-    ping, relay, request_response, tcp, tls, yamux,
+    StreamProtocol, Swarm, SwarmBuilder, autonat, dcutr, gossipsub, identify, identity::Keypair,
+    kad, noise, ping, relay, request_response, tcp, tls, yamux,
 };
+use voike_protocol::sync::{MAX_DIGEST_BYTES, SYNC_PROTOCOL};
 use voike_protocol::wire::{self, Hello, HelloReply};
+
+use super::codec::SyncCodec;
+use crate::metrics::Metrics;
 
 /// Protocol of the mesh's private Kademlia DHT (kept apart from public DHTs).
 pub const KAD_PROTOCOL: &str = "/voike/kad/1.0.0";
@@ -28,15 +33,28 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub autonat: autonat::Behaviour,
     pub dcutr: dcutr::Behaviour,
+    pub gossipsub: gossipsub::Behaviour,
+    pub sync: request_response::Behaviour<SyncCodec>,
+}
+
+/// Settings of [`build`].
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    pub ping_interval: Duration,
+    pub handshake_timeout: Duration,
+    pub sync_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Builds the swarm: QUIC, and TCP with TLS (preferred) or noise, both multiplexed with yamux;
 /// relay client transport for NAT traversal.
-pub fn build(
-    key: Keypair,
-    ping_interval: Duration,
-    handshake_timeout: Duration,
-) -> anyhow::Result<Swarm<Behaviour>> {
+pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour>> {
+    let BuildOptions {
+        ping_interval,
+        handshake_timeout,
+        sync_timeout,
+        metrics,
+    } = opts;
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -75,6 +93,30 @@ pub fn build(
             kad.set_mode(Some(kad::Mode::Server));
             let autonat = autonat::Behaviour::new(peer, autonat::Config::default());
             let dcutr = dcutr::Behaviour::new(peer);
+            // Digests are small and published to every subscribed peer (flood publish); the
+            // heartbeat only maintains the mesh, so it can be slow.
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_secs(2))
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(MAX_DIGEST_BYTES + 1024)
+                .build()
+                .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+            )
+            .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+            let sync = request_response::Behaviour::with_codec(
+                SyncCodec::new(metrics),
+                [(
+                    StreamProtocol::new(SYNC_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(sync_timeout)
+                    .with_max_concurrent_streams(64),
+            );
             Ok(Behaviour {
                 relay,
                 identify,
@@ -83,6 +125,8 @@ pub fn build(
                 kad,
                 autonat,
                 dcutr,
+                gossipsub,
+                sync,
             })
         })?
         // Members stay connected; connections are closed by the mesh logic, not by idleness.

@@ -18,10 +18,10 @@ use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, ResponseChannel};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, ping};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use voike_protocol::api::{InviteResponse, NodeInfo, SelfInfo};
 use voike_protocol::membership::{AdmissionReceipt, Admitted};
 use voike_protocol::mesh::Role;
+use voike_protocol::sync::{Digest, SyncRequest, SyncResponse};
 use voike_protocol::ticket::{MAX_BOOTSTRAP_ADDRS, Ticket, TicketBody};
 use voike_protocol::wire::{
     Hello, HelloReply, MAX_ADDRS_PER_MEMBER, MAX_MEMBERS_PER_REPLY, MAX_RECEIPTS, MemberInfo,
@@ -36,8 +37,11 @@ use voike_protocol::wire::{
 };
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use crate::config::P2pConfig;
+use crate::config::{P2pConfig, SyncConfig};
 use crate::mesh::{MeshState, unix_now};
+use crate::metrics::ReasonLabel;
+use crate::state::StateHandle;
+use crate::sync::{self, SyncTask};
 
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a rejected peer keeps its connection, so that the rejection reaches it.
@@ -45,6 +49,8 @@ const REJECT_LINGER: Duration = Duration::from_secs(2);
 const COMMAND_QUEUE: usize = 64;
 /// Peers whose refusal time is remembered (for rate-limiting trust events).
 const MAX_REFUSALS_TRACKED: usize = 1024;
+/// Local changes within this window are announced together.
+const ANNOUNCE_DELAY: Duration = Duration::from_millis(20);
 
 /// Requests served by the event loop.
 #[derive(Debug)]
@@ -62,6 +68,17 @@ pub enum Command {
         ttl: Duration,
         role: Role,
         reply: oneshot::Sender<Result<InviteResponse, InviteError>>,
+    },
+    /// Sends a sync request to `peer`.
+    Sync {
+        peer: PeerId,
+        req: SyncRequest,
+        reply: oneshot::Sender<Result<SyncResponse, String>>,
+    },
+    /// Answers an inbound sync request (computed off the loop).
+    SyncRespond {
+        channel: ResponseChannel<SyncResponse>,
+        resp: SyncResponse,
     },
 }
 
@@ -104,6 +121,13 @@ impl SwarmHandle {
         self.ask(|reply| Command::Ready { reply })
             .await
             .unwrap_or(false)
+    }
+
+    /// Sends a sync request and waits for the answer.
+    pub async fn sync(&self, peer: PeerId, req: SyncRequest) -> Result<SyncResponse, String> {
+        self.ask(|reply| Command::Sync { peer, req, reply })
+            .await
+            .unwrap_or_else(|| Err("the node is shutting down".into()))
     }
 
     pub async fn invite(
@@ -182,6 +206,26 @@ pub struct EventLoop {
     held_welcomes: HashMap<PeerId, HeldWelcome>,
     api_addr: String,
     started: Instant,
+    state: StateHandle,
+    sync_config: SyncConfig,
+    sync_tx: mpsc::Sender<SyncTask>,
+    /// For answers computed off the loop (weak: the loop ends when every handle is gone).
+    cmd_tx: mpsc::WeakSender<Command>,
+    sync_pending: HashMap<OutboundRequestId, oneshot::Sender<Result<SyncResponse, String>>>,
+    /// Per-peer token buckets for inbound sync requests: (tokens, last refill).
+    sync_buckets: HashMap<PeerId, (f64, Instant)>,
+    announce_at: Option<Instant>,
+    next_anti_entropy: Instant,
+    topic: gossipsub::IdentTopic,
+    roster_len: usize,
+}
+
+/// Sync-related parts of the event loop.
+#[derive(Debug)]
+pub struct SyncParts {
+    pub state: StateHandle,
+    pub config: SyncConfig,
+    pub tx: mpsc::Sender<SyncTask>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -255,7 +299,14 @@ impl EventLoop {
         mesh: MeshState,
         config: P2pConfig,
         api_addr: String,
+        sync_parts: SyncParts,
     ) -> anyhow::Result<(EventLoop, SwarmHandle)> {
+        let topic = gossipsub::IdentTopic::new(format!("voike/sync/1/{}", mesh.mesh_id()));
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| anyhow::anyhow!("cannot subscribe to the sync topic: {e}"))?;
         let mut listeners_pending = HashSet::new();
         for addr in &config.listen {
             check_port_free(addr)?;
@@ -306,6 +357,16 @@ impl EventLoop {
                 refusals_recorded: HashMap::new(),
                 api_addr,
                 started: now,
+                state: sync_parts.state,
+                next_anti_entropy: now + jitter(sync_parts.config.anti_entropy_interval),
+                sync_config: sync_parts.config,
+                sync_tx: sync_parts.tx,
+                cmd_tx: tx.downgrade(),
+                sync_pending: HashMap::new(),
+                sync_buckets: HashMap::new(),
+                announce_at: None,
+                topic,
+                roster_len: 0,
             },
             SwarmHandle { tx },
         ))
@@ -313,9 +374,14 @@ impl EventLoop {
 
     /// Runs until `cancel` fires (returns `Ok`) or a join is refused (returns the reason).
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let state = self.state.clone();
         let result = loop {
+            self.publish_roster();
             let wake = self.maintain();
             tokio::select! {
+                _ = state.changed() => {
+                    self.announce_at.get_or_insert(Instant::now() + ANNOUNCE_DELAY);
+                }
                 _ = cancel.cancelled() => break Ok(()),
                 event = self.swarm.select_next_some() => {
                     if let Err(e) = self.on_swarm_event(event).await {
@@ -390,6 +456,29 @@ impl EventLoop {
                 p.connected_since = None;
             }
         }
+
+        if let Some(at) = self.announce_at {
+            if at <= now {
+                self.announce_at = None;
+                self.announce();
+            } else {
+                next = next.min(at);
+            }
+        }
+        if self.next_anti_entropy <= now {
+            self.next_anti_entropy = now + jitter(self.sync_config.anti_entropy_interval);
+            let candidates: Vec<PeerId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.verified && p.connected())
+                .map(|(id, _)| *id)
+                .collect();
+            if !candidates.is_empty() {
+                let peer = candidates[rand::random_range(0..candidates.len())];
+                let _ = self.sync_tx.try_send(SyncTask::AntiEntropy { peer });
+            }
+        }
+        next = next.min(self.next_anti_entropy);
 
         // Dial only once every listener has its address: the hello sent on each new connection
         // carries our listen addresses, which is how members find us again after a restart.
@@ -526,6 +615,7 @@ impl EventLoop {
                     p.connections.remove(&connection_id);
                     if num_established == 0 {
                         self.held_welcomes.remove(&peer_id);
+                        self.sync_buckets.remove(&peer_id);
                         if p.verified {
                             info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "member disconnected");
                         }
@@ -574,6 +664,12 @@ impl EventLoop {
     async fn on_behaviour_event(&mut self, event: BehaviourEvent) -> anyhow::Result<()> {
         match event {
             BehaviourEvent::Member(event) => self.on_member_event(event).await?,
+            BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip(propagation_source, message_id, message),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocol_version != super::behaviour::IDENTIFY_PROTOCOL {
                     debug!(peer = %peer_id, version = %info.protocol_version, "peer speaks another protocol version");
@@ -716,6 +812,8 @@ impl EventLoop {
                 }
                 self.learn_addrs(peer, addrs, Source::Peer).await;
                 info!(%peer, "member connected");
+                // Catch up with a member as soon as it connects, both ways.
+                let _ = self.sync_tx.try_send(SyncTask::AntiEntropy { peer });
                 if let Some((members, receipt)) = self.held_welcomes.remove(&peer)
                     && let Err(error) = self.on_welcome(peer, members, receipt).await
                 {
@@ -882,7 +980,211 @@ impl EventLoop {
             Command::Invite { ttl, role, reply } => {
                 let _ = reply.send(self.invite(ttl, role));
             }
+            Command::Sync { peer, req, reply } => {
+                if !self
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|p| p.verified && p.connected())
+                {
+                    let _ = reply.send(Err(format!("{peer} is not a connected member")));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, req);
+                self.sync_pending.insert(id, reply);
+            }
+            Command::SyncRespond { channel, resp } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, resp)
+                    .is_err()
+                {
+                    debug!("peer left before a sync answer was sent");
+                }
+            }
         }
+    }
+
+    /// Keeps the state's view of members and roles up to date (the directory only grows).
+    fn publish_roster(&mut self) {
+        let n = self.mesh.directory.len();
+        if n == self.roster_len {
+            return;
+        }
+        self.roster_len = n;
+        self.state.set_roster(
+            self.mesh
+                .directory
+                .members()
+                .map(|(id, r)| (*id, r.body.role))
+                .collect(),
+        );
+    }
+
+    /// Publishes this node's digest on the sync topic.
+    fn announce(&mut self) {
+        if !self.mesh.is_member() {
+            return;
+        }
+        let digest = match self.state.digest() {
+            Ok(d) => d,
+            Err(error) => {
+                warn!(%error, "cannot compute the sync digest");
+                return;
+            }
+        };
+        let bytes = digest.to_bytes();
+        self.state.metrics().bytes_sent.inc_by(bytes.len() as u64);
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), bytes)
+        {
+            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(error) => debug!(%error, "announce not published"),
+        }
+    }
+
+    fn on_gossip(&mut self, via: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        self.state
+            .metrics()
+            .bytes_received
+            .inc_by(message.data.len() as u64);
+        let from_member = message
+            .source
+            .is_some_and(|s| s != self.mesh.peer_id && self.mesh.directory.contains(&s))
+            && self.peers.get(&via).is_some_and(|p| p.verified);
+        let digest = if from_member {
+            Digest::from_bytes(&message.data)
+        } else {
+            None
+        };
+        let acceptance = if digest.is_some() {
+            gossipsub::MessageAcceptance::Accept
+        } else {
+            self.state
+                .metrics()
+                .requests_refused
+                .get_or_create(&ReasonLabel {
+                    reason: "invalid_announce".into(),
+                })
+                .inc();
+            gossipsub::MessageAcceptance::Reject
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &via, acceptance);
+        let (Some(digest), Some(source)) = (digest, message.source) else {
+            return;
+        };
+        // Pull from the node that made the change when it is connected; else from the relay.
+        let peer = if self
+            .peers
+            .get(&source)
+            .is_some_and(|p| p.verified && p.connected())
+        {
+            source
+        } else {
+            via
+        };
+        let _ = self.sync_tx.try_send(SyncTask::Digest {
+            peer,
+            digest,
+            kind: "announce",
+        });
+    }
+
+    fn on_sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.on_sync_request(peer, request, channel),
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.sync_pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(reply) = self.sync_pending.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "inbound sync request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_sync_request(
+        &mut self,
+        peer: PeerId,
+        request: SyncRequest,
+        channel: ResponseChannel<SyncResponse>,
+    ) {
+        let refuse = |this: &mut Self, reason: &str, resp: SyncResponse, channel| {
+            this.state
+                .metrics()
+                .requests_refused
+                .get_or_create(&ReasonLabel {
+                    reason: reason.into(),
+                })
+                .inc();
+            let _ = this.swarm.behaviour_mut().sync.send_response(channel, resp);
+        };
+        if !self.peers.get(&peer).is_some_and(|p| p.verified) {
+            refuse(
+                self,
+                "not_member",
+                SyncResponse::Refused("not a member of this mesh".into()),
+                channel,
+            );
+            return;
+        }
+        // Token bucket per peer.
+        let now = Instant::now();
+        let rate = f64::from(self.sync_config.peer_request_rate);
+        let burst = f64::from(self.sync_config.peer_request_burst);
+        let (tokens, last) = self.sync_buckets.entry(peer).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+        *last = now;
+        if *tokens < 1.0 {
+            refuse(self, "rate_limited", SyncResponse::Busy, channel);
+            return;
+        }
+        *tokens -= 1.0;
+        if let SyncRequest::Digest(d) = &request {
+            let _ = self.sync_tx.try_send(SyncTask::Digest {
+                peer,
+                digest: d.clone(),
+                kind: "anti_entropy",
+            });
+        }
+        let state = self.state.clone();
+        let cmd_tx = self.cmd_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let resp = sync::serve(&state, request);
+            if let Some(tx) = cmd_tx.upgrade() {
+                let _ = tx.blocking_send(Command::SyncRespond { channel, resp });
+            }
+        });
     }
 
     fn self_info(&self) -> SelfInfo {

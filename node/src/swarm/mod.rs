@@ -5,10 +5,12 @@
 //!
 //! # Layout
 //! - [`behaviour`]: the composed `NetworkBehaviour` and the transport stack.
+//! - [`codec`]: the size-capped postcard codec of `/voike/sync/1`.
 //! - [`event_loop`]: connection handling, the membership handshake, dialing with backoff and the
 //!   commands served to the admin API.
 
 pub mod behaviour;
+pub mod codec;
 pub mod event_loop;
 
-pub use event_loop::{Command, EventLoop, InviteError, SwarmHandle};
+pub use event_loop::{Command, EventLoop, InviteError, SwarmHandle, SyncParts};

@@ -283,3 +283,24 @@ proptest! {
         prop_assert_eq!(first.doc().length(automerge::ROOT), 1);
     }
 }
+
+#[test]
+fn an_author_signing_two_changes_with_one_seq_cannot_break_a_replica() {
+    let (a, b) = (node(), node());
+    let ros = roster(&[(&a, Role::Admin), (&b, Role::Member)]);
+    let mut b1 = Replica::new(DocId::Zones);
+    let mut b2 = Replica::new(DocId::Zones);
+    let one = create_zone(&mut b1, &b, "one");
+    let two = create_zone(&mut b2, &b, "two");
+    let mut ra = Replica::new(DocId::Zones);
+    let out = ra
+        .receive(vec![one.clone(), two.clone()], &ros)
+        .expect("receive");
+    assert_eq!(out.applied.len(), 1, "{out:?}");
+    assert_eq!(out.rejected.len(), 1, "{out:?}");
+    // The replica keeps working, and loading both from a store skips the second.
+    create_zone(&mut ra, &a, "three");
+    assert_eq!(zones::zones(ra.doc()).len(), 2);
+    let mut loaded = Replica::new(DocId::Zones);
+    assert_eq!(loaded.load(vec![one, two]).expect("load"), 1);
+}

@@ -1,0 +1,97 @@
+//! `/vdns`: zones and records of the replicated `zones` document (DESIGN.md §10 shapes).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use voike_protocol::zones::RecordInput;
+
+use super::{ApiError, ApiState, parse_json};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewZone {
+    id: String,
+    domain: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOwner {
+    node: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewRecord {
+    zone_id: String,
+    record: RecordInput,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RecordQuery {
+    zone_id: Option<String>,
+}
+
+pub async fn list_zones(State(state): State<ApiState>) -> Response {
+    Json(json!({ "zones": state.state.zones() })).into_response()
+}
+
+pub async fn create_zone(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: NewZone = parse_json(body, "zone", None)?;
+    let zone = state.state.create_zone(&req.id, &req.domain).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "zone": zone }))).into_response())
+}
+
+pub async fn add_owner(
+    State(state): State<ApiState>,
+    Path(zone): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: NewOwner = parse_json(body, "owner", None)?;
+    let zone = state.state.add_owner(&zone, &req.node).await?;
+    Ok(Json(json!({ "zone": zone })).into_response())
+}
+
+pub async fn list_records(
+    State(state): State<ApiState>,
+    query: Result<Query<RecordQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let zone = q
+        .zone_id
+        .ok_or_else(|| ApiError::bad_request("missing `zoneId` query parameter"))?;
+    match state.state.records(&zone) {
+        Some(records) => Ok(Json(json!({ "records": records })).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no zone {zone}"),
+        )),
+    }
+}
+
+pub async fn add_record(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: NewRecord = parse_json(body, "record request", None)?;
+    let record = state.state.add_record(&req.zone_id, req.record).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "record": record }))).into_response())
+}
+
+pub async fn delete_record(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = state.state.delete_record(&id).await?;
+    Ok(Json(json!({ "record": record })).into_response())
+}

@@ -1,0 +1,142 @@
+//! Prometheus metrics (`GET /metrics`), named `voike_<subsystem>_<name>_<unit>[_total]`.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DocLabel {
+    pub doc: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoundLabel {
+    /// `announce` or `anti_entropy`.
+    pub kind: String,
+    /// `in_sync` (nothing to pull), `pulled`, or `failed`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthorLabel {
+    pub author: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
+}
+
+/// Every metric of the node.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub changes_applied: Family<DocLabel, Counter>,
+    pub changes_rejected: Family<ReasonLabel, Counter>,
+    pub ledger_applied: Counter,
+    pub ledger_rejected: Family<ReasonLabel, Counter>,
+    pub bytes_received: Counter,
+    pub bytes_sent: Counter,
+    pub rounds: Family<RoundLabel, Counter>,
+    pub requests_refused: Family<ReasonLabel, Counter>,
+    pub ledger_chain_length: Family<AuthorLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            changes_applied: Family::default(),
+            changes_rejected: Family::default(),
+            ledger_applied: Counter::default(),
+            ledger_rejected: Family::default(),
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
+            rounds: Family::default(),
+            requests_refused: Family::default(),
+            ledger_chain_length: Family::default(),
+        };
+        let build: Family<VersionLabel, Gauge> = Family::default();
+        build
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        r.register("voike_build_info", "Build of this voiked", build);
+        r.register(
+            "voike_sync_changes_applied",
+            "Document changes merged, by document (local and remote)",
+            m.changes_applied.clone(),
+        );
+        r.register(
+            "voike_sync_changes_rejected",
+            "Remote document changes refused, by reason",
+            m.changes_rejected.clone(),
+        );
+        r.register(
+            "voike_sync_ledger_entries_applied",
+            "Remote ledger entries appended",
+            m.ledger_applied.clone(),
+        );
+        r.register(
+            "voike_sync_ledger_entries_rejected",
+            "Remote ledger entries refused, by reason",
+            m.ledger_rejected.clone(),
+        );
+        r.register_with_unit(
+            "voike_sync_received",
+            "Sync payload bytes received (responses and digests)",
+            Unit::Bytes,
+            m.bytes_received.clone(),
+        );
+        r.register_with_unit(
+            "voike_sync_sent",
+            "Sync payload bytes sent (responses and digests)",
+            Unit::Bytes,
+            m.bytes_sent.clone(),
+        );
+        r.register(
+            "voike_sync_rounds",
+            "Sync rounds with a peer, by trigger and result",
+            m.rounds.clone(),
+        );
+        r.register(
+            "voike_sync_requests_refused",
+            "Inbound sync requests not served, by reason",
+            m.requests_refused.clone(),
+        );
+        r.register(
+            "voike_ledger_chain_length",
+            "Entries in each author's ledger chain held by this node",
+            m.ledger_chain_length.clone(),
+        );
+        *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
+        m
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &r) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}

@@ -1,0 +1,760 @@
+//! Replicated state on this node: the signed documents in memory (rebuilt from redb at start),
+//! local writes, and the merge of what peers send.
+//!
+//! A local write changes the document, signs the change, and stores it in the same redb
+//! transaction as the ledger entry that records it; the caller is answered once both are
+//! durable. Remote changes and ledger entries are checked (see [`voike_protocol::docs`]) before
+//! they are merged and stored; refusals are counted and recorded as `trust.*` ledger events
+//! (at most [`TRUST_EVENTS_PER_MINUTE`], each refused change once).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use automerge::ChangeHash;
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use serde_json::json;
+use tokio::sync::Notify;
+use tracing::{debug, error, info, warn};
+use voike_protocol::docs::{DocId, Outcome, Reject, Replica, SignedChange, heads_to_bytes};
+use voike_protocol::hlc::{Hlc, HlcClock};
+use voike_protocol::ledger::{Entry, heads_hash};
+use voike_protocol::mesh::Role;
+use voike_protocol::signing::hex;
+use voike_protocol::sync::{Digest, PAGE_BYTES};
+use voike_protocol::zones::{self, Invalid, Record, RecordInput, Zone};
+use voike_storage::docs::put_change;
+use voike_storage::{Store, StoreError, WriteOp};
+
+use crate::ledger::LedgerHandle;
+use crate::metrics::{DocLabel, Metrics, ReasonLabel};
+
+/// Trust events written per minute at most (refusals are always counted in metrics).
+pub const TRUST_EVENTS_PER_MINUTE: u32 = 30;
+/// Refused change hashes remembered (so that they are neither re-pulled nor re-counted).
+const REJECTED_REMEMBERED: usize = 10_000;
+/// Most ledger entries served in one response.
+const MAX_ENTRIES_PER_PAGE: usize = 10_000;
+
+/// Errors of state operations, mapped to HTTP statuses by the API.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for StateError {
+    fn from(e: StoreError) -> Self {
+        StateError::Internal(e.to_string())
+    }
+}
+
+impl From<voike_protocol::docs::DocError> for StateError {
+    fn from(e: voike_protocol::docs::DocError) -> Self {
+        StateError::Internal(e.to_string())
+    }
+}
+
+struct Docs {
+    replicas: HashMap<DocId, Replica>,
+    /// Next storage position per document.
+    next: HashMap<DocId, u64>,
+}
+
+impl Docs {
+    fn replica(&mut self, doc: DocId) -> &mut Replica {
+        self.replicas
+            .entry(doc)
+            .or_insert_with(|| Replica::new(doc))
+    }
+
+    fn position(&mut self, doc: DocId) -> u64 {
+        let n = self.next.entry(doc).or_insert(0);
+        let p = *n;
+        *n += 1;
+        p
+    }
+}
+
+/// A bounded set of hashes (oldest forgotten first).
+#[derive(Default)]
+struct Rejected {
+    set: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl Rejected {
+    /// Remembers `h`; false if it was already known.
+    fn insert(&mut self, h: [u8; 32]) -> bool {
+        if !self.set.insert(h) {
+            return false;
+        }
+        self.order.push_back(h);
+        if self.order.len() > REJECTED_REMEMBERED
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+struct Inner {
+    key: Keypair,
+    node_id: String,
+    own_author: Vec<u8>,
+    docs: Mutex<Docs>,
+    store: Store,
+    ledger: LedgerHandle,
+    metrics: Arc<Metrics>,
+    roster: RwLock<HashMap<PeerId, Role>>,
+    /// Shared with the ledger actor: notified on every durable local or merged change.
+    changed: Arc<Notify>,
+    clock: Mutex<HlcClock>,
+    max_future_ms: u64,
+    rejected: Mutex<Rejected>,
+    /// Refused changes and entries already counted and reported.
+    reported: Mutex<Rejected>,
+    trust_budget: Mutex<(Instant, u32)>,
+}
+
+/// Cloneable handle to the node's replicated state.
+#[derive(Clone)]
+pub struct StateHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for StateHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateHandle")
+            .field("node", &self.inner.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl StateHandle {
+    /// Rebuilds every document from the store.
+    pub fn open(
+        key: Keypair,
+        store: Store,
+        ledger: LedgerHandle,
+        metrics: Arc<Metrics>,
+        changed: Arc<Notify>,
+        max_future_skew: Duration,
+    ) -> Result<StateHandle, StateError> {
+        let mut docs = Docs {
+            replicas: HashMap::new(),
+            next: HashMap::new(),
+        };
+        for doc in DocId::ALL {
+            let started = Instant::now();
+            let (changes, next) = store.doc_changes(doc)?;
+            let mut replica = Replica::new(doc);
+            let n = replica.load(changes)?;
+            if n > 0 {
+                info!(doc = doc.as_str(), changes = n, took = ?started.elapsed(), "loaded document");
+            }
+            docs.replicas.insert(doc, replica);
+            docs.next.insert(doc, next);
+        }
+        let max_future_ms = max_future_skew.as_millis() as u64;
+        Ok(StateHandle {
+            inner: Arc::new(Inner {
+                node_id: key.public().to_peer_id().to_string(),
+                own_author: key.public().encode_protobuf(),
+                key,
+                docs: Mutex::new(docs),
+                store,
+                ledger,
+                metrics,
+                roster: RwLock::new(HashMap::new()),
+                changed,
+                clock: Mutex::new(HlcClock::new(max_future_ms)),
+                max_future_ms,
+                rejected: Mutex::new(Rejected::default()),
+                reported: Mutex::new(Rejected::default()),
+                trust_budget: Mutex::new((Instant::now(), 0)),
+            }),
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Replaces the set of known members and their roles.
+    pub fn set_roster(&self, roster: HashMap<PeerId, Role>) {
+        *self.inner.roster.write().unwrap_or_else(|e| e.into_inner()) = roster;
+    }
+
+    /// Resolves once local state changed since the last call (a single waiter: the swarm loop).
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await;
+    }
+
+    fn docs(&self) -> MutexGuard<'_, Docs> {
+        lock(&self.inner.docs)
+    }
+
+    fn tick(&self) -> Hlc {
+        lock(&self.inner.clock).tick(now_ms())
+    }
+
+    // ---- local writes -------------------------------------------------------------------
+
+    /// Makes a local change of `doc` with `f` and stores it with a ledger entry of `kind`.
+    async fn local_write<T>(
+        &self,
+        doc: DocId,
+        kind: &str,
+        f: impl FnOnce(
+            &mut Replica,
+            &Keypair,
+            Hlc,
+        ) -> Result<(Option<SignedChange>, T, serde_json::Value), StateError>,
+    ) -> Result<T, StateError> {
+        let hlc = self.tick();
+        let (change, value, mut body, position) = {
+            let mut docs = self.docs();
+            let (change, value, body) = f(docs.replica(doc), &self.inner.key, hlc)?;
+            let position = change.as_ref().map(|_| docs.position(doc));
+            (change, value, body, position)
+        };
+        let (Some(change), Some(position)) = (change, position) else {
+            return Ok(value);
+        };
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("doc".into(), json!(doc.as_str()));
+            if let Ok(c) = automerge::Change::try_from(&change.bytes[..]) {
+                obj.insert("change".into(), json!(c.hash().to_string()));
+            }
+        }
+        match self
+            .inner
+            .ledger
+            .append_with(kind, body, vec![put_change(position, &change)])
+            .await
+        {
+            Ok(_) => {
+                self.inner
+                    .metrics
+                    .changes_applied
+                    .get_or_create(&DocLabel {
+                        doc: doc.as_str().into(),
+                    })
+                    .inc();
+                self.inner.changed.notify_one();
+                Ok(value)
+            }
+            Err(e) => {
+                // The change is in memory but not on disk: rebuild the document from the store
+                // so that memory never holds what a restart would lose.
+                error!(doc = doc.as_str(), error = %e, "local write failed; reloading the document");
+                self.reload(doc);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn reload(&self, doc: DocId) {
+        match self.inner.store.doc_changes(doc) {
+            Ok((changes, next)) => {
+                let mut replica = Replica::new(doc);
+                if let Err(e) = replica.load(changes) {
+                    error!(doc = doc.as_str(), error = %e, "cannot reload document");
+                    return;
+                }
+                let mut docs = self.docs();
+                docs.replicas.insert(doc, replica);
+                docs.next.insert(doc, next);
+            }
+            Err(e) => error!(doc = doc.as_str(), error = %e, "cannot reload document"),
+        }
+    }
+
+    /// Creates zone `id` for `domain`, owned by this node.
+    pub async fn create_zone(&self, id: &str, domain: &str) -> Result<Zone, StateError> {
+        zones::check_zone_id(id)?;
+        let domain = zones::normalize_name("domain", domain)?;
+        if domain == "." {
+            return Err(Invalid {
+                field: "domain",
+                message: "must not be the root".into(),
+            }
+            .into());
+        }
+        let me = self.inner.node_id.clone();
+        let id = id.to_string();
+        self.local_write(DocId::Zones, "zone.create", move |r, key, hlc| {
+            if zones::zone_obj(r.doc(), &id).is_some() {
+                return Err(StateError::Conflict(format!("zone {id} already exists")));
+            }
+            if let Some(z) = zones::zones(r.doc())
+                .into_iter()
+                .find(|z| z.domain == domain)
+            {
+                return Err(StateError::Conflict(format!(
+                    "domain {domain} is already served by zone {}",
+                    z.id
+                )));
+            }
+            let change = r.change(key, |tx| zones::create_zone(tx, &id, &domain, &me, hlc))?;
+            let zone = zones::zone(r.doc(), &id)
+                .ok_or_else(|| StateError::Internal("zone vanished".into()))?;
+            Ok((change, zone, json!({ "zone": id, "domain": domain })))
+        })
+        .await
+    }
+
+    /// Adds `node` to the owners of zone `id` (only an owner may).
+    pub async fn add_owner(&self, id: &str, node: &str) -> Result<Zone, StateError> {
+        let peer: PeerId = node.parse().map_err(|_| Invalid {
+            field: "node",
+            message: "is not a node id".into(),
+        })?;
+        let me = self.inner.node_id.clone();
+        let id = id.to_string();
+        let node = peer.to_string();
+        self.local_write(DocId::Zones, "zone.owner_add", move |r, key, _| {
+            let obj = zones::zone_obj(r.doc(), &id)
+                .ok_or_else(|| StateError::NotFound(format!("no zone {id}")))?;
+            if !zones::is_owner(r.doc(), &id, &me) {
+                return Err(StateError::Forbidden(format!(
+                    "this node does not own zone {id}"
+                )));
+            }
+            let change = r.change(key, |tx| zones::add_owner(tx, &obj, &node))?;
+            let zone = zones::zone(r.doc(), &id)
+                .ok_or_else(|| StateError::Internal("zone vanished".into()))?;
+            Ok((change, zone, json!({ "zone": id, "owner": node })))
+        })
+        .await
+    }
+
+    /// Adds a record to zone `zone_id` (this node must own the zone).
+    pub async fn add_record(
+        &self,
+        zone_id: &str,
+        input: RecordInput,
+    ) -> Result<Record, StateError> {
+        let me = self.inner.node_id.clone();
+        let zone_id = zone_id.to_string();
+        self.local_write(DocId::Zones, "record.add", move |r, key, hlc| {
+            let zone = zones::zone(r.doc(), &zone_id)
+                .ok_or_else(|| StateError::NotFound(format!("no zone {zone_id}")))?;
+            let input = zones::check_record(&zone.domain, &input)?;
+            if !zone.owners.contains(&me) {
+                return Err(StateError::Forbidden(format!(
+                    "this node does not own zone {zone_id} (owners: {})",
+                    zone.owners.join(", ")
+                )));
+            }
+            let obj = zones::zone_obj(r.doc(), &zone_id)
+                .ok_or_else(|| StateError::NotFound(format!("no zone {zone_id}")))?;
+            let mut record = None;
+            let change = r.change(key, |tx| {
+                record = Some(zones::put_record(tx, &zone_id, &obj, &input, &me, hlc)?);
+                Ok(())
+            })?;
+            let record = record.ok_or_else(|| StateError::Internal("no record".into()))?;
+            let body = json!({
+                "zone": zone_id, "record": record.id, "type": record.rtype,
+                "name": record.name, "value": record.value, "ttl": record.ttl,
+            });
+            Ok((change, record, body))
+        })
+        .await
+    }
+
+    /// Deletes record `id` (this node must own its zone).
+    pub async fn delete_record(&self, id: &str) -> Result<Record, StateError> {
+        let me = self.inner.node_id.clone();
+        let id = id.to_string();
+        self.local_write(DocId::Zones, "record.delete", move |r, key, _| {
+            let record = zones::find_record(r.doc(), &id)
+                .ok_or_else(|| StateError::NotFound(format!("no record {id}")))?;
+            if !zones::is_owner(r.doc(), &record.zone_id, &me) {
+                return Err(StateError::Forbidden(format!(
+                    "this node does not own zone {}",
+                    record.zone_id
+                )));
+            }
+            let obj = zones::zone_obj(r.doc(), &record.zone_id)
+                .ok_or_else(|| StateError::NotFound(format!("no zone {}", record.zone_id)))?;
+            let change = r.change(key, |tx| zones::delete_record(tx, &obj, &id).map(|_| ()))?;
+            let body = json!({ "zone": record.zone_id, "record": id });
+            Ok((change, record, body))
+        })
+        .await
+    }
+
+    // ---- reads --------------------------------------------------------------------------
+
+    pub fn zones(&self) -> Vec<Zone> {
+        zones::zones(self.docs().replica(DocId::Zones).doc())
+    }
+
+    pub fn zone(&self, id: &str) -> Option<Zone> {
+        zones::zone(self.docs().replica(DocId::Zones).doc(), id)
+    }
+
+    pub fn records(&self, zone_id: &str) -> Option<Vec<Record>> {
+        zones::records(self.docs().replica(DocId::Zones).doc(), zone_id)
+    }
+
+    /// Number of changes held per document.
+    pub fn doc_sizes(&self) -> Vec<(DocId, usize)> {
+        let mut docs = self.docs();
+        DocId::ALL
+            .into_iter()
+            .map(|d| (d, docs.replica(d).len()))
+            .collect()
+    }
+
+    // ---- sync ---------------------------------------------------------------------------
+
+    /// What this node holds.
+    pub fn digest(&self) -> Result<Digest, StateError> {
+        let docs = {
+            let mut d = self.docs();
+            DocId::ALL
+                .into_iter()
+                .map(|doc| (doc, heads_to_bytes(&d.replica(doc).heads())))
+                .collect()
+        };
+        let heads = self.inner.store.ledger_heads()?;
+        Ok(Digest {
+            docs,
+            ledger: heads_hash(&heads),
+            ledger_entries: heads.iter().map(|h| h.head.seq).sum(),
+        })
+    }
+
+    /// Documents for which `theirs` lists heads this node neither holds nor refused.
+    pub fn docs_behind(&self, theirs: &Digest) -> Vec<DocId> {
+        let mut docs = self.docs();
+        let rejected = lock(&self.inner.rejected);
+        DocId::ALL
+            .into_iter()
+            .filter(|doc| {
+                let r = docs.replica(*doc);
+                theirs.heads(*doc).iter().any(|h| {
+                    let h = ChangeHash(*h);
+                    !r.has(&h) && !rejected.set.contains(&h.0)
+                })
+            })
+            .collect()
+    }
+
+    pub fn heads(&self, doc: DocId) -> Vec<[u8; 32]> {
+        heads_to_bytes(&self.docs().replica(doc).heads())
+    }
+
+    /// A page of the changes of `doc` that a holder of `heads` lacks.
+    pub fn changes_since(
+        &self,
+        doc: DocId,
+        heads: &[[u8; 32]],
+        offset: usize,
+    ) -> (Vec<SignedChange>, bool) {
+        let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
+        self.docs()
+            .replica(doc)
+            .changes_since(&heads, offset, PAGE_BYTES)
+    }
+
+    /// Checks and merges changes of `doc` received from `from`; returns how many were merged.
+    pub async fn receive_changes(
+        &self,
+        from: PeerId,
+        doc: DocId,
+        changes: Vec<SignedChange>,
+    ) -> Result<usize, StateError> {
+        let roster = self
+            .inner
+            .roster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (outcome, ops): (Outcome, Vec<WriteOp>) = {
+            let mut docs = self.docs();
+            let outcome = docs.replica(doc).receive(changes, &roster)?;
+            let ops = outcome
+                .applied
+                .iter()
+                .map(|c| {
+                    let p = docs.position(doc);
+                    put_change(p, c)
+                })
+                .collect();
+            (outcome, ops)
+        };
+        for (hash, reason) in &outcome.rejected {
+            self.change_rejected(from, doc, *hash, reason);
+        }
+        let n = outcome.applied.len();
+        if n > 0 {
+            self.inner.store.write(ops).await?;
+            self.inner
+                .metrics
+                .changes_applied
+                .get_or_create(&DocLabel {
+                    doc: doc.as_str().into(),
+                })
+                .inc_by(n as u64);
+            self.inner.changed.notify_one();
+            debug!(%from, doc = doc.as_str(), merged = n, pending = outcome.pending, "merged changes");
+        }
+        Ok(n)
+    }
+
+    fn change_rejected(&self, from: PeerId, doc: DocId, hash: Option<ChangeHash>, r: &Reject) {
+        // A change refused for good is remembered so that it is not pulled again; every refused
+        // change is counted and reported once (one refused only for now, because its author is
+        // not known here yet, may still be merged later).
+        if let Some(h) = hash {
+            if !r.is_transient() {
+                lock(&self.inner.rejected).insert(h.0);
+            }
+            if !lock(&self.inner.reported).insert(h.0) {
+                return;
+            }
+        }
+        self.inner
+            .metrics
+            .changes_rejected
+            .get_or_create(&ReasonLabel {
+                reason: r.as_str().into(),
+            })
+            .inc();
+        warn!(%from, doc = doc.as_str(), change = ?hash.map(|h| h.to_string()), reason = %r, "refused a document change");
+        self.trust_event(
+            "trust.change_rejected",
+            json!({
+                "doc": doc.as_str(),
+                "from": from.to_string(),
+                "change": hash.map(|h| h.to_string()),
+                "reason": r.as_str(),
+                "detail": r.to_string(),
+            }),
+        );
+    }
+
+    fn trust_event(&self, kind: &str, body: serde_json::Value) {
+        let mut budget = lock(&self.inner.trust_budget);
+        if budget.0.elapsed() >= Duration::from_secs(60) {
+            *budget = (Instant::now(), 0);
+        }
+        if budget.1 >= TRUST_EVENTS_PER_MINUTE {
+            return;
+        }
+        budget.1 += 1;
+        self.inner.ledger.record(kind, body);
+    }
+
+    /// This node's ledger positions, for a pull.
+    pub fn ledger_have(&self) -> Result<Vec<(Vec<u8>, u64)>, StateError> {
+        Ok(self
+            .inner
+            .store
+            .ledger_heads()?
+            .into_iter()
+            .map(|h| (h.author, h.head.seq))
+            .collect())
+    }
+
+    /// Entries a holder of `have` lacks, up to a page; and whether more remain.
+    pub fn ledger_after(&self, have: &[(Vec<u8>, u64)]) -> Result<(Vec<Entry>, bool), StateError> {
+        let theirs: HashMap<&[u8], u64> = have.iter().map(|(a, s)| (a.as_slice(), *s)).collect();
+        let mut out = Vec::new();
+        let mut size = 0usize;
+        for h in self.inner.store.ledger_heads()? {
+            let from = theirs.get(h.author.as_slice()).copied().unwrap_or(0);
+            if h.head.seq <= from {
+                continue;
+            }
+            let mut next = from + 1;
+            while next <= h.head.seq {
+                if size >= PAGE_BYTES || out.len() >= MAX_ENTRIES_PER_PAGE {
+                    return Ok((out, true));
+                }
+                let batch = self.inner.store.ledger_range(&h.author, next, 512)?;
+                if batch.is_empty() {
+                    break;
+                }
+                for e in batch {
+                    next = e.body.seq + 1;
+                    size += e.body.body.len() + e.body.kind.len() + 160;
+                    out.push(e);
+                }
+            }
+        }
+        Ok((out, false))
+    }
+
+    /// Checks and appends ledger entries received from `from`; returns how many were new.
+    pub async fn receive_entries(
+        &self,
+        from: PeerId,
+        entries: Vec<Entry>,
+    ) -> Result<usize, StateError> {
+        let roster = self
+            .inner
+            .roster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let now = now_ms();
+        let mut ops = Vec::new();
+        let mut heads: HashMap<Vec<u8>, voike_protocol::ledger::Head> = HashMap::new();
+        let mut broken: HashSet<Vec<u8>> = HashSet::new();
+        for e in entries {
+            let author = e.body.author.clone();
+            if author == self.inner.own_author || broken.contains(&author) {
+                continue;
+            }
+            let reject = |reason: &str, detail: String| {
+                self.entry_rejected(from, &e, reason, detail);
+            };
+            let peer = match e.author() {
+                Ok((_, p)) => p,
+                Err(err) => {
+                    reject("malformed", err.to_string());
+                    broken.insert(author);
+                    continue;
+                }
+            };
+            if !roster.contains_key(&peer) {
+                debug!(%from, author = %peer, "ledger entries of an unknown author deferred");
+                broken.insert(author);
+                continue;
+            }
+            let head = match heads.get(&author) {
+                Some(h) => *h,
+                None => {
+                    let h = self.inner.store.ledger_head(&author)?;
+                    heads.insert(author.clone(), h);
+                    h
+                }
+            };
+            if e.body.seq <= head.seq {
+                // Already held: it must be the very same entry.
+                let stored = self.inner.store.ledger_range(&author, e.body.seq, 1)?;
+                if stored.first().is_some_and(|s| s.hash() != e.hash()) {
+                    reject(
+                        "fork",
+                        format!("entry {} differs from the stored one", e.body.seq),
+                    );
+                    broken.insert(author);
+                }
+                continue;
+            }
+            if let Err(fault) = e.verify_after(&author, head) {
+                let reason = match fault {
+                    voike_protocol::ledger::ChainFault::BadSignature { .. } => "bad_signature",
+                    voike_protocol::ledger::ChainFault::Gap { .. } => "gap",
+                    voike_protocol::ledger::ChainFault::BrokenLink { .. } => "broken_link",
+                    _ => "malformed",
+                };
+                reject(reason, fault.to_string());
+                broken.insert(author);
+                continue;
+            }
+            if e.body.hlc.wall_ms > now + self.inner.max_future_ms {
+                reject(
+                    "future",
+                    format!(
+                        "timestamp {} is {} ms ahead of this node's clock",
+                        e.body.hlc,
+                        e.body.hlc.wall_ms - now
+                    ),
+                );
+                broken.insert(author);
+                continue;
+            }
+            let _ = lock(&self.inner.clock).observe(e.body.hlc, now);
+            heads.insert(author, e.head());
+            ops.push(WriteOp::AppendEntry(Box::new(e)));
+        }
+        let n = ops.len();
+        if n > 0 {
+            self.inner.store.write(ops).await?;
+            self.inner.metrics.ledger_applied.inc_by(n as u64);
+            self.inner.changed.notify_one();
+        }
+        Ok(n)
+    }
+
+    fn entry_rejected(&self, from: PeerId, e: &Entry, reason: &str, detail: String) {
+        if !lock(&self.inner.reported).insert(e.hash()) {
+            return;
+        }
+        self.inner
+            .metrics
+            .ledger_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+        let author = e
+            .author()
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_else(|_| "?".into());
+        warn!(%from, %author, seq = e.body.seq, reason, %detail, "refused a ledger entry");
+        self.trust_event(
+            "trust.entry_rejected",
+            json!({
+                "from": from.to_string(),
+                "author": author,
+                "seq": e.body.seq,
+                "entry": hex(&e.hash()),
+                "reason": reason,
+                "detail": detail,
+            }),
+        );
+    }
+
+    /// Refreshes the per-author chain length gauges (called when metrics are scraped).
+    pub fn refresh_gauges(&self) {
+        if let Ok(heads) = self.inner.store.ledger_heads() {
+            for h in heads {
+                let author = voike_protocol::signing::peer_id_of(&h.author)
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|_| hex(&h.author));
+                self.inner
+                    .metrics
+                    .ledger_chain_length
+                    .get_or_create(&crate::metrics::AuthorLabel { author })
+                    .set(h.head.seq as i64);
+            }
+        }
+    }
+}
