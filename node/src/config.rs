@@ -338,11 +338,11 @@ impl Config {
         if self.sync.max_future_skew < Duration::from_secs(1) {
             return Err(("sync.max_future_skew", "must be at least 1s".into()));
         }
-        if self.sync.peer_request_rate == 0 || self.sync.peer_request_burst == 0 {
-            return Err((
-                "sync.peer_request_rate",
-                "rate and burst must be at least 1".into(),
-            ));
+        if self.sync.peer_request_rate == 0 {
+            return Err(("sync.peer_request_rate", "must be at least 1".into()));
+        }
+        if self.sync.peer_request_burst == 0 {
+            return Err(("sync.peer_request_burst", "must be at least 1".into()));
         }
         if self.sync.request_timeout < Duration::from_millis(100) {
             return Err(("sync.request_timeout", "must be at least 100ms".into()));

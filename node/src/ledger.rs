@@ -8,7 +8,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use libp2p::identity::Keypair;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{error, warn};
@@ -48,6 +48,7 @@ enum LedgerMsg {
 pub struct LedgerHandle {
     tx: mpsc::Sender<LedgerMsg>,
     store: Store,
+    clock: Arc<Mutex<HlcClock>>,
 }
 
 impl std::fmt::Debug for LedgerMsg {
@@ -74,19 +75,20 @@ impl LedgerHandle {
         if let Some(last) = store.ledger_range(&author, head.seq, 1)?.first() {
             clock.restore(last.body.hlc);
         }
+        let clock = Arc::new(Mutex::new(clock));
         let (tx, rx) = mpsc::channel(QUEUE);
         let actor = LedgerActor {
             key,
             author,
             head,
-            clock,
+            clock: clock.clone(),
             store: store.clone(),
             rx,
             tx: tx.downgrade(),
             changed,
         };
         tokio::spawn(actor.run());
-        Ok(LedgerHandle { tx, store })
+        Ok(LedgerHandle { tx, store, clock })
     }
 
     /// Appends an entry and waits until it is durable.
@@ -141,13 +143,19 @@ impl LedgerHandle {
     pub fn store(&self) -> &Store {
         &self.store
     }
+
+    /// The node's one hybrid logical clock: it stamps ledger entries and replicated values, and
+    /// observes the timestamps of merged remote entries.
+    pub fn clock(&self) -> Arc<Mutex<HlcClock>> {
+        self.clock.clone()
+    }
 }
 
 struct LedgerActor {
     key: Keypair,
     author: Vec<u8>,
     head: Head,
-    clock: HlcClock,
+    clock: Arc<Mutex<HlcClock>>,
     store: Store,
     rx: mpsc::Receiver<LedgerMsg>,
     /// Weak, so that the actor ends once every handle is dropped.
@@ -156,6 +164,13 @@ struct LedgerActor {
 }
 
 impl LedgerActor {
+    fn tick(&self) -> voike_protocol::hlc::Hlc {
+        self.clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tick(now_ms())
+    }
+
     async fn run(mut self) {
         while let Some(msg) = self.rx.recv().await {
             match msg {
@@ -166,7 +181,7 @@ impl LedgerActor {
                     reply,
                 } => self.append(kind, body, extra, reply).await,
                 LedgerMsg::Anchor { reply } => {
-                    let hlc = self.clock.tick(now_ms());
+                    let hlc = self.tick();
                     let result = self.store.ledger_heads().and_then(|heads| {
                         Anchor::sign(&self.key, &heads, hlc)
                             .map_err(|e| StoreError::Write(e.to_string()))
@@ -188,7 +203,7 @@ impl LedgerActor {
         extra: Vec<WriteOp>,
         reply: Option<oneshot::Sender<Result<Entry, StoreError>>>,
     ) {
-        let hlc = self.clock.tick(now_ms());
+        let hlc = self.tick();
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let entry = match Entry::append(&self.key, self.head, hlc, &kind, bytes) {
             Ok(e) => e,

@@ -101,13 +101,13 @@ impl Metrics {
         );
         r.register_with_unit(
             "voike_sync_received",
-            "Sync payload bytes received (responses and digests)",
+            "Sync bytes received (requests, responses and digests)",
             Unit::Bytes,
             m.bytes_received.clone(),
         );
         r.register_with_unit(
             "voike_sync_sent",
-            "Sync payload bytes sent (responses and digests)",
+            "Sync bytes sent (requests, responses and digests)",
             Unit::Bytes,
             m.bytes_sent.clone(),
         );

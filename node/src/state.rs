@@ -22,7 +22,7 @@ use voike_protocol::hlc::{Hlc, HlcClock};
 use voike_protocol::ledger::{Entry, heads_hash};
 use voike_protocol::mesh::Role;
 use voike_protocol::signing::hex;
-use voike_protocol::sync::{Digest, PAGE_BYTES};
+use voike_protocol::sync::{Digest, MAX_HEADS, PAGE_BYTES};
 use voike_protocol::zones::{self, Invalid, Record, RecordInput, Zone};
 use voike_storage::docs::put_change;
 use voike_storage::{Store, StoreError, WriteOp};
@@ -68,6 +68,9 @@ struct Docs {
     replicas: HashMap<DocId, Replica>,
     /// Next storage position per document.
     next: HashMap<DocId, u64>,
+    /// Local changes not yet durable: never served to peers (a crash before the commit would
+    /// otherwise let this node reuse their sequence numbers for different changes).
+    unsaved: HashSet<ChangeHash>,
 }
 
 impl Docs {
@@ -119,7 +122,7 @@ struct Inner {
     roster: RwLock<HashMap<PeerId, Role>>,
     /// Shared with the ledger actor: notified on every durable local or merged change.
     changed: Arc<Notify>,
-    clock: Mutex<HlcClock>,
+    clock: Arc<Mutex<HlcClock>>,
     max_future_ms: u64,
     rejected: Mutex<Rejected>,
     /// Refused changes and entries already counted and reported.
@@ -165,6 +168,7 @@ impl StateHandle {
         let mut docs = Docs {
             replicas: HashMap::new(),
             next: HashMap::new(),
+            unsaved: HashSet::new(),
         };
         for doc in DocId::ALL {
             let started = Instant::now();
@@ -185,11 +189,11 @@ impl StateHandle {
                 key,
                 docs: Mutex::new(docs),
                 store,
+                clock: ledger.clock(),
                 ledger,
                 metrics,
                 roster: RwLock::new(HashMap::new()),
                 changed,
-                clock: Mutex::new(HlcClock::new(max_future_ms)),
                 max_future_ms,
                 rejected: Mutex::new(Rejected::default()),
                 reported: Mutex::new(Rejected::default()),
@@ -251,18 +255,21 @@ impl StateHandle {
         let (Some(change), Some(position)) = (change, position) else {
             return Ok(value);
         };
+        let hash = automerge::Change::try_from(&change.bytes[..])
+            .map(|c| c.hash())
+            .map_err(|e| StateError::Internal(e.to_string()))?;
+        self.docs().unsaved.insert(hash);
         if let Some(obj) = body.as_object_mut() {
             obj.insert("doc".into(), json!(doc.as_str()));
-            if let Ok(c) = automerge::Change::try_from(&change.bytes[..]) {
-                obj.insert("change".into(), json!(c.hash().to_string()));
-            }
+            obj.insert("change".into(), json!(hash.to_string()));
         }
-        match self
+        let result = self
             .inner
             .ledger
             .append_with(kind, body, vec![put_change(position, &change)])
-            .await
-        {
+            .await;
+        self.docs().unsaved.remove(&hash);
+        match result {
             Ok(_) => {
                 self.inner
                     .metrics
@@ -295,6 +302,7 @@ impl StateHandle {
                 let mut docs = self.docs();
                 docs.replicas.insert(doc, replica);
                 docs.next.insert(doc, next);
+                docs.unsaved.clear();
             }
             Err(e) => error!(doc = doc.as_str(), error = %e, "cannot reload document"),
         }
@@ -340,6 +348,19 @@ impl StateHandle {
             field: "node",
             message: "is not a node id".into(),
         })?;
+        let is_member = self
+            .inner
+            .roster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&peer);
+        if !is_member {
+            return Err(Invalid {
+                field: "node",
+                message: format!("{peer} is not a member this node knows"),
+            }
+            .into());
+        }
         let me = self.inner.node_id.clone();
         let id = id.to_string();
         let node = peer.to_string();
@@ -447,7 +468,13 @@ impl StateHandle {
             let mut d = self.docs();
             DocId::ALL
                 .into_iter()
-                .map(|doc| (doc, heads_to_bytes(&d.replica(doc).heads())))
+                .map(|doc| {
+                    let mut heads = heads_to_bytes(&d.replica(doc).heads());
+                    // A digest lists at most MAX_HEADS per document; the pull that follows
+                    // sends whatever the listed heads do not cover.
+                    heads.truncate(MAX_HEADS);
+                    (doc, heads)
+                })
                 .collect()
         };
         let heads = self.inner.store.ledger_heads()?;
@@ -486,9 +513,22 @@ impl StateHandle {
         offset: usize,
     ) -> (Vec<SignedChange>, bool) {
         let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
-        self.docs()
-            .replica(doc)
-            .changes_since(&heads, offset, PAGE_BYTES)
+        let mut docs = self.docs();
+        let unsaved = docs.unsaved.clone();
+        let (mut changes, more) = docs.replica(doc).changes_since(&heads, offset, PAGE_BYTES);
+        if !unsaved.is_empty()
+            && let Some(first) = changes.iter().position(|c| {
+                automerge::Change::try_from(&c.bytes[..])
+                    .map(|ch| unsaved.contains(&ch.hash()))
+                    .unwrap_or(true)
+            })
+        {
+            // Not durable yet: the page ends before it; the announcement made once it is
+            // durable brings the asker back for the rest.
+            changes.truncate(first);
+            return (changes, false);
+        }
+        (changes, more)
     }
 
     /// Checks and merges changes of `doc` received from `from`; returns how many were merged.
@@ -522,7 +562,12 @@ impl StateHandle {
         }
         let n = outcome.applied.len();
         if n > 0 {
-            self.inner.store.write(ops).await?;
+            if let Err(e) = self.inner.store.write(ops).await {
+                // Never keep in memory what the store does not hold.
+                error!(doc = doc.as_str(), error = %e, "cannot store merged changes; reloading the document");
+                self.reload(doc);
+                return Err(e.into());
+            }
             self.inner
                 .metrics
                 .changes_applied
@@ -537,11 +582,12 @@ impl StateHandle {
     }
 
     fn change_rejected(&self, from: PeerId, doc: DocId, hash: Option<ChangeHash>, r: &Reject) {
-        // A change refused for good is remembered so that it is not pulled again; every refused
+        // A change refused for what its hash covers is remembered so that it is not pulled
+        // again (a bad signature is not: the next copy may carry the right one); every refused
         // change is counted and reported once (one refused only for now, because its author is
         // not known here yet, may still be merged later).
         if let Some(h) = hash {
-            if !r.is_transient() {
+            if r.holds_for_hash() {
                 lock(&self.inner.rejected).insert(h.0);
             }
             if !lock(&self.inner.reported).insert(h.0) {
@@ -591,28 +637,29 @@ impl StateHandle {
             .collect())
     }
 
-    /// Entries a holder of `have` lacks, up to a page; and whether more remain.
+    /// Entries a holder of `have` lacks, up to a page; and whether more remain. An author listed
+    /// with `u64::MAX` is skipped.
     pub fn ledger_after(&self, have: &[(Vec<u8>, u64)]) -> Result<(Vec<Entry>, bool), StateError> {
         let theirs: HashMap<&[u8], u64> = have.iter().map(|(a, s)| (a.as_slice(), *s)).collect();
         let mut out = Vec::new();
         let mut size = 0usize;
         for h in self.inner.store.ledger_heads()? {
             let from = theirs.get(h.author.as_slice()).copied().unwrap_or(0);
-            if h.head.seq <= from {
-                continue;
-            }
-            let mut next = from + 1;
+            let mut next = from.saturating_add(1);
             while next <= h.head.seq {
-                if size >= PAGE_BYTES || out.len() >= MAX_ENTRIES_PER_PAGE {
-                    return Ok((out, true));
-                }
-                let batch = self.inner.store.ledger_range(&h.author, next, 512)?;
+                let batch = self.inner.store.ledger_range(&h.author, next, 256)?;
                 if batch.is_empty() {
                     break;
                 }
                 for e in batch {
+                    let len = e.body.body.len() + e.body.kind.len() + e.body.author.len() + 128;
+                    if !out.is_empty()
+                        && (size + len > PAGE_BYTES || out.len() >= MAX_ENTRIES_PER_PAGE)
+                    {
+                        return Ok((out, true));
+                    }
                     next = e.body.seq + 1;
-                    size += e.body.body.len() + e.body.kind.len() + 160;
+                    size += len;
                     out.push(e);
                 }
             }
@@ -620,12 +667,14 @@ impl StateHandle {
         Ok((out, false))
     }
 
-    /// Checks and appends ledger entries received from `from`; returns how many were new.
+    /// Checks and appends ledger entries received from `from`; returns how many were new, and
+    /// the authors whose chains this node cannot take from this batch (refused or deferred), so
+    /// that the next page skips them.
     pub async fn receive_entries(
         &self,
         from: PeerId,
         entries: Vec<Entry>,
-    ) -> Result<usize, StateError> {
+    ) -> Result<(usize, Vec<Vec<u8>>), StateError> {
         let roster = self
             .inner
             .roster
@@ -638,7 +687,12 @@ impl StateHandle {
         let mut broken: HashSet<Vec<u8>> = HashSet::new();
         for e in entries {
             let author = e.body.author.clone();
-            if author == self.inner.own_author || broken.contains(&author) {
+            if broken.contains(&author) {
+                continue;
+            }
+            if author == self.inner.own_author {
+                // This node's own chain is written by this node only.
+                broken.insert(author);
                 continue;
             }
             let reject = |reason: &str, detail: String| {
@@ -710,7 +764,7 @@ impl StateHandle {
             self.inner.metrics.ledger_applied.inc_by(n as u64);
             self.inner.changed.notify_one();
         }
-        Ok(n)
+        Ok((n, broken.into_iter().collect()))
     }
 
     fn entry_rejected(&self, from: PeerId, e: &Entry, reason: &str, detail: String) {

@@ -218,16 +218,27 @@ async fn pull_ledger(
     peer: PeerId,
 ) -> Result<usize, String> {
     let mut merged = 0;
+    // Chains this node cannot take from this peer now (refused or deferred): skipped in the
+    // following pages so that they do not hide the other chains.
+    let mut skip: Vec<Vec<u8>> = Vec::new();
     for _ in 0..MAX_PAGES {
-        let have = state.ledger_have().map_err(|e| e.to_string())?;
+        let mut have = state.ledger_have().map_err(|e| e.to_string())?;
+        have.retain(|(a, _)| !skip.contains(a));
+        have.extend(skip.iter().map(|a| (a.clone(), u64::MAX)));
         match net.sync(peer, SyncRequest::Ledger { have }).await? {
             SyncResponse::Ledger { entries, more } => {
-                let n = state
+                let (n, broken) = state
                     .receive_entries(peer, entries)
                     .await
                     .map_err(|e| e.to_string())?;
                 merged += n;
-                if !more || n == 0 {
+                let skipped = skip.len();
+                for a in broken {
+                    if !skip.contains(&a) {
+                        skip.push(a);
+                    }
+                }
+                if !more || (n == 0 && skip.len() == skipped) {
                     return Ok(merged);
                 }
             }

@@ -146,6 +146,13 @@ impl Reject {
     pub fn is_transient(&self) -> bool {
         matches!(self, Reject::UnknownAuthor(_) | Reject::Backlog)
     }
+
+    /// Whether every copy of a change with this hash would be refused the same way: true for
+    /// verdicts on the change's content (which its hash covers), false for verdicts on what
+    /// travels beside it (the signature) or on this node's situation.
+    pub fn holds_for_hash(&self) -> bool {
+        matches!(self, Reject::NotWriter { .. } | Reject::Schema(_))
+    }
 }
 
 /// Who is a member, and with which role.
@@ -431,9 +438,14 @@ impl Replica {
                 }
             }
         }
-        // A rejected change's dependants can never be merged: drop them too.
-        let mut rejected: HashSet<ChangeHash> =
-            out.rejected.iter().filter_map(|(h, _)| *h).collect();
+        // A change refused for good can never be merged, so neither can its dependants: drop
+        // them too. (Dependants of a change refused for now keep waiting.)
+        let mut rejected: HashSet<ChangeHash> = out
+            .rejected
+            .iter()
+            .filter(|(_, r)| !r.is_transient())
+            .filter_map(|(h, _)| *h)
+            .collect();
         while !rejected.is_empty() {
             let doomed: Vec<ChangeHash> = self
                 .pending

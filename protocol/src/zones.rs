@@ -398,10 +398,10 @@ pub fn put_record(
         _ => tx.put_object(zone, "records", ObjType::Map)?,
     };
     let id = record_id(zone_id, r);
-    let obj = match tx.get(&recs, id.as_str())? {
-        Some((Value::Object(ObjType::Map), o)) => o,
-        _ => tx.put_object(&recs, id.as_str(), ObjType::Map)?,
-    };
+    // Every write makes a new version of the record (replacing the versions this node has
+    // seen), so concurrent writes leave whole versions side by side and readers pick the newest
+    // by HLC, instead of Automerge merging their fields one by one.
+    let obj = tx.put_object(&recs, id.as_str(), ObjType::Map)?;
     tx.put(&obj, "type", r.rtype.as_str())?;
     tx.put(&obj, "name", r.name.as_str())?;
     tx.put(&obj, "value", r.value.as_str())?;

@@ -50,7 +50,7 @@ const COMMAND_QUEUE: usize = 64;
 /// Peers whose refusal time is remembered (for rate-limiting trust events).
 const MAX_REFUSALS_TRACKED: usize = 1024;
 /// Local changes within this window are announced together.
-const ANNOUNCE_DELAY: Duration = Duration::from_millis(20);
+const ANNOUNCE_DELAY: Duration = Duration::from_millis(5);
 
 /// Requests served by the event loop.
 #[derive(Debug)]
