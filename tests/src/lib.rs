@@ -26,6 +26,30 @@ pub const LOOPBACK: &[&str] = &[
     "127.0.0.1:0",
 ];
 
+/// A TCP and a UDP port on 127.0.0.1, both free now and below the kernel's ephemeral port range,
+/// so that no outgoing connection takes them while their node is down (on loopback, a dial to a
+/// closed port in the ephemeral range can even connect to itself and hold the port).
+pub fn fixed_ports() -> anyhow::Result<(u16, u16)> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (start, end) = (10_000u32, low.max(12_000));
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..2000 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (start + (seed.wrapping_add(n.wrapping_mul(7919))) % (end - start)) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return Ok((port, port));
+        }
+    }
+    bail!("no free port below the ephemeral range")
+}
+
 /// Path of a workspace binary (`voiked` or `voike`).
 pub fn bin(name: &str) -> PathBuf {
     if let Ok(dir) = std::env::var("VOIKE_BIN_DIR") {
@@ -161,7 +185,7 @@ pub struct TestNode {
     pub api: String,
     pub token: String,
     pub node_id: String,
-    /// Listen addresses to use instead of ephemeral ports (see [`TestNode::restart_same_ports`]).
+    /// Listen addresses to use instead of ephemeral ports (see [`TestNode::fix_ports`]).
     fixed_listen: Option<Vec<String>>,
 }
 
@@ -450,20 +474,23 @@ impl TestNode {
         Ok(())
     }
 
-    /// Like [`TestNode::restart`], but listening on the ports of the previous run (as a node
-    /// with configured ports does), so that peers that also restarted can find it again.
-    pub fn restart_same_ports(&mut self, previous: Vec<String>) -> anyhow::Result<()> {
-        self.fixed_listen = Some(previous);
-        self.restart()
+    /// Makes the node listen on fixed ports (kept across restarts, as a node with configured
+    /// ports does) instead of ephemeral ones; call before `start`.
+    pub fn fix_ports(&mut self) -> anyhow::Result<()> {
+        let (tcp, udp) = fixed_ports()?;
+        self.fixed_listen = Some(vec![
+            format!("/ip4/127.0.0.1/tcp/{tcp}"),
+            format!("/ip4/127.0.0.1/udp/{udp}/quic-v1"),
+        ]);
+        Ok(())
     }
 
-    /// This node's listen addresses without `/p2p/...` (to pass to `restart_same_ports`).
-    pub fn listen_addrs(&self) -> anyhow::Result<Vec<String>> {
-        Ok(self
-            .dial_addrs()?
-            .iter()
-            .map(|a| a.split("/p2p/").next().unwrap_or_default().to_string())
-            .collect())
+    /// Creates and starts a node on fixed ports; `extra` as for [`TestNode::spawn`].
+    pub fn spawn_fixed(name: &str, extra: &[&str]) -> anyhow::Result<TestNode> {
+        let mut node = Self::create(name, extra)?;
+        node.fix_ports()?;
+        node.start()?;
+        Ok(node)
     }
 
     /// Starts the node again with the same data directory (and no `--join`).

@@ -119,21 +119,7 @@ fn a_member_invited_as_admin_can_invite_others() -> anyhow::Result<()> {
 #[test]
 fn a_joiner_keeps_dialing_until_its_bootstrap_peer_is_up() -> anyhow::Result<()> {
     // Genesis on fixed ports, so that the ticket's addresses are valid again after a restart.
-    let free = || -> anyhow::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
-    let (tcp, udp) = (free()?, {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        s.local_addr()?.port()
-    });
-    let listen_tcp = format!("/ip4/127.0.0.1/tcp/{tcp}");
-    let listen_udp = format!("/ip4/127.0.0.1/udp/{udp}/quic-v1");
-    let mut genesis = TestNode::spawn(
-        "genesis",
-        &["--listen", &listen_tcp, "--listen", &listen_udp],
-    )?;
+    let mut genesis = TestNode::spawn_fixed("genesis", &[])?;
     let ticket = genesis.invite("10m")?;
     genesis.stop()?;
 
@@ -147,9 +133,12 @@ fn a_joiner_keeps_dialing_until_its_bootstrap_peer_is_up() -> anyhow::Result<()>
     wait_for(
         DEADLINE * 3,
         "the joiner to get in once genesis is back",
-        || Ok(genesis.sees_connected(&joiner.node_id)? && joiner.sees_connected(&genesis.node_id)?),
+        || {
+            Ok(genesis.sees_connected(&joiner.node_id)?
+                && joiner.sees_connected(&genesis.node_id)?
+                && joiner.get("/mesh/self")?.body["membership"] == "member")
+        },
     )?;
-    assert_eq!(joiner.get("/mesh/self")?.body["membership"], "member");
     assert_eq!(joiner.get("/readyz")?.status, 200);
     Ok(())
 }

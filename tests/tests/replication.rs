@@ -8,14 +8,15 @@ use voike_tests::{TestNode, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// A Genesis node and `n` members, all connected to Genesis.
+/// A Genesis node and `n` members, all connected to Genesis, on fixed ports (so that nodes that
+/// restart can find each other again).
 fn mesh(prefix: &str, n: usize) -> anyhow::Result<Vec<TestNode>> {
-    let genesis = TestNode::genesis(&format!("{prefix}-a"))?;
+    let genesis = TestNode::spawn_fixed(&format!("{prefix}-a"), &[])?;
     let mut nodes = vec![genesis];
     for i in 0..n {
         let ticket = nodes[0].invite("10m")?;
         let name = format!("{prefix}-{}", (b'b' + i as u8) as char);
-        nodes.push(TestNode::join(&name, &ticket)?);
+        nodes.push(TestNode::spawn_fixed(&name, &["--join", &ticket])?);
     }
     for n in &nodes[1..] {
         wait_for(DEADLINE, &format!("{} connected", n.name), || {
@@ -107,18 +108,16 @@ fn offline_writes_on_both_sides_merge_when_nodes_meet() -> anyhow::Result<()> {
         )?;
     }
 
-    // B and C go away; A writes alone, then goes away too. (B and C come back on their old
-    // ports, as nodes with configured ports do: they must find each other without A.)
-    let b_addrs = nodes[1].listen_addrs()?;
-    let c_addrs = nodes[2].listen_addrs()?;
+    // B and C go away; A writes alone, then goes away too. (B and C come back on their ports:
+    // they must find each other without A.)
     nodes[1].stop()?;
     nodes[2].stop()?;
     nodes[0].add_a("demo", "a.demo.mesh.", "10.0.0.1")?;
     nodes[0].stop()?;
 
     // B and C come back without A; B writes.
-    nodes[1].restart_same_ports(b_addrs)?;
-    nodes[2].restart_same_ports(c_addrs)?;
+    nodes[1].restart()?;
+    nodes[2].restart()?;
     let (b, c) = (&nodes[1], &nodes[2]);
     wait_for(DEADLINE, "B and C reconnect", || {
         b.sees_connected(&c.node_id)

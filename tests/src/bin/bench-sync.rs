@@ -124,7 +124,7 @@ fn main() -> anyhow::Result<()> {
     drop(a);
 
     // ---- catch-up -----------------------------------------------------------------------
-    let mut a = TestNode::genesis("bcatch-a")?;
+    let mut a = TestNode::spawn_fixed("bcatch-a", &[])?;
     let mut e = TestNode::join("bcatch-e", &a.invite("1h")?)?;
     wait_for(deadline, "connected", || a.sees_connected(&e.node_id))?;
     a.create_zone("demo", "demo.mesh.")?;
@@ -136,7 +136,6 @@ fn main() -> anyhow::Result<()> {
     // Ledger entries beyond those of the record writes go straight into A's chain while A is
     // stopped (as if A had been busy for a long time).
     let extra = entries.saturating_sub(records as u64);
-    let a_addrs = a.listen_addrs()?;
     a.stop()?;
     {
         let rt = tokio::runtime::Runtime::new()?;
@@ -164,7 +163,7 @@ fn main() -> anyhow::Result<()> {
         drop(store);
         thread.join();
     }
-    a.restart_same_ports(a_addrs)?;
+    a.restart()?;
     let started = Instant::now();
     let (api, token) = (a.api.clone(), a.token.clone());
     let failed = Arc::new(AtomicBool::new(false));
