@@ -37,8 +37,19 @@ pub(crate) struct Overlay {
 }
 
 impl Overlay {
-    pub(crate) fn flush(&self, _txn: &WriteTransaction) -> Result<(), StoreError> {
-        // Heads are written with each entry; nothing is buffered past the batch.
+    /// Writes the heads moved by this batch (once per chain, not once per entry).
+    pub(crate) fn flush(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        if self.heads.is_empty() {
+            return Ok(());
+        }
+        let mut t = txn
+            .open_table(table_def(Table::LedgerHeads))
+            .map_err(storage_err)?;
+        for (author, head) in &self.heads {
+            let bytes = postcard::to_stdvec(head).map_err(storage_err)?;
+            t.insert(author.as_slice(), bytes.as_slice())
+                .map_err(storage_err)?;
+        }
         Ok(())
     }
 }
@@ -109,14 +120,15 @@ pub(crate) fn check_append(
     Ok(Ok(true))
 }
 
-/// Writes a checked entry, its head, its index and its log position.
+/// Writes a checked entry, its index and its log position (its chain's head is in `staged`,
+/// written by [`Overlay::flush`] at the end of the batch).
 pub(crate) fn write_entry(
     txn: &WriteTransaction,
     staged: &mut Overlay,
     entry: &Entry,
 ) -> Result<(), StoreError> {
     let key = entry_key(&entry.body.author, entry.body.seq);
-    let head = entry.head();
+    let hash = entry.hash();
     {
         let mut t = txn
             .open_table(table_def(Table::Ledger))
@@ -126,17 +138,9 @@ pub(crate) fn write_entry(
     }
     {
         let mut t = txn
-            .open_table(table_def(Table::LedgerHeads))
-            .map_err(storage_err)?;
-        let bytes = postcard::to_stdvec(&head).map_err(storage_err)?;
-        t.insert(entry.body.author.as_slice(), bytes.as_slice())
-            .map_err(storage_err)?;
-    }
-    {
-        let mut t = txn
             .open_table(table_def(Table::LedgerIndex))
             .map_err(storage_err)?;
-        t.insert(head.hash.as_slice(), key.as_slice())
+        t.insert(hash.as_slice(), key.as_slice())
             .map_err(storage_err)?;
     }
     let mut log = txn
