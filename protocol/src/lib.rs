@@ -17,10 +17,13 @@
 //! - [`docs`]: signed Automerge documents, their write rights and the merge of remote changes.
 //! - [`zones`]: the `zones` document's layout, record validation and typed reads.
 //! - [`sync`]: digests and pull messages of state sync.
+//! - [`health`]: Hypermesh health reports, the phi-accrual failure detector, overload
+//!   prediction and route ranking.
 //! - [`api`]: request and response bodies of the admin HTTP API, shared with the `voike` CLI.
 
 pub mod api;
 pub mod docs;
+pub mod health;
 pub mod hlc;
 pub mod ledger;
 pub mod membership;
