@@ -25,6 +25,7 @@ use crate::ledger::{LedgerHandle, anchor_json, entry_json};
 use crate::state::{StateError, StateHandle};
 use crate::swarm::{InviteError, SwarmHandle};
 
+mod hypermesh;
 mod vdns;
 
 /// Largest request body accepted.
@@ -38,6 +39,7 @@ pub struct ApiState {
     pub swarm: SwarmHandle,
     pub ledger: LedgerHandle,
     pub state: StateHandle,
+    pub hypermesh: crate::hypermesh::HypermeshHandle,
     pub token: Arc<String>,
 }
 
@@ -93,6 +95,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/ledger/verify", post(ledger_verify))
         .route("/ledger/anchor", post(ledger_anchor))
         .route("/ledger/{id}", get(ledger_get))
+        .route("/hypermesh/status", get(hypermesh::status))
+        .route("/hypermesh/routes", get(hypermesh::routes))
+        .route("/hypermesh/events", get(hypermesh::events))
+        .route("/hypermesh/agents", get(hypermesh::agents))
         .route("/vdns/zones", get(vdns::list_zones).post(vdns::create_zone))
         .route("/vdns/zones/{zone}/owners", post(vdns::add_owner))
         .route(

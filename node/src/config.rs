@@ -32,6 +32,55 @@ pub struct Config {
     pub p2p: P2pConfig,
     pub api: ApiConfig,
     pub sync: SyncConfig,
+    pub hypermesh: HypermeshConfig,
+}
+
+/// `[hypermesh]`: health gossip, failure detection and routing.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HypermeshConfig {
+    /// This node's region, advertised in health reports and used for route affinity.
+    pub region: String,
+    /// Capabilities this node advertises (e.g. `["http", "gpu"]`).
+    pub capabilities: Vec<String>,
+    /// Longest time between two health reports (the keep-alive heartbeat). Default `"5s"`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// PerfWatch's sampling interval while values move. Default `"1s"`.
+    #[serde(with = "humantime_serde")]
+    pub sample_fast: Duration,
+    /// PerfWatch's sampling interval when idle (it backs off to this). Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub sample_slow: Duration,
+    /// Phi at which a silent peer becomes suspect. Default 5.
+    pub suspect_phi: f64,
+    /// Phi at which a suspect peer is declared dead. Default 12.
+    pub dead_phi: f64,
+    /// Least silence before a peer can be declared dead. Default `"15s"`.
+    #[serde(with = "humantime_serde")]
+    pub min_dead: Duration,
+    /// CPU or memory percentage that `overload_predicted` looks ahead to. Default 90.
+    pub overload_limit_pct: f64,
+    /// How far ahead `overload_predicted` looks. Default `"5m"`.
+    #[serde(with = "humantime_serde")]
+    pub overload_horizon: Duration,
+}
+
+impl Default for HypermeshConfig {
+    fn default() -> Self {
+        HypermeshConfig {
+            region: String::new(),
+            capabilities: Vec::new(),
+            heartbeat_interval: Duration::from_secs(5),
+            sample_fast: Duration::from_secs(1),
+            sample_slow: Duration::from_secs(30),
+            suspect_phi: 5.0,
+            dead_phi: 12.0,
+            min_dead: Duration::from_secs(15),
+            overload_limit_pct: 90.0,
+            overload_horizon: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `[sync]`: replication of documents and the ledger between members.
@@ -120,6 +169,7 @@ impl Default for Config {
             p2p: P2pConfig::default(),
             api: ApiConfig::default(),
             sync: SyncConfig::default(),
+            hypermesh: HypermeshConfig::default(),
         }
     }
 }
@@ -346,6 +396,37 @@ impl Config {
         }
         if self.sync.request_timeout < Duration::from_millis(100) {
             return Err(("sync.request_timeout", "must be at least 100ms".into()));
+        }
+        let h = &self.hypermesh;
+        if h.heartbeat_interval < Duration::from_millis(100) {
+            return Err((
+                "hypermesh.heartbeat_interval",
+                "must be at least 100ms".into(),
+            ));
+        }
+        if h.sample_fast < Duration::from_millis(100) || h.sample_slow < h.sample_fast {
+            return Err((
+                "hypermesh.sample_slow",
+                "sample_fast must be at least 100ms and sample_slow at least sample_fast".into(),
+            ));
+        }
+        if !(h.suspect_phi > 0.0 && h.dead_phi > h.suspect_phi) {
+            return Err((
+                "hypermesh.dead_phi",
+                "suspect_phi must be positive and dead_phi larger than it".into(),
+            ));
+        }
+        if h.min_dead < h.heartbeat_interval {
+            return Err((
+                "hypermesh.min_dead",
+                "must be at least hypermesh.heartbeat_interval".into(),
+            ));
+        }
+        if !(1.0..=100.0).contains(&h.overload_limit_pct) {
+            return Err((
+                "hypermesh.overload_limit_pct",
+                "must be between 1 and 100".into(),
+            ));
         }
         if self.shutdown_timeout < Duration::from_millis(100) {
             return Err(("shutdown_timeout", "must be at least 100ms".into()));

@@ -15,6 +15,7 @@ use voike_storage::{Store, keyfile};
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::hypermesh::Hypermesh;
 use crate::ledger::LedgerHandle;
 use crate::mesh::MeshState;
 use crate::metrics::Metrics;
@@ -119,15 +120,23 @@ async fn run_with_store(
         })?;
     let api_addr = listener.local_addr()?;
     let swarm = behaviour::build(
-        key,
+        key.clone(),
         behaviour::BuildOptions {
             ping_interval: config.p2p.ping_interval,
             handshake_timeout: config.p2p.handshake_timeout,
             sync_timeout: config.sync.request_timeout,
-            metrics,
+            metrics: metrics.clone(),
         },
     )?;
     let (sync_tx, sync_rx) = tokio::sync::mpsc::channel(sync::QUEUE);
+    let (health_tx, health_rx) = tokio::sync::mpsc::channel(16);
+    let (hypermesh, hyper_handle) = Hypermesh::new(
+        config.hypermesh.clone(),
+        key.clone(),
+        ledger.clone(),
+        metrics.clone(),
+        health_tx,
+    );
     let (event_loop, handle) = EventLoop::new(
         swarm,
         mesh,
@@ -137,6 +146,8 @@ async fn run_with_store(
             state: state.clone(),
             config: config.sync.clone(),
             tx: sync_tx,
+            hyper_tx: hyper_handle.tx.clone(),
+            health_rx,
         },
     )?;
     std::fs::write(data_dir.join(API_ADDR_FILE), format!("{api_addr}\n"))
@@ -146,6 +157,7 @@ async fn run_with_store(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut swarm_task = tracker.spawn(event_loop.run(cancel.child_token()));
+    tracker.spawn(hypermesh.run(cancel.child_token()));
     let sync_cancel = cancel.child_token();
     let sync_worker = sync::run(state.clone(), handle.clone(), sync_rx);
     tracker.spawn(async move {
@@ -158,6 +170,7 @@ async fn run_with_store(
         swarm: handle,
         ledger,
         state,
+        hypermesh: hyper_handle,
         token: Arc::new(token),
     });
     let api_cancel = cancel.child_token();

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: defaults, TOML file, `VOIKED_*` environment and flag layering.
 //! - [`daemon`]: data directory, identity, store, swarm and API start-up; signals and shutdown.
+//! - [`hypermesh`]: PerfWatch, health gossip, the MeshSurgeon detector and HyperRoute.
 //! - [`ledger`]: the Truth Ledger actor that appends this node's entries.
 //! - [`mesh`]: founding or joining a mesh and persisting its members.
 //! - [`state`]: the signed documents in memory, local writes and the merge of remote changes.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod hypermesh;
 pub mod ledger;
 pub mod mesh;
 pub mod metrics;

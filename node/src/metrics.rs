@@ -5,7 +5,10 @@ use std::sync::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,6 +35,19 @@ pub struct AuthorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GossipLabel {
+    /// `in` or `out`.
+    pub direction: String,
+    /// out: `changed` or `heartbeat`; in: `accepted` or `invalid`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
 }
@@ -49,6 +65,11 @@ pub struct Metrics {
     pub rounds: Family<RoundLabel, Counter>,
     pub requests_refused: Family<ReasonLabel, Counter>,
     pub ledger_chain_length: Family<AuthorLabel, Gauge>,
+    pub hm_peers: Family<StateLabel, Gauge>,
+    pub hm_transitions: Family<StateLabel, Counter>,
+    pub hm_gossip: Family<GossipLabel, Counter>,
+    pub hm_rtt: Histogram,
+    pub hm_sample_interval: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -71,6 +92,11 @@ impl Metrics {
             rounds: Family::default(),
             requests_refused: Family::default(),
             ledger_chain_length: Family::default(),
+            hm_peers: Family::default(),
+            hm_transitions: Family::default(),
+            hm_gossip: Family::default(),
+            hm_rtt: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            hm_sample_interval: Gauge::default(),
         };
         let build: Family<VersionLabel, Gauge> = Family::default();
         build
@@ -125,6 +151,33 @@ impl Metrics {
             "voike_ledger_chain_length",
             "Entries in each author's ledger chain held by this node",
             m.ledger_chain_length.clone(),
+        );
+        r.register(
+            "voike_hypermesh_peers",
+            "Members by detector state",
+            m.hm_peers.clone(),
+        );
+        r.register(
+            "voike_hypermesh_transitions",
+            "Detector transitions, by the state entered",
+            m.hm_transitions.clone(),
+        );
+        r.register(
+            "voike_hypermesh_gossip_messages",
+            "Health reports sent and received",
+            m.hm_gossip.clone(),
+        );
+        r.register_with_unit(
+            "voike_hypermesh_rtt",
+            "Ping round-trip times to members",
+            Unit::Seconds,
+            m.hm_rtt.clone(),
+        );
+        r.register_with_unit(
+            "voike_hypermesh_perfwatch_interval",
+            "PerfWatch's current sampling interval",
+            Unit::Seconds,
+            m.hm_sample_interval.clone(),
         );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         m

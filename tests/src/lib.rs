@@ -452,7 +452,7 @@ impl TestNode {
             .collect())
     }
 
-    fn signal(&self, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
         let child = self.child.as_ref().context("node is not running")?;
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
         nix::sys::signal::kill(pid, sig)?;

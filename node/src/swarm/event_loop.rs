@@ -38,7 +38,9 @@ use voike_protocol::wire::{
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use crate::config::{P2pConfig, SyncConfig};
+use crate::hypermesh::HyperInput;
 use crate::mesh::{MeshState, unix_now};
+use crate::metrics::GossipLabel;
 use crate::metrics::ReasonLabel;
 use crate::state::StateHandle;
 use crate::sync::{self, SyncTask};
@@ -217,6 +219,9 @@ pub struct EventLoop {
     announce_at: Option<Instant>,
     next_anti_entropy: Instant,
     topic: gossipsub::IdentTopic,
+    health_topic: gossipsub::IdentTopic,
+    hyper_tx: mpsc::Sender<HyperInput>,
+    health_rx: mpsc::Receiver<Vec<u8>>,
     roster_len: usize,
 }
 
@@ -226,6 +231,10 @@ pub struct SyncParts {
     pub state: StateHandle,
     pub config: SyncConfig,
     pub tx: mpsc::Sender<SyncTask>,
+    /// Verified health reports and pings go to Hypermesh on `hyper_tx`; its reports to
+    /// publish come back on `health_rx`.
+    pub hyper_tx: mpsc::Sender<HyperInput>,
+    pub health_rx: mpsc::Receiver<Vec<u8>>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -307,6 +316,12 @@ impl EventLoop {
             .gossipsub
             .subscribe(&topic)
             .map_err(|e| anyhow::anyhow!("cannot subscribe to the sync topic: {e}"))?;
+        let health_topic = gossipsub::IdentTopic::new(format!("voike/health/1/{}", mesh.mesh_id()));
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&health_topic)
+            .map_err(|e| anyhow::anyhow!("cannot subscribe to the health topic: {e}"))?;
         let mut listeners_pending = HashSet::new();
         for addr in &config.listen {
             check_port_free(addr)?;
@@ -366,6 +381,9 @@ impl EventLoop {
                 sync_buckets: HashMap::new(),
                 announce_at: None,
                 topic,
+                health_topic,
+                hyper_tx: sync_parts.hyper_tx,
+                health_rx: sync_parts.health_rx,
                 roster_len: 0,
             },
             SwarmHandle { tx },
@@ -382,6 +400,7 @@ impl EventLoop {
                 _ = state.changed() => {
                     self.announce_at.get_or_insert(Instant::now() + ANNOUNCE_DELAY);
                 }
+                Some(report) = self.health_rx.recv() => self.publish_health(report),
                 _ = cancel.cancelled() => break Ok(()),
                 event = self.swarm.select_next_some() => {
                     if let Err(e) = self.on_swarm_event(event).await {
@@ -669,7 +688,13 @@ impl EventLoop {
                 propagation_source,
                 message_id,
                 message,
-            }) => self.on_gossip(propagation_source, message_id, message),
+            }) => {
+                if message.topic == self.health_topic.hash() {
+                    self.on_health(propagation_source, message_id, message)
+                } else {
+                    self.on_gossip(propagation_source, message_id, message)
+                }
+            }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocol_version != super::behaviour::IDENTIFY_PROTOCOL {
                     debug!(peer = %peer_id, version = %info.protocol_version, "peer speaks another protocol version");
@@ -682,8 +707,15 @@ impl EventLoop {
                 result: Ok(rtt),
                 ..
             }) => {
+                let mut relayed = false;
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.rtt = Some(rtt);
+                    relayed = p.relayed();
+                }
+                if self.mesh.directory.contains(&peer) {
+                    let _ = self
+                        .hyper_tx
+                        .try_send(HyperInput::Ping { peer, rtt, relayed });
                 }
             }
             _ => {}
@@ -1020,6 +1052,59 @@ impl EventLoop {
                 .map(|(id, r)| (*id, r.body.role))
                 .collect(),
         );
+    }
+
+    fn publish_health(&mut self, report: Vec<u8>) {
+        if !self.mesh.is_member() {
+            return;
+        }
+        let n = self.swarm.connected_peers().count() as u32;
+        let _ = self.hyper_tx.try_send(HyperInput::Connections(n));
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.health_topic.clone(), report)
+        {
+            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(error) => debug!(%error, "health report not published"),
+        }
+    }
+
+    /// A health report: accepted only from a member, signed by that member's key.
+    fn on_health(&mut self, via: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let verified = voike_protocol::health::HealthReport::from_bytes(&message.data)
+            .ok()
+            .filter(|(_, author)| {
+                Some(*author) == message.source
+                    && *author != self.mesh.peer_id
+                    && self.mesh.directory.contains(author)
+            });
+        let acceptance = if verified.is_some() {
+            gossipsub::MessageAcceptance::Accept
+        } else {
+            gossipsub::MessageAcceptance::Reject
+        };
+        self.state
+            .metrics()
+            .hm_gossip
+            .get_or_create(&GossipLabel {
+                direction: "in".into(),
+                result: if verified.is_some() {
+                    "accepted"
+                } else {
+                    "invalid"
+                }
+                .into(),
+            })
+            .inc();
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &via, acceptance);
+        if let Some((report, from)) = verified {
+            let _ = self.hyper_tx.try_send(HyperInput::Report { from, report });
+        }
     }
 
     /// Publishes this node's digest on the sync topic.

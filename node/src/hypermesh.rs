@@ -1,0 +1,617 @@
+//! Hypermesh on a node: PerfWatch samples this machine, health reports go out on gossipsub,
+//! MeshSurgeon's detector watches every member's heartbeats, HyperRoute ranks the routes.
+//!
+//! One task owns the agents. It sleeps until the next of: a PerfWatch sample (every
+//! `sample_fast` while values move, doubling up to `sample_slow` when idle), a heartbeat report
+//! (`heartbeat_interval` after the last one), or the detector's next possible transition. The
+//! swarm loop verifies incoming reports (signature, member, source) before handing them over.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use voike_protocol::health::{
+    Activity, Detector, DetectorConfig, HealthReport, PeerState, ReportBody, Route, RouteInput,
+    Samples, Transition, rank_routes, spawn_advisory, time_to_limit,
+};
+
+use crate::config::HypermeshConfig;
+use crate::ledger::LedgerHandle;
+use crate::metrics::{GossipLabel, Metrics, StateLabel};
+
+/// Events kept for `/hypermesh/events`.
+pub const MAX_EVENTS: usize = 1000;
+/// Samples kept for overload prediction.
+const TREND_POINTS: usize = 30;
+const INPUT_QUEUE: usize = 1024;
+
+/// What the swarm loop hands to the Hypermesh task.
+#[derive(Debug)]
+pub enum HyperInput {
+    /// A verified report from a member.
+    Report { from: PeerId, report: HealthReport },
+    /// A ping round trip.
+    Ping {
+        peer: PeerId,
+        rtt: Duration,
+        relayed: bool,
+    },
+    /// Connected p2p connections now (for PerfWatch).
+    Connections(u32),
+}
+
+/// One event of the bounded log.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub id: u64,
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub body: Value,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentInfo {
+    pub name: &'static str,
+    pub state: String,
+    pub interval_ms: u64,
+    pub last_run_ms_ago: Option<u64>,
+    pub runs: u64,
+}
+
+struct PeerInfo {
+    report: Option<HealthReport>,
+    rtt_ewma_ms: Option<f64>,
+    relayed: bool,
+}
+
+struct Inner {
+    detector: Detector,
+    peers: HashMap<PeerId, PeerInfo>,
+    samples: Samples,
+    activity: Activity,
+    sample_interval: Duration,
+    events: VecDeque<Event>,
+    next_event: u64,
+    routes: Vec<Route>,
+    agents: [AgentRun; 3],
+}
+
+#[derive(Clone, Copy, Default)]
+struct AgentRun {
+    last: Option<Instant>,
+    runs: u64,
+}
+
+/// Read access for the API, and the sender the swarm loop feeds.
+#[derive(Clone)]
+pub struct HypermeshHandle {
+    inner: Arc<Mutex<Inner>>,
+    pub tx: mpsc::Sender<HyperInput>,
+    started: Instant,
+    node_id: String,
+    config: HypermeshConfig,
+}
+
+impl std::fmt::Debug for HypermeshHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HypermeshHandle").finish_non_exhaustive()
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl HypermeshHandle {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// `GET /hypermesh/status`.
+    pub fn status(&self) -> Value {
+        let now = self.mono_ms();
+        let h = self.lock();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        let peers: Vec<Value> = h
+            .detector
+            .peers(now)
+            .into_iter()
+            .map(|(p, state, phi, silent)| {
+                *counts.entry(state_name(state)).or_default() += 1;
+                let info = h.peers.get(&p);
+                json!({
+                    "node_id": p.to_string(),
+                    "state": state_name(state),
+                    "phi": (phi * 100.0).round() / 100.0,
+                    "silent_ms": silent,
+                    "rtt_ms": info.and_then(|i| i.rtt_ewma_ms),
+                    "samples": info.and_then(|i| i.report.as_ref()).map(|r| &r.body.samples),
+                    "activity": info.and_then(|i| i.report.as_ref()).map(|r| r.body.activity),
+                    "region": info.and_then(|i| i.report.as_ref()).map(|r| r.body.region.clone()),
+                })
+            })
+            .collect();
+        json!({
+            "node_id": self.node_id,
+            "activity": h.activity,
+            "samples": h.samples,
+            "region": self.config.region,
+            "capabilities": self.config.capabilities,
+            "sample_interval_ms": h.sample_interval.as_millis() as u64,
+            "mesh": {
+                "alive": counts.get("alive").copied().unwrap_or(0),
+                "suspect": counts.get("suspect").copied().unwrap_or(0),
+                "dead": counts.get("dead").copied().unwrap_or(0),
+            },
+            "peers": peers,
+        })
+    }
+
+    /// `GET /hypermesh/routes`.
+    pub fn routes(&self) -> Vec<Route> {
+        self.lock().routes.clone()
+    }
+
+    /// `GET /hypermesh/events?since=ID`: events with an id above `since`, oldest first.
+    pub fn events(&self, since: Option<u64>, limit: usize) -> Vec<Event> {
+        let h = self.lock();
+        h.events
+            .iter()
+            .filter(|e| since.is_none_or(|s| e.id > s))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// `GET /hypermesh/agents`.
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        let h = self.lock();
+        let names = ["perfwatch", "meshsurgeon", "hyperroute"];
+        let intervals = [
+            h.sample_interval,
+            self.config.heartbeat_interval,
+            self.config.heartbeat_interval,
+        ];
+        names
+            .iter()
+            .zip(h.agents.iter())
+            .zip(intervals)
+            .map(|((name, run), interval)| AgentInfo {
+                name,
+                state: match *name {
+                    "perfwatch" => match h.activity {
+                        Activity::Sleep => "sleep".into(),
+                        Activity::Active => "active".into(),
+                    },
+                    _ => "running".into(),
+                },
+                interval_ms: interval.as_millis() as u64,
+                last_run_ms_ago: run.last.map(|l| l.elapsed().as_millis() as u64),
+                runs: run.runs,
+            })
+            .collect()
+    }
+}
+
+fn state_name(s: PeerState) -> &'static str {
+    match s {
+        PeerState::Alive => "alive",
+        PeerState::Suspect => "suspect",
+        PeerState::Dead => "dead",
+    }
+}
+
+/// The Hypermesh task.
+pub struct Hypermesh {
+    handle: HypermeshHandle,
+    rx: mpsc::Receiver<HyperInput>,
+    key: Keypair,
+    ledger: LedgerHandle,
+    metrics: Arc<Metrics>,
+    publish: mpsc::Sender<Vec<u8>>,
+    system: System,
+    pid: Option<Pid>,
+    connections: u32,
+    trend: VecDeque<(u64, f64)>,
+    last_report: Option<Instant>,
+    last_published: Option<Samples>,
+    last_overload: Option<Instant>,
+}
+
+impl std::fmt::Debug for Hypermesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hypermesh").finish_non_exhaustive()
+    }
+}
+
+impl Hypermesh {
+    /// Creates the task; `publish` carries encoded reports to the swarm loop.
+    pub fn new(
+        config: HypermeshConfig,
+        key: Keypair,
+        ledger: LedgerHandle,
+        metrics: Arc<Metrics>,
+        publish: mpsc::Sender<Vec<u8>>,
+    ) -> (Hypermesh, HypermeshHandle) {
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        let detector = Detector::new(DetectorConfig {
+            suspect_phi: config.suspect_phi,
+            dead_phi: config.dead_phi,
+            min_dead_ms: config.min_dead.as_millis() as u64,
+            min_std_ms: (config.heartbeat_interval.as_millis() as f64 / 4.0).max(50.0),
+            window: 32,
+            expected_interval_ms: config.heartbeat_interval.as_millis() as f64,
+        });
+        let handle = HypermeshHandle {
+            inner: Arc::new(Mutex::new(Inner {
+                detector,
+                peers: HashMap::new(),
+                samples: Samples::default(),
+                activity: Activity::Active,
+                sample_interval: config.sample_fast,
+                events: VecDeque::new(),
+                next_event: 1,
+                routes: Vec::new(),
+                agents: [AgentRun::default(); 3],
+            })),
+            tx,
+            started: Instant::now(),
+            node_id: key.public().to_peer_id().to_string(),
+            config,
+        };
+        let task = Hypermesh {
+            handle: handle.clone(),
+            rx,
+            key,
+            ledger,
+            metrics,
+            publish,
+            system: System::new(),
+            pid: sysinfo::get_current_pid().ok(),
+            connections: 0,
+            trend: VecDeque::new(),
+            last_report: None,
+            last_published: None,
+            last_overload: None,
+        };
+        (task, handle)
+    }
+
+    fn config(&self) -> &HypermeshConfig {
+        &self.handle.config
+    }
+
+    /// Runs until cancelled.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        // The first CPU figure needs two refreshes.
+        self.system.refresh_cpu_usage();
+        let mut next_sample = tokio::time::Instant::now() + Duration::from_millis(200);
+        loop {
+            let now = self.handle.mono_ms();
+            let detector_at = self.handle.lock().detector.next_deadline(now).map(|ms| {
+                tokio::time::Instant::from_std(self.handle.started + Duration::from_millis(ms))
+            });
+            let heartbeat_at = match self.last_report {
+                Some(at) => tokio::time::Instant::from_std(at + self.config().heartbeat_interval),
+                None => tokio::time::Instant::now(),
+            };
+            let mut wake = next_sample.min(heartbeat_at);
+            if let Some(d) = detector_at {
+                wake = wake.min(d + Duration::from_millis(5));
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                input = self.rx.recv() => match input {
+                    Some(i) => self.on_input(i),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(wake) => {
+                    let t = tokio::time::Instant::now();
+                    if t >= next_sample {
+                        let interval = self.sample();
+                        next_sample = t + interval;
+                    }
+                    if t >= heartbeat_at {
+                        self.report(false);
+                    }
+                    self.tick();
+                }
+            }
+        }
+    }
+
+    fn on_input(&mut self, input: HyperInput) {
+        let now = self.handle.mono_ms();
+        match input {
+            HyperInput::Report { from, report } => {
+                let transition = {
+                    let mut h = self.handle.lock();
+                    let t = h.detector.heartbeat(from, now);
+                    let info = h.peers.entry(from).or_insert(PeerInfo {
+                        report: None,
+                        rtt_ewma_ms: None,
+                        relayed: false,
+                    });
+                    info.report = Some(report);
+                    t
+                };
+                if let Some(t) = transition {
+                    self.on_transition(t);
+                }
+                self.recompute_routes();
+            }
+            HyperInput::Ping { peer, rtt, relayed } => {
+                let ms = rtt.as_secs_f64() * 1000.0;
+                self.metrics.hm_rtt.observe(rtt.as_secs_f64());
+                let transition = {
+                    let mut h = self.handle.lock();
+                    let known = h.peers.contains_key(&peer);
+                    let t = if known {
+                        h.detector.heartbeat(peer, now)
+                    } else {
+                        None
+                    };
+                    if let Some(info) = h.peers.get_mut(&peer) {
+                        info.rtt_ewma_ms = Some(match info.rtt_ewma_ms {
+                            Some(old) => old * 0.8 + ms * 0.2,
+                            None => ms,
+                        });
+                        info.relayed = relayed;
+                    }
+                    t
+                };
+                if let Some(t) = transition {
+                    self.on_transition(t);
+                }
+                self.recompute_routes();
+            }
+            HyperInput::Connections(n) => self.connections = n,
+        }
+    }
+
+    /// PerfWatch: one sample; returns the interval until the next.
+    fn sample(&mut self) -> Duration {
+        self.system.refresh_cpu_usage();
+        self.system.refresh_memory();
+        let mut rss = 0;
+        if let Some(pid) = self.pid {
+            self.system.refresh_processes_specifics(
+                ProcessesToUpdate::Some(&[pid]),
+                false,
+                ProcessRefreshKind::nothing().with_memory(),
+            );
+            rss = self.system.process(pid).map_or(0, |p| p.memory());
+        }
+        let samples = Samples {
+            cpu_pct: self.system.global_cpu_usage(),
+            mem_used_bytes: self.system.used_memory(),
+            mem_total_bytes: self.system.total_memory(),
+            load1: System::load_average().one as f32,
+            rss_bytes: rss,
+            connections: self.connections,
+        };
+        let now = self.handle.mono_ms();
+        self.trend
+            .push_back((now, f64::from(samples.cpu_pct.max(samples.mem_pct()))));
+        if self.trend.len() > TREND_POINTS {
+            self.trend.pop_front();
+        }
+        let (fast, slow) = (self.config().sample_fast, self.config().sample_slow);
+        let interval = {
+            let mut h = self.handle.lock();
+            let moved = (samples.cpu_pct - h.samples.cpu_pct).abs() > 5.0
+                || (samples.mem_pct() - h.samples.mem_pct()).abs() > 2.0;
+            h.activity = if moved || samples.cpu_pct > 20.0 {
+                Activity::Active
+            } else {
+                Activity::Sleep
+            };
+            h.sample_interval = if h.activity == Activity::Active {
+                fast
+            } else {
+                (h.sample_interval * 2).clamp(fast, slow)
+            };
+            h.samples = samples.clone();
+            h.agents[0].last = Some(Instant::now());
+            h.agents[0].runs += 1;
+            h.sample_interval
+        };
+        self.metrics.hm_sample_interval.set(interval.as_secs_f64());
+        // A material change is reported at once; otherwise the heartbeat carries it.
+        let material = self.last_published.as_ref().is_none_or(|p| {
+            (p.cpu_pct - samples.cpu_pct).abs() > 10.0
+                || (p.mem_pct() - samples.mem_pct()).abs() > 5.0
+        });
+        if material {
+            self.report(true);
+        }
+        self.predict_overload();
+        interval
+    }
+
+    fn predict_overload(&mut self) {
+        let points: Vec<(u64, f64)> = self.trend.iter().copied().collect();
+        let limit = self.config().overload_limit_pct;
+        let horizon = self.config().overload_horizon;
+        let Some(eta) = time_to_limit(&points, limit) else {
+            return;
+        };
+        if Duration::from_millis(eta) > horizon {
+            return;
+        }
+        if self
+            .last_overload
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(300))
+        {
+            return;
+        }
+        self.last_overload = Some(Instant::now());
+        let body = json!({
+            "kind": "overload_predicted",
+            "node": self.handle.node_id,
+            "limit_pct": limit,
+            "eta_ms": eta,
+        });
+        self.push_event(body);
+    }
+
+    /// Publishes a signed health report (a heartbeat).
+    fn report(&mut self, material: bool) {
+        let (samples, activity) = {
+            let h = self.handle.lock();
+            (h.samples.clone(), h.activity)
+        };
+        let hlc = voike_protocol::hlc::Hlc {
+            wall_ms: wall_ms(),
+            counter: 0,
+        };
+        let body = ReportBody {
+            node: self.key.public().encode_protobuf(),
+            hlc,
+            samples: samples.clone(),
+            activity,
+            region: self.config().region.clone(),
+            capabilities: self.config().capabilities.clone(),
+            addrs: Vec::new(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        match HealthReport::sign(&self.key, body) {
+            Ok(r) => {
+                if self.publish.try_send(r.to_bytes()).is_ok() {
+                    self.metrics
+                        .hm_gossip
+                        .get_or_create(&GossipLabel {
+                            direction: "out".into(),
+                            result: if material { "changed" } else { "heartbeat" }.into(),
+                        })
+                        .inc();
+                }
+                self.last_report = Some(Instant::now());
+                self.last_published = Some(samples);
+            }
+            Err(e) => warn!(error = %e, "cannot sign a health report"),
+        }
+    }
+
+    /// MeshSurgeon: re-evaluates every peer.
+    fn tick(&mut self) {
+        let now = self.handle.mono_ms();
+        let transitions = {
+            let mut h = self.handle.lock();
+            h.agents[1].last = Some(Instant::now());
+            h.agents[1].runs += 1;
+            h.detector.tick(now)
+        };
+        let any = !transitions.is_empty();
+        for t in transitions {
+            self.on_transition(t);
+        }
+        if any {
+            self.recompute_routes();
+        }
+        let mut counts: HashMap<&'static str, i64> = HashMap::new();
+        for (_, s, _, _) in self.handle.lock().detector.peers(now) {
+            *counts.entry(state_name(s)).or_default() += 1;
+        }
+        for s in ["alive", "suspect", "dead"] {
+            self.metrics
+                .hm_peers
+                .get_or_create(&StateLabel { state: s.into() })
+                .set(counts.get(s).copied().unwrap_or(0));
+        }
+    }
+
+    fn on_transition(&mut self, t: Transition) {
+        let (kind, peer, to) = match &t {
+            Transition::PeerSuspect { peer } => ("peer_suspect", peer.clone(), "suspect"),
+            Transition::PeerDown { peer } => ("peer_down", peer.clone(), "dead"),
+            Transition::PeerRecovered { peer } => ("peer_recovered", peer.clone(), "alive"),
+        };
+        self.metrics
+            .hm_transitions
+            .get_or_create(&StateLabel { state: to.into() })
+            .inc();
+        match kind {
+            "peer_down" => warn!(%peer, "peer down"),
+            "peer_recovered" => info!(%peer, "peer recovered"),
+            _ => debug!(%peer, "peer suspect"),
+        }
+        self.push_event(json!({ "kind": kind, "peer": peer }));
+        if kind == "peer_down" {
+            self.recompute_routes();
+            let routes = self.handle.routes();
+            if let Some(to) = spawn_advisory(&routes, &peer) {
+                self.push_event(
+                    json!({ "kind": "spawn_advisory", "failed": peer, "take_over": to }),
+                );
+            }
+        }
+    }
+
+    fn push_event(&mut self, body: Value) {
+        let kind = body["kind"].as_str().unwrap_or("event").to_string();
+        {
+            let mut h = self.handle.lock();
+            let id = h.next_event;
+            h.next_event += 1;
+            h.events.push_back(Event {
+                id,
+                at_ms: wall_ms(),
+                body: body.clone(),
+            });
+            if h.events.len() > MAX_EVENTS {
+                h.events.pop_front();
+            }
+        }
+        self.ledger.record(&format!("hypermesh.{kind}"), body);
+    }
+
+    /// HyperRoute: the ranked table for this node's own region and capabilities.
+    fn recompute_routes(&mut self) {
+        let now = self.handle.mono_ms();
+        let mut h = self.handle.lock();
+        let inputs: Vec<RouteInput> = h
+            .detector
+            .peers(now)
+            .into_iter()
+            .map(|(p, state, _, _)| {
+                let info = h.peers.get(&p);
+                let report = info.and_then(|i| i.report.as_ref());
+                RouteInput {
+                    peer: p.to_string(),
+                    state,
+                    rtt_ms: info.and_then(|i| i.rtt_ewma_ms),
+                    relayed: info.is_some_and(|i| i.relayed),
+                    cpu_pct: report.map_or(0.0, |r| r.body.samples.cpu_pct),
+                    mem_pct: report.map_or(0.0, |r| r.body.samples.mem_pct()),
+                    region: report.map(|r| r.body.region.clone()).unwrap_or_default(),
+                    capabilities: report
+                        .map(|r| r.body.capabilities.clone())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        h.routes = rank_routes(
+            &inputs,
+            &self.handle.config.region,
+            &self.handle.config.capabilities,
+        );
+        h.agents[2].last = Some(Instant::now());
+        h.agents[2].runs += 1;
+    }
+}

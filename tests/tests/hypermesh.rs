@@ -1,0 +1,186 @@
+//! Hypermesh on real processes with short detector settings: a killed node is declared dead by
+//! every survivor and its route disappears; it recovers when it comes back; a stopped (SIGSTOP)
+//! node is detected and recovers after SIGCONT without a restart.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use voike_tests::{TestNode, wait_for};
+
+const CONFIG: &str = r#"
+[hypermesh]
+region = "eu"
+capabilities = ["http"]
+heartbeat_interval = "300ms"
+sample_fast = "200ms"
+sample_slow = "2s"
+min_dead = "1500ms"
+"#;
+/// The configured bound for "dead" (min_dead) plus slack for phi to cross and for polling.
+const DEAD_WITHIN: Duration = Duration::from_secs(10);
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn state_of(observer: &TestNode, node_id: &str) -> anyhow::Result<Option<String>> {
+    let s = observer.get("/hypermesh/status")?.body;
+    Ok(s["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["node_id"] == node_id))
+        .and_then(|p| p["state"].as_str().map(String::from)))
+}
+
+fn has_route(observer: &TestNode, node_id: &str) -> anyhow::Result<bool> {
+    let r = observer.get("/hypermesh/routes")?.body;
+    Ok(r["routes"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|r| r["peer"] == node_id)))
+}
+
+fn event_kinds(observer: &TestNode, peer: &str) -> anyhow::Result<Vec<String>> {
+    let e = observer.get("/hypermesh/events")?.body;
+    Ok(e["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["peer"] == peer || e["failed"] == peer)
+        .filter_map(|e| e["kind"].as_str().map(String::from))
+        .collect())
+}
+
+fn four_nodes(prefix: &str) -> anyhow::Result<(tempfile::TempDir, Vec<TestNode>)> {
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("voiked.toml");
+    std::fs::write(&cfg, CONFIG)?;
+    let cfg = cfg.to_string_lossy().to_string();
+    let a = TestNode::spawn_fixed(&format!("{prefix}-a"), &["--config", &cfg])?;
+    let mut nodes = vec![a];
+    for i in 0..3 {
+        let ticket = nodes[0].invite("10m")?;
+        let name = format!("{prefix}-{}", (b'b' + i as u8) as char);
+        nodes.push(TestNode::spawn_fixed(
+            &name,
+            &["--config", &cfg, "--join", &ticket],
+        )?);
+    }
+    // Everyone sees everyone alive with a route.
+    for o in &nodes {
+        for n in &nodes {
+            if o.node_id == n.node_id {
+                continue;
+            }
+            wait_for(
+                DEADLINE,
+                &format!("{} sees {} alive", o.name, n.name),
+                || {
+                    Ok(state_of(o, &n.node_id)?.as_deref() == Some("alive")
+                        && has_route(o, &n.node_id)?)
+                },
+            )?;
+        }
+    }
+    Ok((dir, nodes))
+}
+
+#[test]
+fn a_killed_node_is_declared_dead_everywhere_and_recovers_when_back() -> anyhow::Result<()> {
+    let (_dir, mut nodes) = four_nodes("hm-kill")?;
+    let victim = nodes[3].node_id.clone();
+    nodes[3].kill()?;
+    let killed = Instant::now();
+    for o in &nodes[..3] {
+        wait_for(
+            DEAD_WITHIN,
+            &format!("{} declares the victim dead", o.name),
+            || Ok(state_of(o, &victim)?.as_deref() == Some("dead")),
+        )?;
+        assert!(
+            !has_route(o, &victim)?,
+            "{}: a dead node keeps no route",
+            o.name
+        );
+        let kinds = event_kinds(o, &victim)?;
+        assert!(
+            kinds.iter().any(|k| k == "peer_down"),
+            "{}: {kinds:?}",
+            o.name
+        );
+        assert!(
+            kinds.iter().any(|k| k == "spawn_advisory"),
+            "{}: {kinds:?}",
+            o.name
+        );
+    }
+    let detected = killed.elapsed();
+    assert!(detected <= DEAD_WITHIN, "{detected:?}");
+
+    nodes[3].restart()?;
+    for o in &nodes[..3] {
+        wait_for(
+            DEADLINE,
+            &format!("{} sees the victim recover", o.name),
+            || Ok(state_of(o, &victim)?.as_deref() == Some("alive") && has_route(o, &victim)?),
+        )?;
+        let kinds = event_kinds(o, &victim)?;
+        assert!(
+            kinds.iter().any(|k| k == "peer_recovered"),
+            "{}: {kinds:?}",
+            o.name
+        );
+    }
+    // The events are in the observers' ledgers too.
+    let ledger = nodes[0].get("/ledger/recent?limit=500")?.body;
+    let kinds: Vec<&str> = ledger["entries"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|e| e["kind"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(kinds.contains(&"hypermesh.peer_down"), "{kinds:?}");
+    let m = nodes[0].metrics()?;
+    assert!(
+        m.contains("voike_hypermesh_transitions_total{state=\"dead\"}"),
+        "{m}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_stopped_node_is_detected_and_recovers_after_sigcont() -> anyhow::Result<()> {
+    let (_dir, nodes) = four_nodes("hm-stop")?;
+    let victim = nodes[2].node_id.clone();
+    nodes[2].signal(nix::sys::signal::Signal::SIGSTOP)?;
+    let result = (|| -> anyhow::Result<()> {
+        for o in [&nodes[0], &nodes[1], &nodes[3]] {
+            wait_for(
+                DEAD_WITHIN,
+                &format!("{} notices the stopped node", o.name),
+                || {
+                    Ok(matches!(
+                        state_of(o, &victim)?.as_deref(),
+                        Some("suspect" | "dead")
+                    ))
+                },
+            )?;
+        }
+        Ok(())
+    })();
+    nodes[2].signal(nix::sys::signal::Signal::SIGCONT)?;
+    result?;
+    for o in [&nodes[0], &nodes[1], &nodes[3]] {
+        wait_for(DEADLINE, &format!("{} sees it alive again", o.name), || {
+            Ok(state_of(o, &victim)?.as_deref() == Some("alive"))
+        })?;
+    }
+    // Its own view and agents are served.
+    let status: Value = nodes[2].get("/hypermesh/status")?.body;
+    assert!(
+        status["samples"]["mem_total_bytes"].as_u64().unwrap_or(0) > 0,
+        "{status}"
+    );
+    let agents = nodes[2].get("/hypermesh/agents")?.body;
+    let names: Vec<&str> = agents["agents"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|a| a["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["perfwatch", "meshsurgeon", "hyperroute"]);
+    assert_eq!(nodes[0].get("/hypermesh/events?since=x")?.status, 400);
+    Ok(())
+}
