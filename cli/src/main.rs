@@ -55,6 +55,23 @@ enum Cmd {
     /// The Truth Ledger.
     #[command(subcommand)]
     Ledger(LedgerCmd),
+    /// Hypermesh: health, routes and events as this node sees them.
+    #[command(subcommand)]
+    Mesh(MeshCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum MeshCmd {
+    /// This node's samples and every member's state.
+    Status,
+    /// The ranked route table.
+    Routes,
+    /// Health events (peer_suspect, peer_down, ...); with -f, keep printing new ones.
+    Events {
+        /// Follow: print events as they happen (Ctrl-C to stop).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,8 +306,140 @@ fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("role {}, expires at unix time {}", r.role, r.expires_at);
         }
         Cmd::Ledger(cmd) => ledger(&client, cmd, args.json)?,
+        Cmd::Mesh(cmd) => mesh(&client, cmd, args.json)?,
     }
     Ok(())
+}
+
+fn opt_num(v: &serde_json::Value, digits: usize) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn event_line(e: &serde_json::Value) -> String {
+    let mut rest = e.clone();
+    if let Some(o) = rest.as_object_mut() {
+        for k in ["id", "at_ms", "kind"] {
+            o.remove(k);
+        }
+    }
+    format!(
+        "{:>6}  {}  {:<18}  {}",
+        e["id"],
+        e["at_ms"],
+        e["kind"].as_str().unwrap_or("?"),
+        rest
+    )
+}
+
+fn mesh(client: &Client, cmd: &MeshCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        MeshCmd::Status => {
+            let s: serde_json::Value = client.call("GET", "/hypermesh/status", None::<&()>)?;
+            if json {
+                return print_json(&s);
+            }
+            let smp = &s["samples"];
+            println!(
+                "node {}  {}  cpu {}%  mem {} / {} MiB  load {}  rss {} MiB  sampling every {} ms",
+                s["node_id"].as_str().unwrap_or("?"),
+                s["activity"].as_str().unwrap_or("?"),
+                opt_num(&smp["cpu_pct"], 1),
+                smp["mem_used_bytes"].as_u64().unwrap_or(0) >> 20,
+                smp["mem_total_bytes"].as_u64().unwrap_or(0) >> 20,
+                opt_num(&smp["load1"], 2),
+                smp["rss_bytes"].as_u64().unwrap_or(0) >> 20,
+                s["sample_interval_ms"],
+            );
+            println!(
+                "mesh: {} alive, {} suspect, {} dead",
+                s["mesh"]["alive"], s["mesh"]["suspect"], s["mesh"]["dead"]
+            );
+            let rows: Vec<Vec<String>> = s["peers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    vec![
+                        p["node_id"].as_str().unwrap_or("?").to_string(),
+                        p["state"].as_str().unwrap_or("?").to_string(),
+                        opt_num(&p["phi"], 2),
+                        p["silent_ms"].to_string(),
+                        opt_num(&p["rtt_ms"], 2),
+                        opt_num(&p["samples"]["cpu_pct"], 1),
+                        p["region"].as_str().unwrap_or("-").to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "NODE",
+                    "STATE",
+                    "PHI",
+                    "SILENT_MS",
+                    "RTT_MS",
+                    "CPU%",
+                    "REGION",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        MeshCmd::Routes => {
+            let r: serde_json::Value = client.call("GET", "/hypermesh/routes", None::<&()>)?;
+            if json {
+                return print_json(&r);
+            }
+            let rows: Vec<Vec<String>> = r["routes"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    vec![
+                        r["peer"].as_str().unwrap_or("?").to_string(),
+                        opt_num(&r["score"], 3),
+                        opt_num(&r["health"], 2),
+                        opt_num(&r["rtt_ms"], 2),
+                        r["path"].as_str().unwrap_or("-").to_string(),
+                        r["region"].as_str().unwrap_or("-").to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &["PEER", "SCORE", "HEALTH", "RTT_MS", "PATH", "REGION"],
+                &rows,
+            );
+            Ok(())
+        }
+        MeshCmd::Events { follow } => {
+            let mut since: Option<u64> = None;
+            loop {
+                let path = match since {
+                    Some(s) => format!("/hypermesh/events?since={s}"),
+                    None => "/hypermesh/events".to_string(),
+                };
+                let page: serde_json::Value = client.call("GET", &path, None::<&()>)?;
+                for e in page["events"].as_array().cloned().unwrap_or_default() {
+                    since = e["id"].as_u64().or(since);
+                    if json {
+                        println!("{e}");
+                    } else {
+                        println!("{}", event_line(&e));
+                    }
+                }
+                if !*follow {
+                    return Ok(());
+                }
+                if since.is_none() {
+                    since = Some(0);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
 }
 
 fn entry_line(e: &LedgerEntry) -> String {

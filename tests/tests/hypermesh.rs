@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use voike_tests::{TestNode, wait_for};
+use voike_tests::{TestNode, voike, wait_for};
 
 const CONFIG: &str = r#"
 [hypermesh]
