@@ -139,6 +139,20 @@ fn a_killed_node_is_declared_dead_everywhere_and_recovers_when_back() -> anyhow:
         m.contains("voike_hypermesh_transitions_total{state=\"dead\"}"),
         "{m}"
     );
+
+    // The same through the CLI.
+    let out = voike(&nodes[0], &["mesh", "events"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("peer_down") && text.contains(&victim),
+        "{text}"
+    );
+    let out = voike(&nodes[0], &["mesh", "routes"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(&victim), "{text}");
+    let out = voike(&nodes[0], &["mesh", "status"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("3 alive"), "{text}");
     Ok(())
 }
 
