@@ -48,6 +48,11 @@ pub struct GossipLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
 }
@@ -68,6 +73,7 @@ pub struct Metrics {
     pub hm_peers: Family<StateLabel, Gauge>,
     pub hm_transitions: Family<StateLabel, Counter>,
     pub hm_gossip: Family<GossipLabel, Counter>,
+    pub hm_gossip_bytes: Family<DirectionLabel, Counter>,
     pub hm_rtt: Histogram,
     pub hm_sample_interval: Gauge<f64, AtomicU64>,
 }
@@ -95,6 +101,7 @@ impl Metrics {
             hm_peers: Family::default(),
             hm_transitions: Family::default(),
             hm_gossip: Family::default(),
+            hm_gossip_bytes: Family::default(),
             hm_rtt: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             hm_sample_interval: Gauge::default(),
         };
@@ -166,6 +173,12 @@ impl Metrics {
             "voike_hypermesh_gossip_messages",
             "Health reports sent and received",
             m.hm_gossip.clone(),
+        );
+        r.register_with_unit(
+            "voike_hypermesh_gossip",
+            "Health report payload bytes published and received (gossipsub framing and relaying not included)",
+            Unit::Bytes,
+            m.hm_gossip_bytes.clone(),
         );
         r.register_with_unit(
             "voike_hypermesh_rtt",

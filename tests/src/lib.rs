@@ -556,3 +556,35 @@ pub fn voiked_output(args: &[&str], timeout: Duration) -> anyhow::Result<Output>
         }
     }
 }
+
+/// (utime + stime in clock ticks, voluntary + involuntary context switches, VmRSS in KiB).
+pub fn proc_sample(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields after ")" start at field 3 (state); utime is field 14, stime 15.
+    let utime: u64 = fields[11].parse()?;
+    let stime: u64 = fields[12].parse()?;
+    let field = |status: &str, name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    // Context switches are per thread: sum them over every thread of the process.
+    let mut switches = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let status = std::fs::read_to_string(task?.path().join("status")).unwrap_or_default();
+        switches += field(&status, "voluntary_ctxt_switches:")
+            + field(&status, "nonvoluntary_ctxt_switches:");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok((utime + stime, switches, field(&status, "VmRSS:")))
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}

@@ -14,7 +14,7 @@ capabilities = ["http"]
 heartbeat_interval = "300ms"
 sample_fast = "200ms"
 sample_slow = "2s"
-min_dead = "1500ms"
+min_dead = "3s"
 "#;
 /// The configured bound for "dead" (min_dead) plus slack for phi to cross and for polling.
 const DEAD_WITHIN: Duration = Duration::from_secs(10);
@@ -196,5 +196,133 @@ fn a_stopped_node_is_detected_and_recovers_after_sigcont() -> anyhow::Result<()>
         .unwrap_or_default();
     assert_eq!(names, ["perfwatch", "meshsurgeon", "hyperroute"]);
     assert_eq!(nodes[0].get("/hypermesh/events?since=x")?.status, 400);
+    Ok(())
+}
+
+/// A peer that is not a member connects and publishes health reports: one signed with its own
+/// key, one claiming to be a member but with a forged signature. Both are refused, counted, and
+/// neither shows up in the node's view of the mesh.
+#[test]
+fn forged_and_non_member_reports_are_refused_and_counted() -> anyhow::Result<()> {
+    use voike_protocol::health::{Activity, HealthReport, ReportBody, Samples};
+    use voike_protocol::hlc::Hlc;
+
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("voiked.toml");
+    std::fs::write(&cfg, CONFIG)?;
+    let cfg = cfg.to_string_lossy().to_string();
+    let a = TestNode::spawn_fixed("hm-rogue-a", &["--config", &cfg])?;
+    let b = TestNode::spawn_fixed(
+        "hm-rogue-b",
+        &["--config", &cfg, "--join", &a.invite("10m")?],
+    )?;
+    wait_for(DEADLINE, "b alive on a", || {
+        Ok(state_of(&a, &b.node_id)?.as_deref() == Some("alive"))
+    })?;
+    let mesh_id = a.get("/mesh/self")?.body["mesh_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let addr: libp2p::Multiaddr = a
+        .dial_addrs()?
+        .into_iter()
+        .find(|x| x.contains("/tcp/"))
+        .ok_or_else(|| anyhow::anyhow!("no tcp address"))?
+        .parse()?;
+
+    let rogue = libp2p::identity::Keypair::generate_ed25519();
+    let b_key_bytes = {
+        let (k, _) = voike_storage::keyfile::load_or_create_identity(&b.dir.join("node.key"))?;
+        k.public().encode_protobuf()
+    };
+    let body = |node: Vec<u8>| ReportBody {
+        node,
+        hlc: Hlc {
+            wall_ms: 1,
+            counter: 0,
+        },
+        samples: Samples::default(),
+        activity: Activity::Sleep,
+        region: "evil".into(),
+        capabilities: vec![],
+        addrs: vec![],
+        version: "0".into(),
+    };
+    let own = HealthReport::sign(&rogue, body(rogue.public().encode_protobuf()))?;
+    let mut forged = HealthReport::sign(&rogue, body(b_key_bytes))?;
+    forged.signature[0] ^= 1;
+
+    // Two rogue peers, one report each (a peer whose message is rejected is graylisted by
+    // gossipsub scoring, and what it sends next is not looked at).
+    let rt = tokio::runtime::Runtime::new()?;
+    let rogue2 = libp2p::identity::Keypair::generate_ed25519();
+    for (key, report) in [(rogue, own), (rogue2, forged)] {
+        rt.block_on(publish_as(key, addr.clone(), &mesh_id, report.to_bytes()))?;
+    }
+
+    wait_for(DEADLINE, "both reports counted as invalid", || {
+        Ok(
+            a.metric("voike_hypermesh_gossip_messages_total{direction=\"in\",result=\"invalid\"}")?
+                >= 2.0,
+        )
+    })?;
+    let status = a.get("/hypermesh/status")?.body;
+    let peers: Vec<&str> = status["peers"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|p| p["node_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(peers, [b.node_id.as_str()], "{status}");
+    assert!(
+        !status.to_string().contains("evil"),
+        "no report content was taken: {status}"
+    );
+    Ok(())
+}
+
+/// Connects to `addr` as `key`, waits for the node's subscription to the health topic, and
+/// publishes `data` there.
+async fn publish_as(
+    key: libp2p::identity::Keypair,
+    addr: libp2p::Multiaddr,
+    mesh_id: &str,
+    data: Vec<u8>,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use libp2p::{SwarmBuilder, gossipsub, noise, swarm::SwarmEvent, tcp, yamux};
+
+    let mut swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_behaviour(|key| {
+            let b: gossipsub::Behaviour = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub::Config::default(),
+            )?;
+            Ok(b)
+        })?
+        .build();
+    let topic = gossipsub::IdentTopic::new(format!("voike/health/1/{mesh_id}"));
+    swarm.behaviour_mut().subscribe(&topic)?;
+    swarm.dial(addr)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some()).await?;
+        if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { topic: t, .. }) = event
+            && t == topic.hash()
+        {
+            break;
+        }
+    }
+    swarm.behaviour_mut().publish(topic, data)?;
+    // Keep the connection serviced for a moment so that the message leaves.
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::timeout_at(until, swarm.select_next_some())
+        .await
+        .is_ok()
+    {}
     Ok(())
 }

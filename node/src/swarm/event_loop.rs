@@ -297,6 +297,38 @@ fn check_port_free(addr: &Multiaddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// gossipsub peer scoring: a message this node rejects (not from a member, bad signature,
+/// undecodable) costs its forwarder 100 points per invalid message, squared, so a single one
+/// takes it below the graylist threshold (-80) and its messages are ignored until the penalty
+/// decays (about a minute). Scores that would punish honest idle or co-located peers (mesh
+/// delivery deficits, many peers behind one address) are switched off.
+fn peer_score_params(topics: &[&gossipsub::IdentTopic]) -> gossipsub::PeerScoreParams {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..gossipsub::TopicScoreParams::default()
+    };
+    gossipsub::PeerScoreParams {
+        topics: topics.iter().map(|t| (t.hash(), topic.clone())).collect(),
+        ip_colocation_factor_weight: 0.0,
+        ..gossipsub::PeerScoreParams::default()
+    }
+}
+
+fn peer_score_thresholds() -> gossipsub::PeerScoreThresholds {
+    gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        ..gossipsub::PeerScoreThresholds::default()
+    }
+}
+
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.8 + rand::random::<f64>() * 0.4)
 }
@@ -322,6 +354,14 @@ impl EventLoop {
             .gossipsub
             .subscribe(&health_topic)
             .map_err(|e| anyhow::anyhow!("cannot subscribe to the health topic: {e}"))?;
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .with_peer_score(
+                peer_score_params(&[&topic, &health_topic]),
+                peer_score_thresholds(),
+            )
+            .map_err(|e| anyhow::anyhow!("gossipsub peer scoring: {e}"))?;
         let mut listeners_pending = HashSet::new();
         for addr in &config.listen {
             check_port_free(addr)?;
@@ -1060,6 +1100,13 @@ impl EventLoop {
         }
         let n = self.swarm.connected_peers().count() as u32;
         let _ = self.hyper_tx.try_send(HyperInput::Connections(n));
+        self.state
+            .metrics()
+            .hm_gossip_bytes
+            .get_or_create(&crate::metrics::DirectionLabel {
+                direction: "out".into(),
+            })
+            .inc_by(report.len() as u64);
         match self
             .swarm
             .behaviour_mut()
@@ -1073,18 +1120,22 @@ impl EventLoop {
 
     /// A health report: accepted only from a member, signed by that member's key.
     fn on_health(&mut self, via: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let verified = voike_protocol::health::HealthReport::from_bytes(&message.data)
-            .ok()
-            .filter(|(_, author)| {
-                Some(*author) == message.source
-                    && *author != self.mesh.peer_id
-                    && self.mesh.directory.contains(author)
-            });
-        let acceptance = if verified.is_some() {
-            gossipsub::MessageAcceptance::Accept
-        } else {
-            gossipsub::MessageAcceptance::Reject
-        };
+        // A report that does not verify, or that its publisher did not sign, is rejected (a
+        // gossipsub penalty); one from a node that is not (yet) a member here is ignored.
+        let (verified, acceptance) =
+            match voike_protocol::health::HealthReport::from_bytes(&message.data) {
+                Ok((report, author)) if Some(author) == message.source => {
+                    if author != self.mesh.peer_id && self.mesh.directory.contains(&author) {
+                        (Some((report, author)), gossipsub::MessageAcceptance::Accept)
+                    } else {
+                        (None, gossipsub::MessageAcceptance::Ignore)
+                    }
+                }
+                _ => (None, gossipsub::MessageAcceptance::Reject),
+            };
+        if verified.is_none() {
+            debug!(%via, source = ?message.source, "refused a health report");
+        }
         self.state
             .metrics()
             .hm_gossip
@@ -1137,18 +1188,20 @@ impl EventLoop {
             .metrics()
             .bytes_received
             .inc_by(message.data.len() as u64);
+        // Reject (a gossipsub penalty for the forwarder) only what is invalid in itself; a
+        // digest from a node this one does not count as a member (yet) is ignored, since an
+        // honest member may forward one from a member admitted elsewhere a moment ago.
+        let decoded = Digest::from_bytes(&message.data);
         let from_member = message
             .source
             .is_some_and(|s| s != self.mesh.peer_id && self.mesh.directory.contains(&s))
             && self.peers.get(&via).is_some_and(|p| p.verified);
-        let digest = if from_member {
-            Digest::from_bytes(&message.data)
-        } else {
-            None
+        let (digest, acceptance) = match decoded {
+            Some(d) if from_member => (Some(d), gossipsub::MessageAcceptance::Accept),
+            Some(_) => (None, gossipsub::MessageAcceptance::Ignore),
+            None => (None, gossipsub::MessageAcceptance::Reject),
         };
-        let acceptance = if digest.is_some() {
-            gossipsub::MessageAcceptance::Accept
-        } else {
+        if digest.is_none() {
             self.state
                 .metrics()
                 .requests_refused
@@ -1156,8 +1209,7 @@ impl EventLoop {
                     reason: "invalid_announce".into(),
                 })
                 .inc();
-            gossipsub::MessageAcceptance::Reject
-        };
+        }
         self.swarm
             .behaviour_mut()
             .gossipsub
