@@ -404,16 +404,22 @@ impl Config {
                 "must be at least 100ms".into(),
             ));
         }
-        if h.sample_fast < Duration::from_millis(100) || h.sample_slow < h.sample_fast {
+        if h.sample_fast < Duration::from_millis(100) {
+            return Err(("hypermesh.sample_fast", "must be at least 100ms".into()));
+        }
+        if h.sample_slow < h.sample_fast {
             return Err((
                 "hypermesh.sample_slow",
-                "sample_fast must be at least 100ms and sample_slow at least sample_fast".into(),
+                "must be at least hypermesh.sample_fast".into(),
             ));
         }
-        if !(h.suspect_phi > 0.0 && h.dead_phi > h.suspect_phi) {
+        if h.suspect_phi.is_nan() || h.suspect_phi <= 0.0 {
+            return Err(("hypermesh.suspect_phi", "must be positive".into()));
+        }
+        if h.dead_phi.is_nan() || h.dead_phi <= h.suspect_phi {
             return Err((
                 "hypermesh.dead_phi",
-                "suspect_phi must be positive and dead_phi larger than it".into(),
+                "must be larger than hypermesh.suspect_phi".into(),
             ));
         }
         if h.min_dead < h.heartbeat_interval {
@@ -421,6 +427,9 @@ impl Config {
                 "hypermesh.min_dead",
                 "must be at least hypermesh.heartbeat_interval".into(),
             ));
+        }
+        if h.overload_horizon < Duration::from_secs(1) {
+            return Err(("hypermesh.overload_horizon", "must be at least 1s".into()));
         }
         if !(1.0..=100.0).contains(&h.overload_limit_pct) {
             return Err((

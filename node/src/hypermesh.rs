@@ -29,6 +29,8 @@ use crate::metrics::{GossipLabel, Metrics, StateLabel};
 
 /// Events kept for `/hypermesh/events`.
 pub const MAX_EVENTS: usize = 1000;
+/// Hypermesh events written to the ledger per minute at most (all are kept in the event log).
+pub const LEDGER_EVENTS_PER_MINUTE: u32 = 30;
 /// Samples kept for overload prediction.
 const TREND_POINTS: usize = 30;
 const INPUT_QUEUE: usize = 1024;
@@ -61,7 +63,8 @@ pub struct Event {
 pub struct AgentInfo {
     pub name: &'static str,
     pub state: String,
-    pub interval_ms: u64,
+    /// `None` for agents that run when their inputs change (tickless).
+    pub interval_ms: Option<u64>,
     pub last_run_ms_ago: Option<u64>,
     pub runs: u64,
 }
@@ -182,11 +185,7 @@ impl HypermeshHandle {
     pub fn agents(&self) -> Vec<AgentInfo> {
         let h = self.lock();
         let names = ["perfwatch", "meshsurgeon", "hyperroute"];
-        let intervals = [
-            h.sample_interval,
-            self.config.heartbeat_interval,
-            self.config.heartbeat_interval,
-        ];
+        let intervals = [Some(h.sample_interval), None, None];
         names
             .iter()
             .zip(h.agents.iter())
@@ -198,9 +197,10 @@ impl HypermeshHandle {
                         Activity::Sleep => "sleep".into(),
                         Activity::Active => "active".into(),
                     },
-                    _ => "running".into(),
+                    "meshsurgeon" => "watching (wakes at the next possible transition)".into(),
+                    _ => "event-driven (recomputed when an input changes)".into(),
                 },
-                interval_ms: interval.as_millis() as u64,
+                interval_ms: interval.map(|i| i.as_millis() as u64),
                 last_run_ms_ago: run.last.map(|l| l.elapsed().as_millis() as u64),
                 runs: run.runs,
             })
@@ -231,6 +231,9 @@ pub struct Hypermesh {
     last_report: Option<Instant>,
     last_published: Option<Samples>,
     last_overload: Option<Instant>,
+    last_hlc: Option<voike_protocol::hlc::Hlc>,
+    /// Ledger entries written this minute (at most `LEDGER_EVENTS_PER_MINUTE`).
+    ledger_budget: (Instant, u32),
 }
 
 impl std::fmt::Debug for Hypermesh {
@@ -265,7 +268,8 @@ impl Hypermesh {
                 activity: Activity::Active,
                 sample_interval: config.sample_fast,
                 events: VecDeque::new(),
-                next_event: 1,
+                // Ids keep increasing across restarts (a follower's `since` stays valid).
+                next_event: wall_ms() * 1000,
                 routes: Vec::new(),
                 agents: [AgentRun::default(); 3],
             })),
@@ -288,6 +292,8 @@ impl Hypermesh {
             last_report: None,
             last_published: None,
             last_overload: None,
+            last_hlc: None,
+            ledger_budget: (Instant::now(), 0),
         };
         (task, handle)
     }
@@ -341,6 +347,15 @@ impl Hypermesh {
             HyperInput::Report { from, report } => {
                 let transition = {
                     let mut h = self.handle.lock();
+                    // A replayed or reordered report is not a heartbeat.
+                    let stale = h
+                        .peers
+                        .get(&from)
+                        .and_then(|i| i.report.as_ref())
+                        .is_some_and(|old| report.body.hlc <= old.body.hlc);
+                    if stale {
+                        return;
+                    }
                     let t = h.detector.heartbeat(from, now);
                     let info = h.peers.entry(from).or_insert(PeerInfo {
                         report: None,
@@ -476,10 +491,19 @@ impl Hypermesh {
             let h = self.handle.lock();
             (h.samples.clone(), h.activity)
         };
-        let hlc = voike_protocol::hlc::Hlc {
+        let mut hlc = voike_protocol::hlc::Hlc {
             wall_ms: wall_ms(),
             counter: 0,
         };
+        if let Some(last) = self.last_hlc
+            && hlc <= last
+        {
+            hlc = voike_protocol::hlc::Hlc {
+                wall_ms: last.wall_ms,
+                counter: last.counter + 1,
+            };
+        }
+        self.last_hlc = Some(hlc);
         let body = ReportBody {
             node: self.key.public().encode_protobuf(),
             hlc,
@@ -578,7 +602,13 @@ impl Hypermesh {
                 h.events.pop_front();
             }
         }
-        self.ledger.record(&format!("hypermesh.{kind}"), body);
+        if self.ledger_budget.0.elapsed() >= Duration::from_secs(60) {
+            self.ledger_budget = (Instant::now(), 0);
+        }
+        if self.ledger_budget.1 < LEDGER_EVENTS_PER_MINUTE {
+            self.ledger_budget.1 += 1;
+            self.ledger.record(&format!("hypermesh.{kind}"), body);
+        }
     }
 
     /// HyperRoute: the ranked table for this node's own region and capabilities.

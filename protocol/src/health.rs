@@ -45,6 +45,7 @@ impl Samples {
 
 /// PerfWatch's view of the node: `Sleep` while nothing moves, `Active` otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Activity {
     Sleep,
     Active,
@@ -55,7 +56,8 @@ pub enum Activity {
 pub struct ReportBody {
     /// Protobuf-encoded public key of the reporting node.
     pub node: Vec<u8>,
-    /// Increases with every report of this node (restarts continue from the HLC).
+    /// Increases with every report of this node (wall-clock milliseconds, with the counter
+    /// breaking ties); receivers ignore a report not newer than the last one they took.
     pub hlc: Hlc,
     pub samples: Samples,
     pub activity: Activity,
@@ -215,10 +217,9 @@ impl Detector {
                 track.intervals.pop_front();
             }
         }
-        if was != PeerState::Alive {
-            // A gap that ended in a failure says nothing about the normal interval.
-            track.intervals.clear();
-        }
+        // A gap that ended in a failure says nothing about the normal interval, so it is not
+        // recorded; the history from before the failure is kept (clearing it would fall back to
+        // the configured interval, which may not be the peer's, and could make it flap).
         track.last_ms = now_ms;
         track.state = PeerState::Alive;
         (was != PeerState::Alive).then(|| Transition::PeerRecovered {

@@ -297,10 +297,10 @@ fn check_port_free(addr: &Multiaddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// gossipsub peer scoring: a message this node rejects (not from a member, bad signature,
-/// undecodable) costs its forwarder 100 points per invalid message, squared, so a single one
-/// takes it below the graylist threshold (-80) and its messages are ignored until the penalty
-/// decays (about a minute). Scores that would punish honest idle or co-located peers (mesh
+/// gossipsub peer scoring: a message this node rejects (bad signature, undecodable, a report
+/// its publisher did not sign) costs its forwarder 100 points per invalid message, squared, so a
+/// single one takes it below the graylist threshold (-80) and its messages are ignored for a
+/// second or two; repeated ones keep it there (the count decays by 0.9 per second). Scores that would punish honest idle or co-located peers (mesh
 /// delivery deficits, many peers behind one address) are switched off.
 fn peer_score_params(topics: &[&gossipsub::IdentTopic]) -> gossipsub::PeerScoreParams {
     let topic = gossipsub::TopicScoreParams {
@@ -1120,12 +1120,24 @@ impl EventLoop {
 
     /// A health report: accepted only from a member, signed by that member's key.
     fn on_health(&mut self, via: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        self.state
+            .metrics()
+            .hm_gossip_bytes
+            .get_or_create(&crate::metrics::DirectionLabel {
+                direction: "in".into(),
+            })
+            .inc_by(message.data.len() as u64);
         // A report that does not verify, or that its publisher did not sign, is rejected (a
-        // gossipsub penalty); one from a node that is not (yet) a member here is ignored.
+        // gossipsub penalty); one from a node that is not (yet) a member here, or relayed by a
+        // peer whose handshake is not done, is ignored.
+        let via_verified = self.peers.get(&via).is_some_and(|p| p.verified);
         let (verified, acceptance) =
             match voike_protocol::health::HealthReport::from_bytes(&message.data) {
                 Ok((report, author)) if Some(author) == message.source => {
-                    if author != self.mesh.peer_id && self.mesh.directory.contains(&author) {
+                    if via_verified
+                        && author != self.mesh.peer_id
+                        && self.mesh.directory.contains(&author)
+                    {
                         (Some((report, author)), gossipsub::MessageAcceptance::Accept)
                     } else {
                         (None, gossipsub::MessageAcceptance::Ignore)

@@ -3,8 +3,8 @@
 //!   wake-ups (context switches over all threads) per second, health gossip bytes per second;
 //! - gossip bytes per node per second while the machine's load changes every second;
 //! - failure detection: kill -9 one node → `peer_down` on every survivor, over TRIALS trials,
-//!   with the short settings of the tests (heartbeat 300 ms, min_dead 1.5 s) and, once, with the
-//!   defaults (heartbeat 5 s, min_dead 15 s);
+//!   with short settings (heartbeat 300 ms, min_dead 1.5 s) and, once, with the defaults
+//!   (heartbeat 5 s, min_dead 15 s);
 //! - false positives: transitions counted on a steady 4-node mesh (short settings) over
 //!   STEADY_SECS.
 //!
