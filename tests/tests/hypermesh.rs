@@ -127,13 +127,13 @@ fn a_killed_node_is_declared_dead_everywhere_and_recovers_when_back() -> anyhow:
             o.name
         );
     }
-    // The events are in the observers' ledgers too.
-    let ledger = nodes[0].get("/ledger/recent?limit=500")?.body;
-    let kinds: Vec<&str> = ledger["entries"]
-        .as_array()
-        .map(|e| e.iter().filter_map(|e| e["kind"].as_str()).collect())
-        .unwrap_or_default();
-    assert!(kinds.contains(&"hypermesh.peer_down"), "{kinds:?}");
+    // The events are in the observers' ledgers too (once committed).
+    wait_for(DEADLINE, "hypermesh.peer_down in the ledger", || {
+        let ledger = nodes[0].get("/ledger/recent?limit=500")?.body;
+        Ok(ledger["entries"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "hypermesh.peer_down")))
+    })?;
     let m = nodes[0].metrics()?;
     assert!(
         m.contains("voike_hypermesh_transitions_total{state=\"dead\"}"),

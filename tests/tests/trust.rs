@@ -145,14 +145,28 @@ fn forged_unauthorised_and_tampered_changes_are_refused_by_every_replica() -> an
         assert_eq!(ids, ["demo"], "{}", n.name);
         let v = n.verify()?;
         assert_eq!(v["ok"], true, "{}: {v}", n.name);
-        let kinds: Vec<String> = n.get("/ledger/recent?limit=200")?.body["entries"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter(|e| e["author"] == n.node_id.as_str())
-            .filter_map(|e| e["kind"].as_str().map(String::from))
-            .collect();
+        // The refusals are counted at once; their trust events become visible once the
+        // ledger has committed them.
+        let kinds = || -> anyhow::Result<Vec<String>> {
+            Ok(n.get("/ledger/recent?limit=200")?.body["entries"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter(|e| e["author"] == n.node_id.as_str())
+                .filter_map(|e| e["kind"].as_str().map(String::from))
+                .collect())
+        };
+        wait_for(
+            DEADLINE,
+            &format!("{}: trust events in the ledger", n.name),
+            || {
+                let k = kinds()?;
+                Ok(k.iter().any(|x| x == "trust.change_rejected")
+                    && k.iter().any(|x| x == "trust.entry_rejected"))
+            },
+        )?;
+        let kinds = kinds()?;
         for k in ["trust.change_rejected", "trust.entry_rejected"] {
             assert!(
                 kinds.iter().any(|x| x == k),
