@@ -183,6 +183,32 @@ impl From<StateError> for ApiError {
     }
 }
 
+/// Checks that `q` holds only `allowed` keys; returns a reader of non-negative integer values.
+pub(crate) fn numeric_query<'a>(
+    q: &'a std::collections::HashMap<String, String>,
+    allowed: &[&str],
+) -> Result<impl Fn(&str) -> Result<Option<u64>, ApiError> + 'a, ApiError> {
+    for key in q.keys() {
+        if !allowed.contains(&key.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter `{key}` (use {})",
+                allowed.join(", ")
+            )));
+        }
+    }
+    Ok(move |name: &str| -> Result<Option<u64>, ApiError> {
+        q.get(name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "`{name}` must be a non-negative integer, got {v:?}"
+                    ))
+                })
+            })
+            .transpose()
+    })
+}
+
 /// Reads a JSON body; an empty body is `default` when given, else an error.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
@@ -323,24 +349,7 @@ async fn ledger_recent(
     State(state): State<ApiState>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    for key in q.keys() {
-        if key != "limit" && key != "from" {
-            return Err(ApiError::bad_request(format!(
-                "unknown query parameter `{key}` (use limit, from)"
-            )));
-        }
-    }
-    let num = |name: &str| -> Result<Option<u64>, ApiError> {
-        q.get(name)
-            .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "`{name}` must be a non-negative integer, got {v:?}"
-                    ))
-                })
-            })
-            .transpose()
-    };
+    let num = numeric_query(&q, &["limit", "from"])?;
     let limit = num("limit")?.unwrap_or(50);
     if limit == 0 || limit > MAX_LEDGER_PAGE as u64 {
         return Err(ApiError::bad_request(format!(

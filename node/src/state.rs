@@ -219,6 +219,15 @@ impl StateHandle {
         *self.inner.roster.write().unwrap_or_else(|e| e.into_inner()) = roster;
     }
 
+    /// A copy of the current members and roles.
+    fn roster(&self) -> HashMap<PeerId, Role> {
+        self.inner
+            .roster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Resolves once local state changed since the last call (a single waiter: the swarm loop).
     pub async fn changed(&self) {
         self.inner.changed.notified().await;
@@ -538,12 +547,7 @@ impl StateHandle {
         doc: DocId,
         changes: Vec<SignedChange>,
     ) -> Result<usize, StateError> {
-        let roster = self
-            .inner
-            .roster
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let roster = self.roster();
         let (outcome, ops): (Outcome, Vec<WriteOp>) = {
             let mut docs = self.docs();
             let outcome = docs.replica(doc).receive(changes, &roster)?;
@@ -675,12 +679,7 @@ impl StateHandle {
         from: PeerId,
         entries: Vec<Entry>,
     ) -> Result<(usize, Vec<Vec<u8>>), StateError> {
-        let roster = self
-            .inner
-            .roster
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let roster = self.roster();
         let now = now_ms();
         let mut ops = Vec::new();
         let mut heads: HashMap<Vec<u8>, voike_protocol::ledger::Head> = HashMap::new();

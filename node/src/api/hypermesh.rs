@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, numeric_query};
 
 /// Most events one request returns.
 pub const MAX_EVENTS_PAGE: usize = 1000;
@@ -25,24 +25,7 @@ pub async fn events(
     State(state): State<ApiState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    for key in q.keys() {
-        if key != "since" && key != "limit" {
-            return Err(ApiError::bad_request(format!(
-                "unknown query parameter `{key}` (use since, limit)"
-            )));
-        }
-    }
-    let num = |name: &str| -> Result<Option<u64>, ApiError> {
-        q.get(name)
-            .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "`{name}` must be a non-negative integer, got {v:?}"
-                    ))
-                })
-            })
-            .transpose()
-    };
+    let num = numeric_query(&q, &["since", "limit"])?;
     let since = num("since")?;
     let limit = num("limit")?.unwrap_or(MAX_EVENTS_PAGE as u64);
     if limit == 0 || limit > MAX_EVENTS_PAGE as u64 {
