@@ -1107,14 +1107,15 @@ impl EventLoop {
                 direction: "out".into(),
             })
             .inc_by(report.len() as u64);
-        match self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(self.health_topic.clone(), report)
-        {
+        let topic = self.health_topic.clone();
+        self.publish(topic, report, "health report");
+    }
+
+    /// Publishes on a gossipsub topic; having no subscribed peer yet is not an error.
+    fn publish(&mut self, topic: gossipsub::IdentTopic, data: Vec<u8>, what: &str) {
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
             Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-            Err(error) => debug!(%error, "health report not published"),
+            Err(error) => debug!(%error, "{what} not published"),
         }
     }
 
@@ -1184,15 +1185,8 @@ impl EventLoop {
         };
         let bytes = digest.to_bytes();
         self.state.metrics().bytes_sent.inc_by(bytes.len() as u64);
-        match self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(self.topic.clone(), bytes)
-        {
-            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-            Err(error) => debug!(%error, "announce not published"),
-        }
+        let topic = self.topic.clone();
+        self.publish(topic, bytes, "announce");
     }
 
     fn on_gossip(&mut self, via: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
