@@ -26,6 +26,7 @@ use crate::state::{StateError, StateHandle};
 use crate::swarm::{InviteError, SwarmHandle};
 
 mod hypermesh;
+mod snrl;
 mod vdns;
 
 /// Largest request body accepted.
@@ -40,6 +41,7 @@ pub struct ApiState {
     pub ledger: LedgerHandle,
     pub state: StateHandle,
     pub hypermesh: crate::hypermesh::HypermeshHandle,
+    pub dns: Arc<crate::dns::NodeDns>,
     pub token: Arc<String>,
 }
 
@@ -101,6 +103,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/hypermesh/agents", get(hypermesh::agents))
         .route("/vdns/zones", get(vdns::list_zones).post(vdns::create_zone))
         .route("/vdns/zones/{zone}/owners", post(vdns::add_owner))
+        .route("/vdns/zones/{zone}/export", get(vdns::export_zone))
+        .route(
+            "/snrl/endpoints",
+            get(snrl::list_endpoints).post(snrl::register_endpoint),
+        )
+        .route(
+            "/snrl/endpoints/{id}",
+            axum::routing::delete(snrl::delete_endpoint),
+        )
+        .route("/snrl/resolve", post(snrl::resolve))
         .route(
             "/vdns/records",
             get(vdns::list_records).post(vdns::add_record),
@@ -272,11 +284,13 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 }
 
 async fn mesh_self(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let info = state
+    let mut info = state
         .swarm
         .self_info()
         .await
         .ok_or_else(ApiError::unavailable)?;
+    info.dns_addr = Some(state.dns.server.dns_addr.to_string());
+    info.doh_addr = state.dns.server.doh_addr.map(|a| a.to_string());
     Ok(Json(info).into_response())
 }
 

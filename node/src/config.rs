@@ -33,6 +33,129 @@ pub struct Config {
     pub api: ApiConfig,
     pub sync: SyncConfig,
     pub hypermesh: HypermeshConfig,
+    pub dns: DnsConfig,
+}
+
+/// `[dns]`: the DNS, DoH and SNRL listeners.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// UDP and TCP listen address. Default `127.0.0.1:1053`. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// DNS-over-HTTPS listen address; `"off"` turns DoH off. Default `127.0.0.1:8053`.
+    pub doh: String,
+    /// PEM certificate chain for DoH over TLS (with `doh_key`); plain HTTP/1.1 and h2c without.
+    pub doh_cert: Option<PathBuf>,
+    /// PEM private key for `doh_cert`.
+    pub doh_key: Option<PathBuf>,
+    /// The mesh's own domain: nodes register `<node>.nodes.<mesh_domain>` and the service
+    /// `voiked.<mesh_domain>`. Default `"voike.internal."`.
+    pub mesh_domain: String,
+    /// Addresses this node registers for itself; default: the IP addresses of its p2p listeners.
+    #[serde(deserialize_with = "ip_addrs")]
+    pub advertise: Vec<std::net::IpAddr>,
+    /// UDP worker threads; 0 = one per core. Default 0.
+    pub udp_workers: usize,
+    /// Forward names outside the mesh zones to `upstreams`. Default true.
+    pub forward: bool,
+    /// Upstream resolvers (`IP` or `IP:PORT`); empty = the nameservers in /etc/resolv.conf.
+    #[serde(deserialize_with = "string_list")]
+    pub upstreams: Vec<String>,
+    /// How long one upstream may take before the next is tried. Default `"2s"`.
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    /// Forwarded answers kept. Default 10000.
+    pub cache_size: usize,
+    /// Longest time a forwarded answer is fresh, whatever its TTL. Default `"1d"`.
+    #[serde(with = "humantime_serde")]
+    pub cache_max_ttl: Duration,
+    /// How long past its TTL a forwarded answer may be served while upstreams fail (RFC 8767).
+    /// Default `"1d"`; `"0s"` turns serve-stale off.
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Duration,
+    /// UDP responses per second per client prefix (response-rate limiting); 0 = off. Default 200.
+    pub rrl_rate: u32,
+    /// Every n-th limited response is sent truncated instead of dropped; 0 = never. Default 2.
+    pub rrl_slip: u32,
+    /// IPv4 prefix length RRL groups clients by. Default 24.
+    pub rrl_ipv4_prefix: u8,
+    /// IPv6 prefix length RRL groups clients by. Default 56.
+    pub rrl_ipv6_prefix: u8,
+    /// Concurrent TCP connections. Default 256.
+    pub tcp_max_connections: usize,
+    /// A TCP connection idle this long is closed. Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    /// Concurrent DoH connections. Default 256.
+    pub doh_max_connections: usize,
+    /// A DoH connection idle this long is closed. Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub doh_idle_timeout: Duration,
+    /// TTL of SNRL answers (DNS and `/snrl/resolve`), in seconds. Default 10.
+    pub snrl_ttl: u32,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1053)),
+            doh: "127.0.0.1:8053".into(),
+            doh_cert: None,
+            doh_key: None,
+            mesh_domain: "voike.internal.".into(),
+            advertise: Vec::new(),
+            udp_workers: 0,
+            forward: true,
+            upstreams: Vec::new(),
+            upstream_timeout: Duration::from_secs(2),
+            cache_size: 10_000,
+            cache_max_ttl: Duration::from_secs(86_400),
+            max_stale: Duration::from_secs(86_400),
+            rrl_rate: 200,
+            rrl_slip: 2,
+            rrl_ipv4_prefix: 24,
+            rrl_ipv6_prefix: 56,
+            tcp_max_connections: 256,
+            tcp_idle_timeout: Duration::from_secs(10),
+            doh_max_connections: 256,
+            doh_idle_timeout: Duration::from_secs(30),
+            snrl_ttl: 10,
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The DoH address, `None` when off (checked by `Config::check`).
+    pub fn doh_addr(&self) -> Option<SocketAddr> {
+        let v = self.doh.trim();
+        if v.eq_ignore_ascii_case("off") || v.is_empty() {
+            return None;
+        }
+        v.parse().ok()
+    }
+
+    /// The upstream resolvers: configured, else from `resolv_conf` text.
+    pub fn upstream_addrs(&self, resolv_conf: &str) -> Result<Vec<SocketAddr>, String> {
+        if self.upstreams.is_empty() {
+            return Ok(resolv_conf
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("nameserver"))
+                .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+                .map(|ip| SocketAddr::new(ip, 53))
+                .collect());
+        }
+        self.upstreams
+            .iter()
+            .map(|u| {
+                u.parse::<SocketAddr>()
+                    .or_else(|_| {
+                        u.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| format!("{u:?} is not an IP address or IP:PORT"))
+            })
+            .collect()
+    }
 }
 
 /// `[hypermesh]`: health gossip, failure detection and routing.
@@ -42,6 +165,7 @@ pub struct HypermeshConfig {
     /// This node's region, advertised in health reports and used for route affinity.
     pub region: String,
     /// Capabilities this node advertises (e.g. `["http", "gpu"]`).
+    #[serde(deserialize_with = "string_list")]
     pub capabilities: Vec<String>,
     /// Longest time between two health reports (the keep-alive heartbeat). Default `"5s"`.
     #[serde(with = "humantime_serde")]
@@ -170,6 +294,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             sync: SyncConfig::default(),
             hypermesh: HypermeshConfig::default(),
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -210,6 +335,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub listen: Vec<Multiaddr>,
     pub api: Option<SocketAddr>,
+    pub dns: Option<SocketAddr>,
+    pub doh: Option<String>,
     pub join: Option<String>,
     pub bootstrap: Vec<Multiaddr>,
     pub log_format: Option<LogFormat>,
@@ -227,6 +354,12 @@ impl Overrides {
         }
         if self.api.is_some() {
             keys.push("api.listen");
+        }
+        if self.dns.is_some() {
+            keys.push("dns.listen");
+        }
+        if self.doh.is_some() {
+            keys.push("dns.doh");
         }
         if self.join.is_some() {
             keys.push("p2p.join");
@@ -341,6 +474,12 @@ impl Config {
         if let Some(a) = o.api {
             self.api.listen = a;
         }
+        if let Some(d) = o.dns {
+            self.dns.listen = d;
+        }
+        if let Some(d) = o.doh {
+            self.dns.doh = d;
+        }
         if let Some(j) = o.join {
             self.p2p.join = Some(j);
         }
@@ -437,6 +576,57 @@ impl Config {
                 "must be between 1 and 100".into(),
             ));
         }
+        let d = &self.dns;
+        let doh = d.doh.trim();
+        if !(doh.eq_ignore_ascii_case("off") || doh.is_empty())
+            && doh.parse::<SocketAddr>().is_err()
+        {
+            return Err((
+                "dns.doh",
+                format!("{doh:?} is not an address (IP:PORT) or \"off\""),
+            ));
+        }
+        if d.doh_cert.is_some() != d.doh_key.is_some() {
+            return Err(("dns.doh_cert", "doh_cert and doh_key go together".into()));
+        }
+        if voike_protocol::zones::normalize_name("dns.mesh_domain", &d.mesh_domain).is_err()
+            || d.mesh_domain.trim().trim_end_matches('.').is_empty()
+        {
+            return Err((
+                "dns.mesh_domain",
+                format!("{:?} is not a domain name", d.mesh_domain),
+            ));
+        }
+        if let Err(e) = d.upstream_addrs("") {
+            return Err(("dns.upstreams", e));
+        }
+        if d.upstream_timeout < Duration::from_millis(50) {
+            return Err(("dns.upstream_timeout", "must be at least 50ms".into()));
+        }
+        if d.cache_size == 0 {
+            return Err(("dns.cache_size", "must be at least 1".into()));
+        }
+        if d.rrl_ipv4_prefix == 0 || d.rrl_ipv4_prefix > 32 {
+            return Err(("dns.rrl_ipv4_prefix", "must be between 1 and 32".into()));
+        }
+        if d.rrl_ipv6_prefix == 0 || d.rrl_ipv6_prefix > 128 {
+            return Err(("dns.rrl_ipv6_prefix", "must be between 1 and 128".into()));
+        }
+        if d.tcp_max_connections == 0 {
+            return Err(("dns.tcp_max_connections", "must be at least 1".into()));
+        }
+        if d.doh_max_connections == 0 {
+            return Err(("dns.doh_max_connections", "must be at least 1".into()));
+        }
+        if d.tcp_idle_timeout < Duration::from_millis(100) {
+            return Err(("dns.tcp_idle_timeout", "must be at least 100ms".into()));
+        }
+        if d.doh_idle_timeout < Duration::from_millis(100) {
+            return Err(("dns.doh_idle_timeout", "must be at least 100ms".into()));
+        }
+        if d.snrl_ttl == 0 || d.snrl_ttl > 86_400 {
+            return Err(("dns.snrl_ttl", "must be between 1 and 86400".into()));
+        }
         if self.shutdown_timeout < Duration::from_millis(100) {
             return Err(("shutdown_timeout", "must be at least 100ms".into()));
         }
@@ -486,14 +676,15 @@ fn insert_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
 }
 
 /// A list of multiaddrs, given as a TOML array or a comma-separated string.
-fn multiaddrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Error> {
+/// A list given as a TOML array or as one comma-separated string (environment variables).
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
         Many(Vec<String>),
         One(String),
     }
-    let items = match OneOrMany::deserialize(d)? {
+    Ok(match OneOrMany::deserialize(d)? {
         OneOrMany::Many(v) => v,
         OneOrMany::One(s) => s
             .split(',')
@@ -501,14 +692,31 @@ fn multiaddrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Erro
             .filter(|s| !s.is_empty())
             .map(String::from)
             .collect(),
-    };
-    items
+    })
+}
+
+fn parsed_list<'de, D: Deserializer<'de>, T: std::str::FromStr>(
+    d: D,
+    what: &str,
+) -> Result<Vec<T>, D::Error>
+where
+    T::Err: std::fmt::Display,
+{
+    string_list(d)?
         .into_iter()
         .map(|s| {
-            s.parse::<Multiaddr>()
-                .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a multiaddr: {e}")))
+            s.parse::<T>()
+                .map_err(|e| serde::de::Error::custom(format!("{s:?} is not {what}: {e}")))
         })
         .collect()
+}
+
+fn multiaddrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Error> {
+    parsed_list(d, "a multiaddr")
+}
+
+fn ip_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<std::net::IpAddr>, D::Error> {
+    parsed_list(d, "an IP address")
 }
 
 #[cfg(test)]

@@ -137,6 +137,20 @@ async fn run_with_store(
         metrics.clone(),
         health_tx,
     );
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let node_dns = Arc::new(
+        crate::dns::start(
+            config,
+            key.clone(),
+            state.clone(),
+            hyper_handle.clone(),
+            &metrics,
+            &tracker,
+            cancel.child_token(),
+        )
+        .await?,
+    );
     let (event_loop, handle) = EventLoop::new(
         swarm,
         mesh,
@@ -154,8 +168,6 @@ async fn run_with_store(
         .with_context(|| format!("cannot write {}", data_dir.join(API_ADDR_FILE).display()))?;
     info!(%api_addr, "admin API listening");
 
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let mut swarm_task = tracker.spawn(event_loop.run(cancel.child_token()));
     tracker.spawn(hypermesh.run(cancel.child_token()));
     let sync_cancel = cancel.child_token();
@@ -166,7 +178,15 @@ async fn run_with_store(
             _ = sync_worker => {}
         }
     });
+    tracker.spawn(crate::dns::register_self(
+        node_dns.clone(),
+        config.clone(),
+        state.clone(),
+        handle.clone(),
+        cancel.child_token(),
+    ));
     let app = api::router(ApiState {
+        dns: node_dns,
         swarm: handle,
         ledger,
         state,

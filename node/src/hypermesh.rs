@@ -165,6 +165,51 @@ impl HypermeshHandle {
         })
     }
 
+    /// Health of every known node (this one included) for SNRL ranking.
+    pub fn node_health(&self) -> HashMap<String, voike_protocol::snrl::NodeHealth> {
+        use voike_protocol::snrl::NodeHealth;
+        let now = self.mono_ms();
+        let h = self.lock();
+        let routes: HashMap<&str, &Route> = h.routes.iter().map(|r| (r.peer.as_str(), r)).collect();
+        let mut out: HashMap<String, NodeHealth> = h
+            .detector
+            .peers(now)
+            .into_iter()
+            .map(|(p, state, _, _)| {
+                let id = p.to_string();
+                let route = routes.get(id.as_str());
+                let health = NodeHealth {
+                    state,
+                    health: route.map_or(if state == PeerState::Dead { 0.0 } else { 0.5 }, |r| {
+                        r.health
+                    }),
+                    rtt_ms: route.and_then(|r| r.rtt_ms),
+                    relayed: route.is_some_and(|r| r.path == "relayed"),
+                };
+                (id, health)
+            })
+            .collect();
+        let mem_pct = if h.samples.mem_total_bytes > 0 {
+            (h.samples.mem_used_bytes as f64 * 100.0 / h.samples.mem_total_bytes as f64) as f32
+        } else {
+            0.0
+        };
+        out.insert(
+            self.node_id.clone(),
+            NodeHealth {
+                state: PeerState::Alive,
+                health: voike_protocol::health::health_score(
+                    PeerState::Alive,
+                    h.samples.cpu_pct,
+                    mem_pct,
+                ),
+                rtt_ms: Some(0.0),
+                relayed: false,
+            },
+        );
+        out
+    }
+
     /// `GET /hypermesh/routes`.
     pub fn routes(&self) -> Vec<Route> {
         self.lock().routes.clone()

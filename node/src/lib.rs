@@ -16,6 +16,7 @@
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod hypermesh;
 pub mod ledger;
 pub mod mesh;

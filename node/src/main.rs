@@ -26,6 +26,12 @@ struct Args {
     /// Admin API address (loopback).
     #[arg(long, global = true, value_name = "ADDR")]
     api: Option<SocketAddr>,
+    /// DNS listen address (UDP and TCP); port 0 picks a free port.
+    #[arg(long, global = true, value_name = "ADDR")]
+    dns: Option<SocketAddr>,
+    /// DNS-over-HTTPS listen address, or `off`.
+    #[arg(long, global = true, value_name = "ADDR")]
+    doh: Option<String>,
     /// Join the mesh of this ticket (from `voike invite`) on first start.
     #[arg(long, global = true, value_name = "TICKET")]
     join: Option<String>,
@@ -51,6 +57,8 @@ fn main() -> ExitCode {
         data_dir: args.data_dir,
         listen: args.listen,
         api: args.api,
+        dns: args.dns,
+        doh: args.doh,
         join: args.join,
         bootstrap: args.bootstrap,
         log_format: args.log_format,
@@ -67,9 +75,11 @@ fn main() -> ExitCode {
     };
     if let Some(Cmd::Validate) = args.command {
         println!(
-            "config ok: data_dir={} api={} listen=[{}]",
+            "config ok: data_dir={} api={} dns={} doh={} listen=[{}]",
             config.data_dir().display(),
             config.api.listen,
+            config.dns.listen,
+            config.dns.doh,
             config
                 .p2p
                 .listen

@@ -196,6 +196,11 @@ impl Metrics {
         m
     }
 
+    /// Registers more metrics (another crate's) into the registry.
+    pub fn register_with(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 use voike_protocol::docs::{DocId, Outcome, Reject, Replica, SignedChange, heads_to_bytes};
+use voike_protocol::endpoints::{self, Endpoint, EndpointInput};
 use voike_protocol::hlc::{Hlc, HlcClock};
 use voike_protocol::ledger::{Entry, heads_hash};
 use voike_protocol::mesh::Role;
@@ -122,6 +123,8 @@ struct Inner {
     roster: RwLock<HashMap<PeerId, Role>>,
     /// Shared with the ledger actor: notified on every durable local or merged change.
     changed: Arc<Notify>,
+    /// Bumped on every durable local or merged document change (DNS rebuilds on it).
+    docs_version: tokio::sync::watch::Sender<u64>,
     clock: Arc<Mutex<HlcClock>>,
     max_future_ms: u64,
     rejected: Mutex<Rejected>,
@@ -194,6 +197,7 @@ impl StateHandle {
                 metrics,
                 roster: RwLock::new(HashMap::new()),
                 changed,
+                docs_version: tokio::sync::watch::Sender::new(0),
                 max_future_ms,
                 rejected: Mutex::new(Rejected::default()),
                 reported: Mutex::new(Rejected::default()),
@@ -288,6 +292,7 @@ impl StateHandle {
                     })
                     .inc();
                 self.inner.changed.notify_one();
+                self.inner.docs_version.send_modify(|v| *v += 1);
                 Ok(value)
             }
             Err(e) => {
@@ -446,7 +451,68 @@ impl StateHandle {
         .await
     }
 
+    /// Registers (or refreshes) a service endpoint of this node. Registering an endpoint that
+    /// is already there unchanged writes nothing.
+    pub async fn register_endpoint(&self, input: EndpointInput) -> Result<Endpoint, StateError> {
+        let input = endpoints::check_endpoint(&input)?;
+        let me = self.inner.node_id.clone();
+        self.local_write(DocId::Endpoints, "endpoint.register", move |r, key, hlc| {
+            let id = endpoints::endpoint_id(&me, &input);
+            if let Some(old) = endpoints::find_endpoint(r.doc(), &id)
+                && old.node == me
+                && old.region == input.region
+                && old.capabilities == input.capabilities
+                && old.weight == input.weight
+            {
+                return Ok((None, old, json!({})));
+            }
+            let mut endpoint = None;
+            let change = r.change(key, |tx| {
+                endpoint = Some(endpoints::put_endpoint(tx, &me, &input, hlc)?);
+                Ok(())
+            })?;
+            let endpoint = endpoint.ok_or_else(|| StateError::Internal("no endpoint".into()))?;
+            let body = json!({
+                "endpoint": endpoint.id, "service": endpoint.service,
+                "address": endpoint.address, "port": endpoint.port,
+            });
+            Ok((change, endpoint, body))
+        })
+        .await
+    }
+
+    /// Removes endpoint `id` (only this node's own endpoints).
+    pub async fn delete_endpoint(&self, id: &str) -> Result<Endpoint, StateError> {
+        let me = self.inner.node_id.clone();
+        let id = id.to_string();
+        self.local_write(DocId::Endpoints, "endpoint.delete", move |r, key, _| {
+            let endpoint = endpoints::find_endpoint(r.doc(), &id)
+                .ok_or_else(|| StateError::NotFound(format!("no endpoint {id}")))?;
+            if endpoint.node != me {
+                return Err(StateError::Forbidden(format!(
+                    "endpoint {id} belongs to node {}",
+                    endpoint.node
+                )));
+            }
+            let change = r.change(key, |tx| {
+                endpoints::delete_endpoint(tx, &me, &id).map(|_| ())
+            })?;
+            Ok((change, endpoint, json!({ "endpoint": id })))
+        })
+        .await
+    }
+
     // ---- reads --------------------------------------------------------------------------
+
+    /// Every registered endpoint.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        endpoints::endpoints(self.docs().replica(DocId::Endpoints).doc())
+    }
+
+    /// Resolves when a document changed (locally or by merging) after the last seen version.
+    pub fn watch_docs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.docs_version.subscribe()
+    }
 
     pub fn zones(&self) -> Vec<Zone> {
         zones::zones(self.docs().replica(DocId::Zones).doc())
@@ -580,6 +646,7 @@ impl StateHandle {
                 })
                 .inc_by(n as u64);
             self.inner.changed.notify_one();
+            self.inner.docs_version.send_modify(|v| *v += 1);
             debug!(%from, doc = doc.as_str(), merged = n, pending = outcome.pending, "merged changes");
         }
         Ok(n)

@@ -24,6 +24,12 @@ pub struct SelfInfo {
     pub connected_peers: usize,
     /// Members known (counting this node).
     pub known_members: usize,
+    /// The DNS listener's bound address (UDP and TCP).
+    #[serde(default)]
+    pub dns_addr: Option<String>,
+    /// The DoH listener's bound address, null when DoH is off.
+    #[serde(default)]
+    pub doh_addr: Option<String>,
 }
 
 /// One member in `GET /mesh/nodes`.

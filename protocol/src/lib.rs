@@ -16,19 +16,23 @@
 //! - [`ledger`]: Truth Ledger entries, per-author hash chains, verification and anchors.
 //! - [`docs`]: signed Automerge documents, their write rights and the merge of remote changes.
 //! - [`zones`]: the `zones` document's layout, record validation and typed reads.
+//! - [`endpoints`]: the `endpoints` document's layout, endpoint validation and typed reads.
 //! - [`sync`]: digests and pull messages of state sync.
 //! - [`health`]: Hypermesh health reports, the phi-accrual failure detector, overload
 //!   prediction and route ranking.
+//! - [`snrl`]: SNRL candidate ranking and signed answers.
 //! - [`api`]: request and response bodies of the admin HTTP API, shared with the `voike` CLI.
 
 pub mod api;
 pub mod docs;
+pub mod endpoints;
 pub mod health;
 pub mod hlc;
 pub mod ledger;
 pub mod membership;
 pub mod mesh;
 pub mod signing;
+pub mod snrl;
 pub mod sync;
 pub mod ticket;
 pub mod wire;

@@ -229,14 +229,14 @@ pub fn pack_hlc(h: Hlc) -> u64 {
     (h.wall_ms << 20) | u64::from(h.counter.min((1 << 20) - 1))
 }
 
-fn unpack_hlc(v: u64) -> Hlc {
+pub(crate) fn unpack_hlc(v: u64) -> Hlc {
     Hlc {
         wall_ms: v >> 20,
         counter: (v & ((1 << 20) - 1)) as u32,
     }
 }
 
-fn str_of(doc: &Automerge, obj: &ObjId, key: &str) -> Option<String> {
+pub(crate) fn str_of(doc: &Automerge, obj: &ObjId, key: &str) -> Option<String> {
     match doc.get(obj, key).ok()?? {
         (Value::Scalar(v), _) => match v.as_ref() {
             ScalarValue::Str(s) => Some(s.to_string()),
@@ -246,7 +246,7 @@ fn str_of(doc: &Automerge, obj: &ObjId, key: &str) -> Option<String> {
     }
 }
 
-fn uint_of(doc: &Automerge, obj: &ObjId, key: &str) -> Option<u64> {
+pub(crate) fn uint_of(doc: &Automerge, obj: &ObjId, key: &str) -> Option<u64> {
     match doc.get(obj, key).ok()?? {
         (Value::Scalar(v), _) => match v.as_ref() {
             ScalarValue::Uint(n) => Some(*n),
@@ -258,7 +258,7 @@ fn uint_of(doc: &Automerge, obj: &ObjId, key: &str) -> Option<u64> {
 }
 
 /// Among conflicting map objects under `key`, the one with the highest `hlc` (then op id).
-fn newest_map(doc: &Automerge, parent: &ObjId, key: &str) -> Option<ObjId> {
+pub(crate) fn newest_map(doc: &Automerge, parent: &ObjId, key: &str) -> Option<ObjId> {
     let all = doc.get_all(parent, key).ok()?;
     all.into_iter()
         .filter(|(v, _)| matches!(v, Value::Object(ObjType::Map)))

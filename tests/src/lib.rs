@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod dns;
+
 use anyhow::{Context, bail};
 use serde_json::Value;
 
@@ -24,7 +26,14 @@ pub const LOOPBACK: &[&str] = &[
     "/ip4/127.0.0.1/udp/0/quic-v1",
     "--api",
     "127.0.0.1:0",
+    "--dns",
+    "127.0.0.1:0",
+    "--doh",
+    "127.0.0.1:0",
 ];
+
+/// The API, DNS and DoH flags of [`LOOPBACK`] (used with fixed p2p ports).
+const LOOPBACK_SERVICES: usize = 6;
 
 /// A TCP and a UDP port on 127.0.0.1, both free now and below the kernel's ephemeral port range,
 /// so that no outgoing connection takes them while their node is down (on loopback, a dial to a
@@ -187,6 +196,8 @@ pub struct TestNode {
     pub node_id: String,
     /// Listen addresses to use instead of ephemeral ports (see [`TestNode::fix_ports`]).
     fixed_listen: Option<Vec<String>>,
+    /// Extra environment variables for the process (config keys such as `VOIKED_DNS__RRL_RATE`).
+    env: Vec<(String, String)>,
 }
 
 impl TestNode {
@@ -213,7 +224,23 @@ impl TestNode {
             token: String::new(),
             node_id: String::new(),
             fixed_listen: None,
+            env: Vec::new(),
         })
+    }
+
+    /// Starts a node with extra environment variables (config keys).
+    pub fn spawn_with_env(
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<TestNode> {
+        let mut node = Self::create(name, extra)?;
+        node.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        node.start()?;
+        Ok(node)
     }
 
     /// Starts a Genesis node (a new mesh).
@@ -239,20 +266,28 @@ impl TestNode {
     pub fn command(&self) -> Command {
         let mut c = Command::new(bin("voiked"));
         c.arg("--data-dir").arg(&self.dir);
-        match &self.fixed_listen {
+        let defaults = match &self.fixed_listen {
             Some(addrs) => {
                 for a in addrs {
                     c.arg("--listen").arg(a);
                 }
-                c.args(&LOOPBACK[LOOPBACK.len() - 2..]);
+                &LOOPBACK[LOOPBACK.len() - LOOPBACK_SERVICES..]
             }
-            None => {
-                c.args(LOOPBACK);
+            None => LOOPBACK,
+        };
+        // Loopback defaults, except flags the test gives itself (such as `--doh off`).
+        for pair in defaults.chunks(2) {
+            if pair[0] == "--listen" || !self.args.iter().any(|a| a == pair[0]) {
+                c.args(pair);
             }
         }
         c.args(&self.args);
+        // Tests never send DNS to the machine's resolvers; a test that forwards names sets
+        // `VOIKED_DNS__UPSTREAMS` and `VOIKED_DNS__FORWARD=true` itself.
+        c.env("VOIKED_DNS__FORWARD", "false");
         c.env("VOIKED_LOG", "info,voiked=debug,libp2p=warn");
         c.env_remove("VOIKED_CONFIG");
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -341,6 +376,38 @@ impl TestNode {
 
     pub fn delete(&self, path: &str) -> anyhow::Result<Api> {
         http("DELETE", &self.api, path, Some(&self.token), None)
+    }
+
+    /// The DNS listener's address (UDP and TCP), from `/mesh/self`.
+    pub fn dns_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let me = self.get("/mesh/self")?;
+        me.body["dns_addr"]
+            .as_str()
+            .context("no dns_addr in /mesh/self")?
+            .parse()
+            .context("dns_addr")
+    }
+
+    /// The DoH listener's address, from `/mesh/self`.
+    pub fn doh_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let me = self.get("/mesh/self")?;
+        me.body["doh_addr"]
+            .as_str()
+            .context("no doh_addr in /mesh/self")?
+            .parse()
+            .context("doh_addr")
+    }
+
+    /// `GET path` as text (for non-JSON answers such as zone exports).
+    pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.api);
+        let mut resp = agent()
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .with_context(|| url.clone())?;
+        anyhow::ensure!(resp.status() == 200, "GET {path}: {}", resp.status());
+        Ok(resp.body_mut().read_to_string()?)
     }
 
     /// `GET /metrics` as text.

@@ -95,3 +95,22 @@ pub async fn delete_record(
     let record = state.state.delete_record(&id).await?;
     Ok(Json(json!({ "record": record })).into_response())
 }
+
+/// `GET /vdns/zones/{zone}/export`: the zone as a BIND zone file (by zone id or domain).
+pub async fn export_zone(
+    State(state): State<ApiState>,
+    Path(zone): Path<String>,
+) -> Result<Response, ApiError> {
+    match state.dns.export(&state.state, &zone) {
+        Some(text) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "text/dns; charset=utf-8")],
+            text,
+        )
+            .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no zone {zone}"),
+        )),
+    }
+}

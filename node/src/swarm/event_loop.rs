@@ -1348,6 +1348,8 @@ impl EventLoop {
             uptime_secs: self.started.elapsed().as_secs(),
             connected_peers: self.connected_members(),
             known_members: self.mesh.directory.len(),
+            dns_addr: None,
+            doh_addr: None,
         }
     }
 

@@ -1,0 +1,197 @@
+use super::*;
+
+fn rec(name: &str, rtype: &str, value: &str) -> RecordData {
+    RecordData {
+        name: name.into(),
+        rtype: rtype.into(),
+        value: value.into(),
+        ttl: 120,
+    }
+}
+
+fn snapshot() -> Snapshot {
+    let zone = ZoneData {
+        domain: "demo.mesh.".into(),
+        serial: 7,
+        records: vec![
+            rec("www.demo.mesh.", "A", "10.0.0.7"),
+            rec("www.demo.mesh.", "A", "10.0.0.8"),
+            rec("www.demo.mesh.", "AAAA", "fd00::7"),
+            rec("alias.demo.mesh.", "CNAME", "www.demo.mesh."),
+            rec("loop1.demo.mesh.", "CNAME", "loop2.demo.mesh."),
+            rec("loop2.demo.mesh.", "CNAME", "loop1.demo.mesh."),
+            rec("out.demo.mesh.", "CNAME", "elsewhere.example."),
+            rec("*.wild.demo.mesh.", "A", "10.0.0.9"),
+            rec("deep.a.b.demo.mesh.", "TXT", "hello"),
+            rec("sub.demo.mesh.", "NS", "ns.sub.demo.mesh."),
+            rec("demo.mesh.", "MX", "10 mail.demo.mesh."),
+            rec("_sip._tcp.demo.mesh.", "SRV", "1 2 5060 sip.demo.mesh."),
+            rec("demo.mesh.", "CAA", "0 issue \"ca.example\""),
+            rec("bad.demo.mesh.", "A", "not-an-ip"),
+        ],
+    };
+    Snapshot::build(
+        1,
+        &[zone],
+        "n1.nodes.voike.internal.",
+        &["api.demo.mesh.".into()],
+    )
+}
+
+fn answer(s: &Snapshot, q: &str, t: RecordType) -> Answer {
+    match s.lookup(&name(q).expect("name"), t) {
+        Lookup::Answer(a) => a,
+        other => panic!("{q} {t}: expected an answer, got {other:?}"),
+    }
+}
+
+fn is_soa(a: &Answer) -> bool {
+    a.authorities.len() == 1 && a.authorities[0].record_type() == RecordType::SOA
+}
+
+#[test]
+fn answers_each_type_case_insensitively() {
+    let s = snapshot();
+    let a = answer(&s, "WWW.Demo.Mesh.", RecordType::A);
+    assert_eq!(a.rcode, ResponseCode::NoError);
+    assert!(a.authoritative);
+    assert_eq!(a.answers.len(), 2);
+    assert_eq!(
+        answer(&s, "www.demo.mesh.", RecordType::AAAA).answers.len(),
+        1
+    );
+    assert_eq!(answer(&s, "demo.mesh.", RecordType::MX).answers.len(), 1);
+    assert_eq!(answer(&s, "demo.mesh.", RecordType::CAA).answers.len(), 1);
+    assert_eq!(
+        answer(&s, "_sip._tcp.demo.mesh.", RecordType::SRV)
+            .answers
+            .len(),
+        1
+    );
+    let soa = answer(&s, "demo.mesh.", RecordType::SOA);
+    match &soa.answers[0].data {
+        RData::SOA(x) => assert_eq!(x.serial, 7),
+        other => panic!("not a SOA: {other:?}"),
+    }
+    let ns = answer(&s, "demo.mesh.", RecordType::NS);
+    assert_eq!(
+        ns.answers.len(),
+        1,
+        "a synthesized NS when the zone has none"
+    );
+    assert_eq!(s.skipped().len(), 1, "the bad record is skipped, not fatal");
+}
+
+#[test]
+fn negative_answers_carry_the_soa() {
+    let s = snapshot();
+    let nx = answer(&s, "nope.demo.mesh.", RecordType::A);
+    assert_eq!(nx.rcode, ResponseCode::NXDomain);
+    assert!(nx.answers.is_empty() && is_soa(&nx));
+    assert_eq!(nx.authorities[0].ttl, SOA_TIMERS.3);
+    let nodata = answer(&s, "www.demo.mesh.", RecordType::TXT);
+    assert_eq!(nodata.rcode, ResponseCode::NoError);
+    assert!(nodata.answers.is_empty() && is_soa(&nodata));
+    let ent = answer(&s, "a.b.demo.mesh.", RecordType::A);
+    assert_eq!(
+        ent.rcode,
+        ResponseCode::NoError,
+        "empty non-terminal is NODATA"
+    );
+    assert!(is_soa(&ent));
+}
+
+#[test]
+fn cnames_are_chased_inside_the_zones_and_loops_end() {
+    let s = snapshot();
+    let a = answer(&s, "alias.demo.mesh.", RecordType::A);
+    let types: Vec<RecordType> = a.answers.iter().map(Record::record_type).collect();
+    assert_eq!(types, vec![RecordType::CNAME, RecordType::A, RecordType::A]);
+    let l = answer(&s, "loop1.demo.mesh.", RecordType::A);
+    assert_eq!(
+        l.answers.len(),
+        2,
+        "a loop stops after visiting each name once"
+    );
+    let out = answer(&s, "out.demo.mesh.", RecordType::A);
+    assert_eq!(
+        out.answers.len(),
+        1,
+        "a target outside the zones is left to the client"
+    );
+    let c = answer(&s, "alias.demo.mesh.", RecordType::CNAME);
+    assert_eq!(c.answers.len(), 1);
+}
+
+#[test]
+fn wildcards_synthesize_the_query_name() {
+    let s = snapshot();
+    let a = answer(&s, "anything.wild.demo.mesh.", RecordType::A);
+    assert_eq!(a.answers.len(), 1);
+    assert_eq!(
+        a.answers[0].name,
+        name("anything.wild.demo.mesh.").expect("name")
+    );
+    let deeper = answer(&s, "x.y.wild.demo.mesh.", RecordType::A);
+    assert_eq!(deeper.answers.len(), 1);
+    let nodata = answer(&s, "anything.wild.demo.mesh.", RecordType::AAAA);
+    assert!(nodata.answers.is_empty() && nodata.rcode == ResponseCode::NoError);
+}
+
+#[test]
+fn delegations_refer_any_type_minimal_and_other_names_are_not_ours() {
+    let s = snapshot();
+    let r = answer(&s, "host.sub.demo.mesh.", RecordType::A);
+    assert!(!r.authoritative);
+    assert_eq!(r.authorities[0].record_type(), RecordType::NS);
+    let any = answer(&s, "www.demo.mesh.", RecordType::ANY);
+    let first = any.answers[0].record_type();
+    assert!(
+        any.answers.iter().all(|x| x.record_type() == first),
+        "one RRset only"
+    );
+    assert!(matches!(
+        s.lookup(&name("example.com.").expect("name"), RecordType::A),
+        Lookup::NotAuthoritative
+    ));
+    assert!(matches!(
+        s.lookup(&name("API.demo.mesh.").expect("name"), RecordType::A),
+        Lookup::Service { soa: Some(_) }
+    ));
+}
+
+#[test]
+fn export_lists_every_served_record() {
+    let s = snapshot();
+    let text = crate::export::zone_file(&s, "demo.mesh.").expect("zone");
+    assert!(text.contains("$ORIGIN demo.mesh."));
+    assert!(
+        text.lines().nth(2).is_some_and(|l| l.contains("\tSOA\t")),
+        "SOA first: {text}"
+    );
+    for needle in [
+        "10.0.0.7",
+        "fd00::7",
+        "CNAME\twww.demo.mesh.",
+        "\"hello\"",
+        "0 issue \"ca.example\"",
+        "1 2 5060 sip.demo.mesh.",
+        "10 mail.demo.mesh.",
+        "*.wild.demo.mesh.",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    assert!(!text.contains("not-an-ip"));
+    assert!(crate::export::zone_file(&s, "other.").is_none());
+}
+
+#[test]
+fn long_txt_values_are_split_into_strings() {
+    let long = "x".repeat(600);
+    let chunks = txt_chunks(&long);
+    assert_eq!(
+        chunks.iter().map(String::len).collect::<Vec<_>>(),
+        vec![255, 255, 90]
+    );
+    assert_eq!(txt_chunks(""), vec![String::new()]);
+}

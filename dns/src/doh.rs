@@ -1,0 +1,196 @@
+//! DNS-over-HTTPS (RFC 8484) on its own listener: `GET /dns-query?dns=` (base64url) and
+//! `POST /dns-query` (`application/dns-message`), HTTP/1.1 and HTTP/2 (h2c, or h2 over TLS
+//! when a certificate is configured), bodies capped at 65,535 bytes, a cap on concurrent
+//! connections.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use hickory_proto::op::Message;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::engine::Engine;
+use crate::metrics::{RcodeCounters, Transport};
+
+/// The DoH media type.
+pub const DNS_MESSAGE: &str = "application/dns-message";
+/// Largest DNS message.
+pub const MAX_MESSAGE: usize = 65_535;
+
+/// Loads a PEM certificate chain and private key into a TLS acceptor offering h2 and HTTP/1.1.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in the file", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[derive(Clone)]
+struct DohState {
+    engine: Arc<Engine>,
+    counters: RcodeCounters,
+}
+
+/// The DoH routes.
+pub fn router(engine: Arc<Engine>) -> Router {
+    let counters = engine.metrics.rcodes(Transport::Doh);
+    Router::new()
+        .route("/dns-query", get(doh_get).post(doh_post))
+        .layer(DefaultBodyLimit::max(MAX_MESSAGE))
+        .with_state(DohState { engine, counters })
+}
+
+fn problem(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+async fn doh_get(
+    State(st): State<DohState>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let Some(dns) = q.get("dns") else {
+        return problem(StatusCode::BAD_REQUEST, "missing the dns query parameter");
+    };
+    let trimmed = dns.trim_end_matches('=');
+    match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed) {
+        Ok(bytes) if bytes.len() <= MAX_MESSAGE => answer(&st, &bytes).await,
+        Ok(_) => problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "dns message longer than 65535 bytes",
+        ),
+        Err(_) => problem(StatusCode::BAD_REQUEST, "dns parameter is not base64url"),
+    }
+}
+
+async fn doh_post(State(st): State<DohState>, headers: HeaderMap, body: Bytes) -> Response {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case(DNS_MESSAGE)
+    {
+        return problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content-type must be application/dns-message",
+        );
+    }
+    answer(&st, &body).await
+}
+
+async fn answer(st: &DohState, bytes: &[u8]) -> Response {
+    let Ok(req) = Message::from_vec(bytes) else {
+        st.engine.metrics.malformed.inc();
+        return problem(StatusCode::BAD_REQUEST, "not a DNS message");
+    };
+    let resp = st.engine.resolve(&req).await;
+    let Ok(body) = resp.to_vec() else {
+        return problem(StatusCode::INTERNAL_SERVER_ERROR, "answer did not encode");
+    };
+    st.counters.inc(resp.metadata.response_code);
+    let max_age = resp
+        .answers
+        .iter()
+        .chain(resp.authorities.iter())
+        .map(|r| r.ttl)
+        .min()
+        .unwrap_or(0);
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
+    if let Ok(v) = HeaderValue::from_str(&format!("max-age={max_age}")) {
+        r.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
+    r
+}
+
+/// Serves DoH on `listener` until the task is aborted.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    tls: Option<TlsAcceptor>,
+    max_connections: usize,
+    idle: Duration,
+) {
+    let app = router(engine.clone());
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "doh accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            engine.metrics.refused_connections.inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = TowerToHyperService::new(app.clone());
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(idle);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(idle))
+                .keep_alive_timeout(idle);
+            match tls {
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) = tokio::time::timeout(idle, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                }
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                }
+            }
+        });
+    }
+}

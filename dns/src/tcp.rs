@@ -1,0 +1,82 @@
+//! The TCP listener (RFC 7766): length-prefixed messages, pipelined queries answered in order,
+//! an idle timeout and a cap on concurrent connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, ResponseCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::engine::Engine;
+use crate::metrics::Transport;
+use crate::udp::formerr;
+
+/// Serves `listener` until the task is aborted.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    max_connections: usize,
+    idle: Duration,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            engine.metrics.refused_connections.inc();
+            drop(stream);
+            continue;
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = connection(stream, &engine, idle).await;
+        });
+    }
+}
+
+async fn connection(mut s: TcpStream, engine: &Engine, idle: Duration) -> std::io::Result<()> {
+    let counters = engine.metrics.rcodes(Transport::Tcp);
+    let mut buf = Vec::new();
+    loop {
+        let len = match tokio::time::timeout(idle, s.read_u16()).await {
+            Ok(Ok(n)) => usize::from(n),
+            _ => return Ok(()), // idle, closed or reset
+        };
+        buf.resize(len, 0);
+        match tokio::time::timeout(idle, s.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => {}
+            _ => return Ok(()),
+        }
+        let (bytes, rcode) = match Message::from_vec(&buf) {
+            Ok(req) => {
+                let resp = engine.resolve(&req).await;
+                match resp.to_vec() {
+                    Ok(b) => (b, resp.metadata.response_code),
+                    Err(_) => return Ok(()),
+                }
+            }
+            Err(_) => {
+                engine.metrics.malformed.inc();
+                match formerr(&buf) {
+                    Some(b) => (b, ResponseCode::FormErr),
+                    None => return Ok(()),
+                }
+            }
+        };
+        let Ok(len) = u16::try_from(bytes.len()) else {
+            return Ok(());
+        };
+        counters.inc(rcode);
+        s.write_all(&len.to_be_bytes()).await?;
+        s.write_all(&bytes).await?;
+    }
+}

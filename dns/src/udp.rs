@@ -1,0 +1,269 @@
+//! The UDP listener: one blocking worker thread per core on its own `SO_REUSEPORT` socket.
+//!
+//! Each worker keeps the encoded answers it has built for the current snapshot, keyed by the
+//! lower-cased question and EDNS shape (see [`crate::wire`]); a repeated question costs one
+//! parse, one hash lookup and one copy. A new snapshot (any replicated change) empties the
+//! worker caches on their next query. Queries for forwarded names go to the tokio runtime when
+//! they need an upstream.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::engine::{Cacheable, Engine, Prepared, encode, udp_limit};
+use crate::metrics::{RcodeCounters, Transport};
+use crate::rrl::{Action, Rrl};
+use crate::wire;
+
+/// Encoded answers kept per worker before the cache is emptied.
+const WORKER_CACHE_ENTRIES: usize = 65_536;
+
+/// Response-rate limiting settings (rate 0 turns it off).
+#[derive(Clone, Copy, Debug)]
+pub struct RrlConfig {
+    pub rate: u32,
+    pub slip: u32,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+}
+
+fn reuseport_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    let s: UdpSocket = s.into();
+    s.set_read_timeout(Some(Duration::from_millis(250)))?;
+    Ok(s)
+}
+
+/// Binds `workers` sockets on `addr`. A fixed port that anything else holds is refused: a
+/// plain bind is tried first, so `SO_REUSEPORT` never silently shares a port with another
+/// process.
+pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<UdpSocket>> {
+    let probe = UdpSocket::bind(addr)?;
+    let bound = probe.local_addr()?;
+    drop(probe);
+    (0..workers.max(1))
+        .map(|_| reuseport_socket(bound))
+        .collect()
+}
+
+/// Runs the workers until `stop` is set.
+pub fn spawn(
+    sockets: Vec<UdpSocket>,
+    engine: Arc<Engine>,
+    rrl: Option<RrlConfig>,
+    runtime: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let rrl = rrl.filter(|r| r.rate > 0).map(|r| {
+        Arc::new(std::sync::Mutex::new(Rrl::new(
+            r.rate,
+            r.slip,
+            r.ipv4_prefix,
+            r.ipv6_prefix,
+        )))
+    });
+    sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, socket)| {
+            let mut w = Worker {
+                counters: engine.metrics.rcodes(Transport::Udp),
+                engine: engine.clone(),
+                socket,
+                rrl: rrl.clone(),
+                runtime: runtime.clone(),
+                cache: HashMap::new(),
+                generation: u64::MAX,
+            };
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("dns-udp-{i}"))
+                .spawn(move || w.run(&stop))
+        })
+        .collect()
+}
+
+struct Worker {
+    engine: Arc<Engine>,
+    socket: UdpSocket,
+    rrl: Option<Arc<std::sync::Mutex<Rrl>>>,
+    runtime: tokio::runtime::Handle,
+    counters: RcodeCounters,
+    cache: HashMap<Vec<u8>, Vec<u8>>,
+    generation: u64,
+}
+
+fn rcode_of(resp: &[u8]) -> ResponseCode {
+    ResponseCode::from(0, resp.get(3).map_or(0, |b| b & 0x0F))
+}
+
+impl Worker {
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut buf = vec![0u8; 65_535];
+        let mut key = Vec::with_capacity(260);
+        let mut out = Vec::with_capacity(1500);
+        let hits = self
+            .engine
+            .metrics
+            .answer_cache
+            .get_or_create(&crate::metrics::ResultLabel {
+                result: "hit".into(),
+            })
+            .clone();
+        while !stop.load(Ordering::Relaxed) {
+            let (n, peer) = match self.socket.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp receive failed");
+                    continue;
+                }
+            };
+            let packet = &buf[..n];
+            let generation = self.engine.generation();
+            if generation != self.generation {
+                self.cache.clear();
+                self.generation = generation;
+            }
+            let plain = wire::parse(packet, &mut key);
+            if let Some(p) = &plain
+                && let Some(cached) = self.cache.get(&key)
+                && cached.len() <= usize::from(p.udp_payload.min(crate::engine::EDNS_PAYLOAD))
+                && wire::patch(cached, packet, p, &mut out).is_some()
+            {
+                hits.inc();
+                let rcode = rcode_of(&out);
+                self.send(&out, peer, rcode);
+                continue;
+            }
+            self.slow(packet, peer, plain.is_some().then_some(&key));
+        }
+    }
+
+    fn send(&self, bytes: &[u8], peer: SocketAddr, rcode: ResponseCode) {
+        if let Some(rrl) = &self.rrl {
+            let action = rrl
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .check(peer.ip(), Instant::now());
+            match action {
+                Action::Send => {}
+                Action::Drop => {
+                    self.engine
+                        .metrics
+                        .rrl
+                        .get_or_create(&crate::metrics::ActionLabel {
+                            action: "dropped".into(),
+                        })
+                        .inc();
+                    return;
+                }
+                Action::Slip => {
+                    self.engine
+                        .metrics
+                        .rrl
+                        .get_or_create(&crate::metrics::ActionLabel {
+                            action: "slipped".into(),
+                        })
+                        .inc();
+                    if let Some(tc) = truncated(bytes) {
+                        let _ = self.socket.send_to(&tc, peer);
+                    }
+                    return;
+                }
+            }
+        }
+        self.counters.inc(rcode);
+        let _ = self.socket.send_to(bytes, peer);
+    }
+
+    fn slow(&mut self, packet: &[u8], peer: SocketAddr, key: Option<&Vec<u8>>) {
+        let req = match Message::from_vec(packet) {
+            Ok(m) => m,
+            Err(_) => {
+                self.engine.metrics.malformed.inc();
+                if let Some(resp) = formerr(packet) {
+                    self.send(&resp, peer, ResponseCode::FormErr);
+                }
+                return;
+            }
+        };
+        let limit = udp_limit(&req);
+        match self.engine.prepare(&req) {
+            Prepared::Done(resp, cacheable) => {
+                let Ok(full) = resp.to_vec() else { return };
+                let bytes = if full.len() <= limit {
+                    full.clone()
+                } else {
+                    resp.truncate().to_vec().unwrap_or_default()
+                };
+                if bytes.is_empty() {
+                    return;
+                }
+                self.engine
+                    .metrics
+                    .count(&self.engine.metrics.answer_cache, "miss");
+                self.send(&bytes, peer, resp.metadata.response_code);
+                if cacheable == Cacheable::Yes
+                    && let Some(k) = key
+                {
+                    if self.cache.len() >= WORKER_CACHE_ENTRIES {
+                        self.cache.clear();
+                    }
+                    self.cache.insert(k.clone(), full);
+                }
+            }
+            Prepared::Forward(resp) => {
+                let engine = self.engine.clone();
+                let Ok(socket) = self.socket.try_clone() else {
+                    return;
+                };
+                let counters = self.counters.clone();
+                self.runtime.spawn(async move {
+                    let resp = engine.forward(resp).await;
+                    if let Some(bytes) = encode(&resp, limit) {
+                        counters.inc(resp.metadata.response_code);
+                        let _ = socket.send_to(&bytes, peer);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// A FORMERR answer to a message that did not decode, when its header is readable and it is a
+/// query; `None` means no answer (too short to be DNS, or a response: never answer those).
+pub fn formerr(packet: &[u8]) -> Option<Vec<u8>> {
+    if packet.len() < 12 || packet[2] & 0x80 != 0 {
+        return None;
+    }
+    let mut out = vec![0u8; 12];
+    out[0..2].copy_from_slice(&packet[0..2]);
+    out[2] = 0x80 | (packet[2] & 0x79); // QR, opcode and RD echoed
+    out[3] = 1; // FORMERR
+    Some(out)
+}
+
+/// The header and question of `resp` with TC set and no records (for RRL slip).
+fn truncated(resp: &[u8]) -> Option<Vec<u8>> {
+    let m = Message::from_vec(resp).ok()?;
+    m.truncate().to_vec().ok()
+}

@@ -1,0 +1,454 @@
+//! DNS and SNRL on the node: feeds the `voike-dns` listeners from the replica, ranks and signs
+//! SNRL answers, and registers this node in the mesh's own zone.
+//!
+//! Every durable document change (local or merged) rebuilds the served snapshot: the user
+//! zones, plus the mesh zone (`dns.mesh_domain`) holding `<node>.nodes.<mesh_domain>` for every
+//! node that registered itself. SOA serials are per node: the Unix time of the last change this
+//! node saw in the zone, and at least one more than the previous serial.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use voike_dns::{DnsServer, Engine, RecordData, ServiceAnswer, Services, Snapshot, ZoneData};
+use voike_protocol::endpoints::EndpointInput;
+use voike_protocol::snrl::{self, SignedAnswer};
+
+use crate::config::Config;
+use crate::hypermesh::HypermeshHandle;
+use crate::state::StateHandle;
+use crate::swarm::SwarmHandle;
+
+/// TTL of the `<node>.nodes.<mesh_domain>` records.
+const NODE_RECORD_TTL: u32 = 60;
+/// How long a signed DNS answer for a service is reused before it is ranked and signed again.
+const DNS_ANSWER_REUSE: Duration = Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn lower_fqdn(s: &str) -> String {
+    let mut s = s.trim().to_ascii_lowercase();
+    if !s.ends_with('.') {
+        s.push('.');
+    }
+    s
+}
+
+/// Ranks and signs SNRL answers.
+pub struct Snrl {
+    state: StateHandle,
+    hypermesh: HypermeshHandle,
+    key: Keypair,
+    ttl: u32,
+    dns_answers: Mutex<HashMap<String, (Instant, Option<ServiceAnswer>)>>,
+}
+
+impl std::fmt::Debug for Snrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snrl")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snrl {
+    /// `POST /snrl/resolve`: candidates for `query`, ranked and signed by this node.
+    pub fn resolve(
+        &self,
+        query: &snrl::Query,
+    ) -> Result<SignedAnswer, voike_protocol::signing::SigningError> {
+        let endpoints = self.state.endpoints();
+        let health = self.hypermesh.node_health();
+        let candidates = snrl::rank(&endpoints, query, &health);
+        SignedAnswer::sign(&self.key, query, candidates, now_ms(), self.ttl)
+    }
+}
+
+impl Services for Snrl {
+    fn answer(&self, domain: &str) -> Option<ServiceAnswer> {
+        let mut cache = self.dns_answers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, ans)) = cache.get(domain)
+            && at.elapsed() < DNS_ANSWER_REUSE
+        {
+            return ans.clone();
+        }
+        let query = snrl::Query {
+            domain: domain.to_string(),
+            client: snrl::ClientInfo::default(),
+        };
+        let ans = match self.resolve(&query) {
+            Ok(signed) => Some(ServiceAnswer {
+                addrs: signed
+                    .candidates
+                    .iter()
+                    .filter_map(|c| c.address.parse::<IpAddr>().ok())
+                    .collect(),
+                txt: format!(
+                    "snrl=v1 signer={} issued={} ttl={} sig={}",
+                    signed.signer, signed.issued_at, signed.ttl, signed.signature
+                ),
+                ttl: signed.ttl,
+            }),
+            Err(e) => {
+                warn!(error = %e, "cannot sign an SNRL answer");
+                None
+            }
+        };
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(domain.to_string(), (Instant::now(), ans.clone()));
+        ans
+    }
+}
+
+/// Remembers each zone's content fingerprint and serial.
+#[derive(Debug, Default)]
+struct Serials {
+    zones: HashMap<String, (u64, u32)>,
+}
+
+impl Serials {
+    fn serial(&mut self, domain: &str, records: &[RecordData]) -> u32 {
+        let mut lines: Vec<String> = records
+            .iter()
+            .map(|r| format!("{}\0{}\0{}\0{}", r.name, r.rtype, r.value, r.ttl))
+            .collect();
+        lines.sort();
+        let mut h = Sha256::new();
+        for l in &lines {
+            h.update(l.as_bytes());
+            h.update([1]);
+        }
+        let d: [u8; 32] = h.finalize().into();
+        let fingerprint = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+        let now = (now_ms() / 1000) as u32;
+        let entry = self
+            .zones
+            .entry(domain.to_string())
+            .or_insert((fingerprint, now));
+        if entry.0 != fingerprint {
+            entry.0 = fingerprint;
+            entry.1 = now.max(entry.1.wrapping_add(1));
+        }
+        entry.1
+    }
+}
+
+/// What the node's DNS serves and how.
+#[derive(Debug)]
+pub struct NodeDns {
+    pub server: DnsServer,
+    pub snrl: Arc<Snrl>,
+    mesh_domain: String,
+    nameserver: String,
+    node_id: String,
+}
+
+impl NodeDns {
+    pub fn engine(&self) -> &Arc<Engine> {
+        self.server.engine()
+    }
+
+    /// The service every node registers itself under.
+    pub fn node_service(&self) -> String {
+        format!("voiked.{}", self.mesh_domain)
+    }
+
+    /// BIND text of the zone with id or domain `zone`.
+    pub fn export(&self, state: &StateHandle, zone: &str) -> Option<String> {
+        let domain = match state.zone(zone) {
+            Some(z) => z.domain,
+            None if lower_fqdn(zone) == self.mesh_domain => self.mesh_domain.clone(),
+            None => return None,
+        };
+        voike_dns::export::zone_file(&self.engine().snapshot(), &domain)
+    }
+}
+
+fn build_snapshot(
+    generation: u64,
+    state: &StateHandle,
+    mesh_domain: &str,
+    nameserver: &str,
+    serials: &mut Serials,
+) -> Snapshot {
+    let mut zones: Vec<ZoneData> = Vec::new();
+    for z in state.zones() {
+        let records: Vec<RecordData> = state
+            .records(&z.id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| RecordData {
+                name: r.name,
+                rtype: r.rtype,
+                value: r.value,
+                ttl: u32::try_from(r.ttl).unwrap_or(u32::MAX),
+            })
+            .collect();
+        zones.push(ZoneData {
+            domain: z.domain,
+            serial: 0,
+            records,
+        });
+    }
+    let endpoints = state.endpoints();
+    let node_service = format!("voiked.{mesh_domain}");
+    let node_records: Vec<RecordData> = endpoints
+        .iter()
+        .filter(|e| e.service == node_service)
+        .filter_map(|e| {
+            let rtype = match e.address.parse::<IpAddr>().ok()? {
+                IpAddr::V4(_) => "A",
+                IpAddr::V6(_) => "AAAA",
+            };
+            Some(RecordData {
+                name: format!("{}.nodes.{mesh_domain}", e.node.to_ascii_lowercase()),
+                rtype: rtype.into(),
+                value: e.address.clone(),
+                ttl: NODE_RECORD_TTL,
+            })
+        })
+        .collect();
+    match zones.iter_mut().find(|z| z.domain == mesh_domain) {
+        Some(z) => z.records.extend(node_records),
+        None => zones.push(ZoneData {
+            domain: mesh_domain.to_string(),
+            serial: 0,
+            records: node_records,
+        }),
+    }
+    for z in &mut zones {
+        z.serial = serials.serial(&z.domain, &z.records);
+    }
+    let services: Vec<String> = endpoints
+        .iter()
+        .map(|e| e.service.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let snapshot = Snapshot::build(generation, &zones, nameserver, &services);
+    for s in snapshot.skipped() {
+        debug!(error = %s, "record not served");
+    }
+    snapshot
+}
+
+/// Starts the DNS listeners and the task that keeps them fed.
+pub async fn start(
+    config: &Config,
+    key: Keypair,
+    state: StateHandle,
+    hypermesh: HypermeshHandle,
+    metrics: &crate::metrics::Metrics,
+    tracker: &tokio_util::task::TaskTracker,
+    cancel: CancellationToken,
+) -> anyhow::Result<NodeDns> {
+    let d = &config.dns;
+    let mesh_domain = lower_fqdn(&d.mesh_domain);
+    let node_id = key.public().to_peer_id().to_string();
+    let nameserver = format!("{}.nodes.{mesh_domain}", node_id.to_ascii_lowercase());
+    let forward = if d.forward {
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let upstreams = d
+            .upstream_addrs(&resolv)
+            .map_err(|e| anyhow::anyhow!("dns.upstreams: {e}"))?
+            .into_iter()
+            .filter(|u| *u != d.listen)
+            .collect::<Vec<_>>();
+        if upstreams.is_empty() {
+            warn!(
+                "no upstream resolvers (dns.upstreams empty and none in /etc/resolv.conf): names outside the mesh zones are refused"
+            );
+        }
+        Some(voike_dns::ForwardConfig {
+            upstreams,
+            timeout: d.upstream_timeout,
+            cache_size: d.cache_size,
+            max_ttl: d.cache_max_ttl,
+            max_stale: d.max_stale,
+        })
+    } else {
+        None
+    };
+    let snrl = Arc::new(Snrl {
+        state: state.clone(),
+        hypermesh,
+        key,
+        ttl: d.snrl_ttl,
+        dns_answers: Mutex::new(HashMap::new()),
+    });
+    let dns_metrics = Arc::new(voike_dns::Metrics::default());
+    metrics.register_with(|r| dns_metrics.register(r));
+    let mut serials = Serials::default();
+    let first = build_snapshot(1, &state, &mesh_domain, &nameserver, &mut serials);
+    let engine = Arc::new(Engine::new(first, snrl.clone(), forward, dns_metrics));
+    let server = DnsServer::start(
+        voike_dns::Config {
+            listen: d.listen,
+            doh: d.doh_addr(),
+            doh_tls: d.doh_cert.clone().zip(d.doh_key.clone()),
+            udp_workers: d.udp_workers,
+            rrl: voike_dns::RrlConfig {
+                rate: d.rrl_rate,
+                slip: d.rrl_slip,
+                ipv4_prefix: d.rrl_ipv4_prefix,
+                ipv6_prefix: d.rrl_ipv6_prefix,
+            },
+            tcp_max_connections: d.tcp_max_connections,
+            tcp_idle_timeout: d.tcp_idle_timeout,
+            doh_max_connections: d.doh_max_connections,
+            doh_idle_timeout: d.doh_idle_timeout,
+        },
+        engine.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot start DNS (dns.listen {}, dns.doh {})",
+            d.listen, d.doh
+        )
+    })?;
+    info!(dns = %server.dns_addr, doh = ?server.doh_addr, "DNS listening");
+    tracker.spawn({
+        let engine = engine.clone();
+        let state = state.clone();
+        let mesh_domain = mesh_domain.clone();
+        let nameserver = nameserver.clone();
+        let mut rx = state.watch_docs();
+        async move {
+            let mut generation = 1;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    changed = rx.changed() => if changed.is_err() { break },
+                }
+                generation += 1;
+                let snapshot =
+                    build_snapshot(generation, &state, &mesh_domain, &nameserver, &mut serials);
+                engine.publish(snapshot);
+            }
+        }
+    });
+    Ok(NodeDns {
+        server,
+        snrl,
+        mesh_domain,
+        nameserver,
+        node_id,
+    })
+}
+
+/// The source address the kernel would use towards the outside (no packet is sent).
+fn default_route_address(v6: bool) -> Option<IpAddr> {
+    let (bind, probe): (SocketAddr, SocketAddr) = if v6 {
+        (
+            ([0u16; 8], 0).into(),
+            ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 9).into(),
+        )
+    } else {
+        (([0, 0, 0, 0], 0).into(), ([192, 0, 2, 1], 9).into())
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(probe).ok()?;
+    Some(s.local_addr().ok()?.ip())
+}
+
+/// Registers this node (`voiked.<mesh_domain>` and so `<node>.nodes.<mesh_domain>`) once its
+/// p2p listeners are bound, and removes its registrations for addresses it no longer has.
+pub async fn register_self(
+    dns: Arc<NodeDns>,
+    config: Config,
+    state: StateHandle,
+    swarm: SwarmHandle,
+    cancel: CancellationToken,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let listen = loop {
+        if let Some(info) = swarm.self_info().await
+            && !info.listen_addrs.is_empty()
+        {
+            break info.listen_addrs;
+        }
+        if tokio::time::Instant::now() > deadline {
+            warn!("p2p listeners not bound after 30s; not registering this node in DNS");
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    };
+    let mut port = None;
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for a in &listen {
+        let Ok(ma) = a.parse::<libp2p::Multiaddr>() else {
+            continue;
+        };
+        for p in ma.iter() {
+            match p {
+                Protocol::Ip4(ip) => ips.push(IpAddr::V4(ip)),
+                Protocol::Ip6(ip) => ips.push(IpAddr::V6(ip)),
+                Protocol::Tcp(p) if port.is_none() => port = Some(p),
+                _ => {}
+            }
+        }
+    }
+    let mut addrs: Vec<IpAddr> = if config.dns.advertise.is_empty() {
+        ips.into_iter()
+            .filter_map(|ip| {
+                if ip.is_unspecified() {
+                    default_route_address(ip.is_ipv6())
+                } else {
+                    Some(ip)
+                }
+            })
+            .collect()
+    } else {
+        config.dns.advertise.clone()
+    };
+    addrs.sort();
+    addrs.dedup();
+    let Some(port) = port.or_else(|| {
+        listen
+            .iter()
+            .find_map(|a| a.rsplit('/').find_map(|p| p.parse::<u16>().ok()))
+    }) else {
+        warn!("no p2p port found; not registering this node in DNS");
+        return;
+    };
+    let service = dns.node_service();
+    let mut keep = Vec::new();
+    for ip in addrs {
+        let input = EndpointInput {
+            service: service.clone(),
+            address: ip.to_string(),
+            port: u64::from(port),
+            region: config.hypermesh.region.clone(),
+            capabilities: config.hypermesh.capabilities.clone(),
+            weight: voike_protocol::endpoints::DEFAULT_WEIGHT,
+        };
+        match state.register_endpoint(input).await {
+            Ok(e) => keep.push(e.id),
+            Err(e) => warn!(error = %e, address = %ip, "cannot register this node"),
+        }
+    }
+    for old in state.endpoints() {
+        if old.node == dns.node_id && old.service == service && !keep.contains(&old.id) {
+            let _ = state.delete_endpoint(&old.id).await;
+        }
+    }
+    info!(name = %dns.nameserver, %service, "registered this node in DNS");
+}
