@@ -48,6 +48,8 @@ pub enum HyperInput {
     },
     /// Connected p2p connections now (for PerfWatch).
     Connections(u32),
+    /// A member's connection was verified (counts as a heartbeat).
+    Connected { peer: PeerId },
 }
 
 /// One event of the bounded log.
@@ -189,11 +191,6 @@ impl HypermeshHandle {
                 (id, health)
             })
             .collect();
-        let mem_pct = if h.samples.mem_total_bytes > 0 {
-            (h.samples.mem_used_bytes as f64 * 100.0 / h.samples.mem_total_bytes as f64) as f32
-        } else {
-            0.0
-        };
         out.insert(
             self.node_id.clone(),
             NodeHealth {
@@ -201,7 +198,7 @@ impl HypermeshHandle {
                 health: voike_protocol::health::health_score(
                     PeerState::Alive,
                     h.samples.cpu_pct,
-                    mem_pct,
+                    h.samples.mem_pct(),
                 ),
                 rtt_ms: Some(0.0),
                 relayed: false,
@@ -441,6 +438,21 @@ impl Hypermesh {
                 self.recompute_routes();
             }
             HyperInput::Connections(n) => self.connections = n,
+            HyperInput::Connected { peer } => {
+                let transition = {
+                    let mut h = self.handle.lock();
+                    h.peers.entry(peer).or_insert(PeerInfo {
+                        report: None,
+                        rtt_ewma_ms: None,
+                        relayed: false,
+                    });
+                    h.detector.heartbeat(peer, now)
+                };
+                if let Some(t) = transition {
+                    self.on_transition(t);
+                }
+                self.recompute_routes();
+            }
         }
     }
 

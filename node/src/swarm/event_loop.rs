@@ -884,6 +884,9 @@ impl EventLoop {
                 }
                 self.learn_addrs(peer, addrs, Source::Peer).await;
                 info!(%peer, "member connected");
+                // A verified member connection is a sign of life: the failure detector starts
+                // watching the member now, not only after its first health report.
+                let _ = self.hyper_tx.try_send(HyperInput::Connected { peer });
                 // Catch up with a member as soon as it connects, both ways.
                 let _ = self.sync_tx.try_send(SyncTask::AntiEntropy { peer });
                 if let Some((members, receipt)) = self.held_welcomes.remove(&peer)
