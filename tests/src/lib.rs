@@ -228,6 +228,14 @@ impl TestNode {
         })
     }
 
+    /// Sets extra environment variables (config keys) for the next start.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
     /// Starts a node with extra environment variables (config keys).
     pub fn spawn_with_env(
         name: &str,

@@ -493,3 +493,77 @@ fn response_rate_limiting_drops_and_slips_and_tcp_limits_hold() -> anyhow::Resul
     assert!(node.metric("voike_dns_refused_connections_total")? >= 1.0);
     Ok(())
 }
+
+#[test]
+fn doh_over_tls_with_a_configured_certificate_speaks_http2() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let cert = dir.path().join("doh.crt");
+    let key = dir.path().join("doh.key");
+    std::fs::write(&cert, ck.cert.pem())?;
+    std::fs::write(&key, ck.key_pair.serialize_pem())?;
+    let node = TestNode::spawn_with_env(
+        "dns-doh-tls",
+        &[],
+        &[
+            ("VOIKED_DNS__DOH_CERT", cert.to_str().unwrap_or_default()),
+            ("VOIKED_DNS__DOH_KEY", key.to_str().unwrap_or_default()),
+        ],
+    )?;
+    node.create_zone("demo", "demo.mesh.")?;
+    node.add_a("demo", "www.demo.mesh.", "10.0.0.7")?;
+    let doh = node.doh_addr()?;
+    let q = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        dns::query_message("www.demo.mesh.", RecordType::A)?,
+    );
+    let body = dir.path().join("answer");
+    // curl is an independent client: TLS verified against our certificate, h2 by ALPN.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--cacert"])
+        .arg(&cert)
+        .arg("-o")
+        .arg(&body)
+        .args(["-w", "%{http_code} %{http_version} %{content_type}"])
+        .arg(format!(
+            "https://localhost:{}/dns-query?dns={q}",
+            doh.port()
+        ))
+        .arg("--resolve")
+        .arg(format!("localhost:{}:127.0.0.1", doh.port()))
+        .output()
+        .map_err(|e| anyhow::anyhow!("curl (apt-get install curl): {e}"))?;
+    let status = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        status,
+        "200 2 application/dns-message",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Message::from_vec(&std::fs::read(&body)?)?;
+    assert_eq!(answers(&m), vec!["A 10.0.0.7"]);
+    // Plain HTTP on the TLS port is not answered.
+    assert!(dns::doh_get_raw(doh, &q).is_err());
+    Ok(())
+}
+
+#[test]
+fn a_bad_doh_certificate_is_a_clear_startup_error() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cert = dir.path().join("doh.crt");
+    std::fs::write(&cert, "not a certificate")?;
+    let cert = cert.to_string_lossy().to_string();
+    let mut node = TestNode::create("dns-doh-bad", &[])?;
+    node.set_env(&[
+        ("VOIKED_DNS__DOH_CERT", cert.as_str()),
+        ("VOIKED_DNS__DOH_KEY", cert.as_str()),
+    ]);
+    assert!(node.start().is_err(), "started with a bad certificate");
+    let status = node.wait_exit(DEADLINE)?;
+    assert!(!status.success());
+    let log = node.log();
+    assert!(log.contains("DoH TLS") && log.contains("doh.crt"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    Ok(())
+}
