@@ -4,6 +4,17 @@
 //! daemon at start), or `127.0.0.1:8080`; and the token at `--token`, `VOIKE_ADMIN_TOKEN`, or the
 //! `admin.token` file of the data directory. Output is a table, or JSON with `--json`. Errors are
 //! one line on stderr and a non-zero exit status.
+//!
+//! Exit status: 0 on success; 1 on any failure: the daemon is down or refuses the request, a DNS
+//! answer other than NOERROR (`voike resolve`; NOERROR without answers is a success), a DNS
+//! timeout or network error, or an SNRL answer whose signature does not verify. Usage errors exit
+//! with 2 (clap's convention).
+//!
+//! # Layout
+//! - this file: arguments, the admin API client and every command.
+//! - `dns`: the DNS client of `voike resolve` (queries over UDP and TCP, dig-like output).
+
+mod dns;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,11 +22,14 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use voike_protocol::api::{
     ErrorBody, InviteRequest, InviteResponse, LedgerEntries, LedgerEntry, NodesResponse, SelfInfo,
 };
+use voike_protocol::endpoints::{DEFAULT_WEIGHT, Endpoint, EndpointInput};
+use voike_protocol::snrl::{ClientInfo, SignedAnswer};
+use voike_protocol::zones::{Record, Zone};
 
 /// Command-line client of the voiked admin API.
 #[derive(Debug, Parser)]
@@ -58,6 +72,119 @@ enum Cmd {
     /// Hypermesh: health, routes and events as this node sees them.
     #[command(subcommand)]
     Mesh(MeshCmd),
+    /// vDNS zones: create, list, export, owners.
+    #[command(subcommand)]
+    Zone(ZoneCmd),
+    /// vDNS records: add, remove, list.
+    #[command(subcommand)]
+    Record(RecordCmd),
+    /// Ask the node's DNS listener, like dig.
+    ///
+    /// Exits 0 on NOERROR (with or without answers) and 1 on any other status, a timeout or a
+    /// network error.
+    Resolve {
+        /// The name to look up (absolute; a missing trailing dot is added).
+        name: String,
+        /// Record type: A, AAAA, CNAME, TXT, SRV, MX, NS, PTR, CAA, SOA or ANY.
+        #[arg(value_name = "TYPE", default_value = "A", value_parser = dns::parse_type)]
+        rtype: hickory_proto::rr::RecordType,
+        /// Ask over TCP (default: UDP, and again over TCP when the answer is truncated).
+        #[arg(long)]
+        tcp: bool,
+        /// DNS server, `IP:PORT` or `IP` (port 53) (default: the node's `dns_addr`).
+        #[arg(long, value_name = "ADDR")]
+        server: Option<String>,
+    },
+    /// SNRL: service endpoints and signed, ranked resolution.
+    #[command(subcommand)]
+    Snrl(SnrlCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ZoneCmd {
+    /// Create zone ID for DOMAIN, owned by this node.
+    Add { id: String, domain: String },
+    /// Every zone with its domain, record count and owners.
+    List,
+    /// The zone ZONE (its id) as a BIND zone file.
+    Export { zone: String },
+    /// The nodes allowed to write a zone's records.
+    #[command(subcommand)]
+    Owner(OwnerCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum OwnerCmd {
+    /// Let NODE_ID write the records of ZONE.
+    Add {
+        zone: String,
+        #[arg(value_name = "NODE_ID")]
+        node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RecordCmd {
+    /// Add a record to ZONE and print its id.
+    Add {
+        zone: String,
+        /// A, AAAA, CNAME, TXT, SRV, MX, NS, PTR or CAA.
+        #[arg(value_name = "TYPE")]
+        rtype: String,
+        /// Owner name inside the zone's domain (`www.demo.mesh.`).
+        name: String,
+        /// Record data (`10.0.0.7`, `"10 mail.demo.mesh."`, any text for TXT).
+        value: String,
+        /// Time to live in seconds (default: the daemon's, 300).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Remove the record ID.
+    Rm { id: String },
+    /// The records of ZONE.
+    List { zone: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnrlCmd {
+    /// Register an endpoint of this node for SERVICE and print its id.
+    Register {
+        /// The service's name (`api.demo.mesh.`).
+        service: String,
+        /// IPv4 or IPv6 address.
+        address: String,
+        port: u16,
+        /// Region label (default: none).
+        #[arg(long)]
+        region: Option<String>,
+        /// A capability the endpoint offers (repeatable).
+        #[arg(long = "cap", value_name = "CAP")]
+        caps: Vec<String>,
+        /// Relative share of traffic, 1 to 1000.
+        #[arg(long, default_value_t = DEFAULT_WEIGHT)]
+        weight: u32,
+    },
+    /// Registered endpoints, of every node.
+    List {
+        /// Only the endpoints of this service.
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Remove the endpoint ID.
+    Rm { id: String },
+    /// Ranked candidates for DOMAIN, signed by the node, with the signature checked.
+    ///
+    /// Exits 1 when the signature does not verify; an expired answer is reported, not refused.
+    Resolve {
+        /// The service's name (`api.demo.mesh.`).
+        domain: String,
+        /// The client's region.
+        #[arg(long)]
+        region: Option<String>,
+        /// A capability the client needs (repeatable).
+        #[arg(long = "cap", value_name = "CAP")]
+        caps: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,16 +280,23 @@ impl Client {
         Ok(Client { base, token, agent })
     }
 
-    fn call<T: DeserializeOwned>(
+    /// Sends a request and returns the body of a successful answer; an error answer becomes a
+    /// one-line error with the daemon's message.
+    fn send(
         &self,
         method: &str,
         path: &str,
         body: Option<&impl Serialize>,
-    ) -> anyhow::Result<T> {
+    ) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let sent = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
             (_, Some(b)) => self
                 .agent
                 .post(&url)
@@ -198,8 +332,31 @@ impl Client {
                 .unwrap_or(text);
             bail!("{path}: HTTP {}: {message}", status.as_u16());
         }
+        Ok(text)
+    }
+
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
+        let text = self.send(method, path, body)?;
         serde_json::from_str(&text).map_err(|e| anyhow!("{path}: unexpected response: {e}"))
     }
+}
+
+/// `s` percent-encoded for a URL path segment or query value.
+fn url_part(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -230,6 +387,20 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Cmd::Resolve {
+        name,
+        rtype,
+        tcp,
+        server,
+    } = &args.command
+    {
+        // With --server, no admin API (and no token) is needed.
+        let server = match server {
+            Some(s) => parse_server(s)?,
+            None => node_dns_addr(&Client::new(&args)?)?,
+        };
+        return resolve(server, name, *rtype, *tcp, args.json);
+    }
     let client = Client::new(&args)?;
     match &args.command {
         Cmd::Status => {
@@ -307,6 +478,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Cmd::Ledger(cmd) => ledger(&client, cmd, args.json)?,
         Cmd::Mesh(cmd) => mesh(&client, cmd, args.json)?,
+        Cmd::Zone(cmd) => zone(&client, cmd, args.json)?,
+        Cmd::Record(cmd) => record(&client, cmd, args.json)?,
+        Cmd::Snrl(cmd) => snrl(&client, cmd, args.json)?,
+        Cmd::Resolve { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -442,16 +617,13 @@ fn mesh(client: &Client, cmd: &MeshCmd, json: bool) -> anyhow::Result<()> {
     }
 }
 
+/// The last 8 characters of a node id (the first ones are alike in every ed25519 id).
+fn short(id: &str) -> String {
+    let skip = id.chars().count().saturating_sub(8);
+    id.chars().skip(skip).collect()
+}
+
 fn entry_line(e: &LedgerEntry) -> String {
-    let short = |s: &str| {
-        s.chars()
-            .rev()
-            .take(8)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<String>()
-    };
     format!(
         "{:>6}  {}  {}#{:<5}  {:<20}  {}",
         e.position.map(|p| p.to_string()).unwrap_or_default(),
@@ -565,6 +737,453 @@ fn ledger(client: &Client, cmd: &LedgerCmd, json: bool) -> anyhow::Result<()> {
             out.flush()?;
             eprintln!("\rexported {written} entries to {}", file.display());
         }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ZoneBody {
+    zone: Zone,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ZonesBody {
+    zones: Vec<Zone>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordBody {
+    record: Record,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordsBody {
+    records: Vec<Record>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EndpointBody {
+    endpoint: Endpoint,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EndpointsBody {
+    endpoints: Vec<Endpoint>,
+}
+
+fn zone_table(zones: &[Zone]) {
+    let rows: Vec<Vec<String>> = zones
+        .iter()
+        .map(|z| {
+            vec![
+                z.id.clone(),
+                z.domain.clone(),
+                z.records.to_string(),
+                z.owners.join(","),
+                z.created_by.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "DOMAIN", "RECORDS", "OWNERS", "CREATED_BY"], &rows);
+}
+
+fn zone(client: &Client, cmd: &ZoneCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        ZoneCmd::Add { id, domain } => {
+            let body = serde_json::json!({ "id": id, "domain": domain });
+            let r: ZoneBody = client.call("POST", "/vdns/zones", Some(&body))?;
+            if json {
+                return print_json(&r);
+            }
+            zone_table(std::slice::from_ref(&r.zone));
+        }
+        ZoneCmd::List => {
+            let r: ZonesBody = client.call("GET", "/vdns/zones", None::<&()>)?;
+            if json {
+                return print_json(&r);
+            }
+            zone_table(&r.zones);
+        }
+        ZoneCmd::Export { zone } => {
+            let text = client.send(
+                "GET",
+                &format!("/vdns/zones/{}/export", url_part(zone)),
+                None::<&()>,
+            )?;
+            if json {
+                return print_json(&serde_json::json!({ "zone": zone, "text": text }));
+            }
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+        }
+        ZoneCmd::Owner(OwnerCmd::Add { zone, node }) => {
+            let r: ZoneBody = client.call(
+                "POST",
+                &format!("/vdns/zones/{}/owners", url_part(zone)),
+                Some(&serde_json::json!({ "node": node })),
+            )?;
+            if json {
+                return print_json(&r);
+            }
+            zone_table(std::slice::from_ref(&r.zone));
+        }
+    }
+    Ok(())
+}
+
+fn record(client: &Client, cmd: &RecordCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        RecordCmd::Add {
+            zone,
+            rtype,
+            name,
+            value,
+            ttl,
+        } => {
+            let mut record = serde_json::json!({ "type": rtype, "name": name, "value": value });
+            if let Some(ttl) = ttl {
+                record["ttl"] = (*ttl).into();
+            }
+            let body = serde_json::json!({ "zoneId": zone, "record": record });
+            let r: RecordBody = client.call("POST", "/vdns/records", Some(&body))?;
+            if json {
+                return print_json(&r);
+            }
+            // The id alone on stdout, so that `ID=$(voike record add ...)` works.
+            println!("{}", r.record.id);
+            let rec = &r.record;
+            eprintln!(
+                "added {} {} {} {} to zone {}",
+                rec.name, rec.ttl, rec.rtype, rec.value, rec.zone_id
+            );
+        }
+        RecordCmd::Rm { id } => {
+            let path = format!("/vdns/records/{}", url_part(id));
+            let r: RecordBody = client.call("DELETE", &path, None::<&()>)?;
+            if json {
+                return print_json(&r);
+            }
+            let rec = &r.record;
+            println!(
+                "removed {} {} {} {} from zone {}",
+                rec.name, rec.ttl, rec.rtype, rec.value, rec.zone_id
+            );
+        }
+        RecordCmd::List { zone } => {
+            let path = format!("/vdns/records?zoneId={}", url_part(zone));
+            let mut r: RecordsBody = client.call("GET", &path, None::<&()>)?;
+            if json {
+                return print_json(&r);
+            }
+            r.records
+                .sort_by(|a, b| (&a.name, &a.rtype, &a.value).cmp(&(&b.name, &b.rtype, &b.value)));
+            let rows: Vec<Vec<String>> = r
+                .records
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.name.clone(),
+                        r.ttl.to_string(),
+                        r.rtype.clone(),
+                        r.value.clone(),
+                        r.id.clone(),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "TTL", "TYPE", "VALUE", "ID"], &rows);
+        }
+    }
+    Ok(())
+}
+
+/// `address:port`, with an IPv6 address in brackets.
+fn host_port(address: &str, port: u16) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn snrl(client: &Client, cmd: &SnrlCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        SnrlCmd::Register {
+            service,
+            address,
+            port,
+            region,
+            caps,
+            weight,
+        } => {
+            let input = EndpointInput {
+                service: service.clone(),
+                address: address.clone(),
+                port: u64::from(*port),
+                region: region.clone().unwrap_or_default(),
+                capabilities: caps.clone(),
+                weight: *weight,
+            };
+            let r: EndpointBody = client.call("POST", "/snrl/endpoints", Some(&input))?;
+            if json {
+                return print_json(&r);
+            }
+            // The id alone on stdout, so that `ID=$(voike snrl register ...)` works.
+            println!("{}", r.endpoint.id);
+            let e = &r.endpoint;
+            eprintln!(
+                "registered {} at {} (region {}, capabilities {}, weight {})",
+                e.service,
+                host_port(&e.address, e.port),
+                or_dash(&e.region),
+                or_dash(&e.capabilities.join(",")),
+                e.weight
+            );
+        }
+        SnrlCmd::List { service } => {
+            let path = match service {
+                Some(s) => format!("/snrl/endpoints?service={}", url_part(s)),
+                None => "/snrl/endpoints".to_string(),
+            };
+            let mut r: EndpointsBody = client.call("GET", &path, None::<&()>)?;
+            if json {
+                return print_json(&r);
+            }
+            r.endpoints.sort_by(|a, b| {
+                (&a.service, &a.address, a.port).cmp(&(&b.service, &b.address, b.port))
+            });
+            let rows: Vec<Vec<String>> = r
+                .endpoints
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.service.clone(),
+                        host_port(&e.address, e.port),
+                        or_dash(&e.region),
+                        or_dash(&e.capabilities.join(",")),
+                        e.weight.to_string(),
+                        short(&e.node),
+                        e.id.clone(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "SERVICE", "ADDRESS", "REGION", "CAPS", "WEIGHT", "NODE", "ID",
+                ],
+                &rows,
+            );
+        }
+        SnrlCmd::Rm { id } => {
+            let path = format!("/snrl/endpoints/{}", url_part(id));
+            let r: EndpointBody = client.call("DELETE", &path, None::<&()>)?;
+            if json {
+                return print_json(&r);
+            }
+            let e = &r.endpoint;
+            println!(
+                "removed endpoint {} ({} at {})",
+                e.id,
+                e.service,
+                host_port(&e.address, e.port)
+            );
+        }
+        SnrlCmd::Resolve {
+            domain,
+            region,
+            caps,
+        } => snrl_resolve(client, domain, region.as_deref(), caps, json)?,
+    }
+    Ok(())
+}
+
+fn snrl_resolve(
+    client: &Client,
+    domain: &str,
+    region: Option<&str>,
+    caps: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
+    let query = voike_protocol::snrl::Query {
+        domain: domain.to_string(),
+        client: ClientInfo {
+            region: region.unwrap_or_default().to_string(),
+            capabilities: caps.to_vec(),
+        },
+    };
+    // Kept as sent, so that --json shows the daemon's answer untouched.
+    let mut raw: serde_json::Value = client.call("POST", "/snrl/resolve", Some(&query))?;
+    let answer: SignedAnswer = serde_json::from_value(raw.clone())
+        .map_err(|e| anyhow!("/snrl/resolve: unexpected response: {e}"))?;
+    let verified = answer.verify();
+    let now = now_ms();
+    let expired = answer.is_expired(now);
+    if json {
+        if let Some(o) = raw.as_object_mut() {
+            o.insert("verified".into(), verified.is_ok().into());
+            o.insert("expired".into(), expired.into());
+        }
+        print_json(&raw)?;
+    } else {
+        if answer.candidates.is_empty() {
+            println!("no endpoints for {domain}");
+        } else {
+            let rows: Vec<Vec<String>> = answer
+                .candidates
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    vec![
+                        (i + 1).to_string(),
+                        host_port(&c.address, c.port),
+                        short(&c.node),
+                        or_dash(&c.region),
+                        or_dash(&c.capabilities.join(",")),
+                        format!(
+                            "{:.3}",
+                            f64::from(c.score) / f64::from(voike_protocol::snrl::MAX_SCORE)
+                        ),
+                        c.path.clone(),
+                    ]
+                })
+                .collect();
+            table(
+                &["RANK", "ADDRESS", "NODE", "REGION", "CAPS", "SCORE", "PATH"],
+                &rows,
+            );
+        }
+        match &verified {
+            Ok(()) => println!("signature: verified (signer {})", answer.signer),
+            Err(e) => println!("signature: INVALID ({e})"),
+        }
+        let end = answer
+            .issued_at
+            .saturating_add(u64::from(answer.ttl).saturating_mul(1000));
+        if expired {
+            println!(
+                "answer: expired {}s ago (ttl {}s)",
+                now.saturating_sub(end) / 1000,
+                answer.ttl
+            );
+        } else {
+            println!(
+                "answer: expires in {}s (ttl {}s)",
+                end.saturating_sub(now).div_ceil(1000),
+                answer.ttl
+            );
+        }
+    }
+    verified.map_err(|e| anyhow!("the answer for {domain} does not verify: {e}"))
+}
+
+/// A DNS server address: `IP:PORT`, `IP` (port 53) or `HOST:PORT`.
+fn parse_server(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = s.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Ok((ip, 53).into());
+    }
+    s.to_socket_addrs()
+        .with_context(|| format!("--server {s}: not IP:PORT, IP or HOST:PORT"))?
+        .next()
+        .with_context(|| format!("--server {s}: the name has no address"))
+}
+
+/// The node's DNS listener from `/mesh/self` (a wildcard bind is reached over loopback).
+fn node_dns_addr(client: &Client) -> anyhow::Result<std::net::SocketAddr> {
+    let me: SelfInfo = client.call("GET", "/mesh/self", None::<&()>)?;
+    let addr = me
+        .dns_addr
+        .context("the node reports no DNS listener (dns_addr is null); pass --server")?;
+    let mut sa: std::net::SocketAddr = addr
+        .parse()
+        .with_context(|| format!("the node's dns_addr {addr:?} is not IP:PORT"))?;
+    if sa.ip().is_unspecified() {
+        sa.set_ip(if sa.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    Ok(sa)
+}
+
+#[derive(Debug, Serialize)]
+struct ResolveOutput {
+    status: String,
+    authoritative: bool,
+    truncated: bool,
+    server: String,
+    transport: &'static str,
+    answers: Vec<dns::Row>,
+    authority: Vec<dns::Row>,
+    additional: Vec<dns::Row>,
+}
+
+fn resolve(
+    server: std::net::SocketAddr,
+    name: &str,
+    rtype: hickory_proto::rr::RecordType,
+    tcp: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let qname = dns::parse_name(name)?;
+    let x = dns::exchange(server, &qname, rtype, tcp)?;
+    let m = &x.message;
+    let status = dns::status(m.metadata.response_code);
+    let out = ResolveOutput {
+        status: status.clone(),
+        authoritative: m.metadata.authoritative,
+        truncated: m.metadata.truncation,
+        server: server.to_string(),
+        transport: x.transport,
+        answers: dns::rows(&m.answers),
+        authority: dns::rows(&m.authorities),
+        additional: dns::rows(&m.additionals),
+    };
+    if json {
+        print_json(&out)?;
+    } else {
+        if x.retried_over_tcp {
+            eprintln!(";; truncated answer over UDP, asked again over TCP");
+        }
+        println!(
+            ";; status: {status}, flags: {}; {} answer{} from {server} over {}",
+            dns::flags(m),
+            out.answers.len(),
+            if out.answers.len() == 1 { "" } else { "s" },
+            x.transport
+        );
+        dns::print_rows(&out.answers);
+        if !out.authority.is_empty() {
+            println!(";; authority:");
+            dns::print_rows(&out.authority);
+        }
+        if !out.additional.is_empty() {
+            println!(";; additional:");
+            dns::print_rows(&out.additional);
+        }
+    }
+    if status != "NOERROR" {
+        bail!("{qname} {rtype}: {status}");
     }
     Ok(())
 }

@@ -115,26 +115,22 @@ async fn doh_post(State(st): State<DohState>, headers: HeaderMap, body: Bytes) -
 }
 
 async fn answer(st: &DohState, bytes: &[u8]) -> Response {
-    let Ok(req) = Message::from_vec(bytes) else {
+    if bytes.len() < 12 || bytes[2] & 0x80 != 0 {
         st.engine.metrics.malformed.inc();
+        return problem(StatusCode::BAD_REQUEST, "not a DNS query");
+    }
+    let Some(answer) = st.engine.answer_packet(bytes).await else {
         return problem(StatusCode::BAD_REQUEST, "not a DNS message");
     };
-    let resp = st.engine.resolve(&req).await;
-    let Ok(body) = resp.to_vec() else {
-        return problem(StatusCode::INTERNAL_SERVER_ERROR, "answer did not encode");
-    };
-    st.counters.inc(resp.metadata.response_code);
-    let max_age = resp
-        .answers
-        .iter()
-        .chain(resp.authorities.iter())
-        .map(|r| r.ttl)
-        .min()
-        .unwrap_or(0);
-    let mut r = (StatusCode::OK, body).into_response();
+    if answer.rcode == hickory_proto::op::ResponseCode::FormErr && Message::from_vec(bytes).is_err()
+    {
+        return problem(StatusCode::BAD_REQUEST, "not a DNS message");
+    }
+    st.counters.inc(answer.rcode);
+    let mut r = (StatusCode::OK, answer.bytes.clone()).into_response();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
-    if let Ok(v) = HeaderValue::from_str(&format!("max-age={max_age}")) {
+    if let Ok(v) = HeaderValue::from_str(&format!("max-age={}", answer.min_ttl)) {
         r.headers_mut().insert(header::CACHE_CONTROL, v);
     }
     r

@@ -4,6 +4,7 @@
 //! be answered at once (authoritative data, cached forwarded answers, errors);
 //! [`Engine::resolve`] also waits for upstreams.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use crate::authority::{Answer, Lookup, Snapshot, txt_chunks};
 use crate::cache::{Cache, Hit};
 use crate::metrics::Metrics;
+use crate::wire;
 
 /// Our EDNS UDP payload size (the DNS flag day 2020 value).
 pub const EDNS_PAYLOAD: u16 = 1232;
@@ -69,8 +71,29 @@ pub struct Engine {
     services: Arc<dyn Services>,
     forward: Option<ForwardConfig>,
     cache: Mutex<Cache>,
+    forward_slots: Arc<tokio::sync::Semaphore>,
+    /// Encoded authoritative answers shared by the TCP and DoH listeners (UDP workers keep
+    /// their own), for the snapshot generation they were built from.
+    shared_answers: Mutex<SharedAnswers>,
     pub metrics: Arc<Metrics>,
 }
+
+/// An encoded answer and the smallest TTL in it (for DoH's Cache-Control).
+#[derive(Debug)]
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    pub min_ttl: u32,
+    pub rcode: ResponseCode,
+}
+
+/// The snapshot generation and the encoded answers built from it, by question key.
+type SharedAnswers = (u64, HashMap<Vec<u8>, Arc<Encoded>>);
+
+/// Entries of the shared encoded-answer cache before it is emptied.
+const SHARED_ANSWERS: usize = 65_536;
+
+/// Forwarded UDP queries waiting for an upstream at once; more get SERVFAIL.
+pub const MAX_FORWARDS_IN_FLIGHT: usize = 1024;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,6 +162,8 @@ impl Engine {
             services,
             forward: forward.filter(|f| !f.upstreams.is_empty()),
             cache: Mutex::new(cache),
+            forward_slots: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_IN_FLIGHT)),
+            shared_answers: Mutex::new((0, HashMap::new())),
             metrics,
         }
     }
@@ -156,6 +181,11 @@ impl Engine {
     /// The generation of the snapshot being served (cheap).
     pub fn generation(&self) -> u64 {
         self.snapshot.load().generation()
+    }
+
+    /// A slot for one UDP query waiting on upstreams, `None` when all are taken.
+    pub fn forward_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.forward_slots.clone().try_acquire_owned().ok()
     }
 
     pub fn forwarding(&self) -> bool {
@@ -262,6 +292,75 @@ impl Engine {
     fn cached(&self, q: &Query) -> Option<Hit> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.get(&Self::cache_key(q), Instant::now())
+    }
+
+    /// Answers the raw query `packet` for TCP and DoH (no size limit): from the shared cache of
+    /// encoded answers when the question was seen for this snapshot, else in full (caching
+    /// authoritative answers). `None` when the packet does not decode and deserves no answer.
+    pub async fn answer_packet(&self, packet: &[u8]) -> Option<Arc<Encoded>> {
+        let mut key = Vec::new();
+        let plain = wire::parse(packet, &mut key);
+        let generation = self.generation();
+        if let Some(p) = &plain {
+            let hit = {
+                let cache = self
+                    .shared_answers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                (cache.0 == generation)
+                    .then(|| cache.1.get(&key).cloned())
+                    .flatten()
+            };
+            if let Some(hit) = hit {
+                let mut out = Vec::with_capacity(hit.bytes.len());
+                if wire::patch(&hit.bytes, packet, p, &mut out).is_some() {
+                    return Some(Arc::new(Encoded {
+                        bytes: out,
+                        min_ttl: hit.min_ttl,
+                        rcode: hit.rcode,
+                    }));
+                }
+            }
+        }
+        let req = match Message::from_vec(packet) {
+            Ok(m) => m,
+            Err(_) => {
+                self.metrics.malformed.inc();
+                let bytes = crate::udp::formerr(packet)?;
+                return Some(Arc::new(Encoded {
+                    bytes,
+                    min_ttl: 0,
+                    rcode: ResponseCode::FormErr,
+                }));
+            }
+        };
+        let (resp, cacheable) = match self.prepare(&req) {
+            Prepared::Done(m, c) => (m, c),
+            Prepared::Forward(resp) => (self.forward(resp).await, Cacheable::No),
+        };
+        let encoded = Arc::new(Encoded {
+            bytes: resp.to_vec().ok()?,
+            min_ttl: resp
+                .answers
+                .iter()
+                .chain(resp.authorities.iter())
+                .map(|r| r.ttl)
+                .min()
+                .unwrap_or(0),
+            rcode: resp.metadata.response_code,
+        });
+        if cacheable == Cacheable::Yes && plain.is_some() {
+            let mut cache = self
+                .shared_answers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if cache.0 != generation || cache.1.len() >= SHARED_ANSWERS {
+                cache.1.clear();
+                cache.0 = generation;
+            }
+            cache.1.insert(key, encoded.clone());
+        }
+        Some(encoded)
     }
 
     /// Answers `req` completely, asking upstreams when needed.

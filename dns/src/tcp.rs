@@ -4,14 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Message, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::engine::Engine;
 use crate::metrics::Transport;
-use crate::udp::formerr;
 
 /// Serves `listener` until the task is aborted.
 pub async fn serve(
@@ -56,27 +54,15 @@ async fn connection(mut s: TcpStream, engine: &Engine, idle: Duration) -> std::i
             Ok(Ok(_)) => {}
             _ => return Ok(()),
         }
-        let (bytes, rcode) = match Message::from_vec(&buf) {
-            Ok(req) => {
-                let resp = engine.resolve(&req).await;
-                match resp.to_vec() {
-                    Ok(b) => (b, resp.metadata.response_code),
-                    Err(_) => return Ok(()),
-                }
-            }
-            Err(_) => {
-                engine.metrics.malformed.inc();
-                match formerr(&buf) {
-                    Some(b) => (b, ResponseCode::FormErr),
-                    None => return Ok(()),
-                }
-            }
+        let Some(answer) = engine.answer_packet(&buf).await else {
+            return Ok(());
         };
+        let (bytes, rcode) = (&answer.bytes, answer.rcode);
         let Ok(len) = u16::try_from(bytes.len()) else {
             return Ok(());
         };
         counters.inc(rcode);
         s.write_all(&len.to_be_bytes()).await?;
-        s.write_all(&bytes).await?;
+        s.write_all(bytes).await?;
     }
 }

@@ -78,7 +78,7 @@ pub fn spawn(
             let mut w = Worker {
                 counters: engine.metrics.rcodes(Transport::Udp),
                 engine: engine.clone(),
-                socket,
+                socket: Arc::new(socket),
                 rrl: rrl.clone(),
                 runtime: runtime.clone(),
                 cache: HashMap::new(),
@@ -94,7 +94,7 @@ pub fn spawn(
 
 struct Worker {
     engine: Arc<Engine>,
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     rrl: Option<Arc<std::sync::Mutex<Rrl>>>,
     runtime: tokio::runtime::Handle,
     counters: RcodeCounters,
@@ -231,13 +231,20 @@ impl Worker {
                     self.cache.insert(k.clone(), full);
                 }
             }
-            Prepared::Forward(resp) => {
-                let engine = self.engine.clone();
-                let Ok(socket) = self.socket.try_clone() else {
+            Prepared::Forward(mut resp) => {
+                // Bounded: a flood of names to forward gets SERVFAIL, not unbounded tasks.
+                let Some(slot) = self.engine.forward_slot() else {
+                    resp.metadata.response_code = ResponseCode::ServFail;
+                    if let Some(bytes) = encode(&resp, limit) {
+                        self.send(&bytes, peer, ResponseCode::ServFail);
+                    }
                     return;
                 };
+                let engine = self.engine.clone();
+                let socket = self.socket.clone();
                 let counters = self.counters.clone();
                 self.runtime.spawn(async move {
+                    let _slot = slot;
                     let resp = engine.forward(resp).await;
                     if let Some(bytes) = encode(&resp, limit) {
                         counters.inc(resp.metadata.response_code);

@@ -169,10 +169,17 @@ impl NodeDns {
 
     /// BIND text of the zone with id or domain `zone`.
     pub fn export(&self, state: &StateHandle, zone: &str) -> Option<String> {
+        let wanted = lower_fqdn(zone);
         let domain = match state.zone(zone) {
             Some(z) => z.domain,
-            None if lower_fqdn(zone) == self.mesh_domain => self.mesh_domain.clone(),
-            None => return None,
+            None if wanted == self.mesh_domain => self.mesh_domain.clone(),
+            None => {
+                state
+                    .zones()
+                    .into_iter()
+                    .find(|z| z.domain == wanted)?
+                    .domain
+            }
         };
         voike_dns::export::zone_file(&self.engine().snapshot(), &domain)
     }

@@ -246,6 +246,11 @@ fn serial_increases_and_export_loads_in_named_checkzone() -> anyhow::Result<()> 
         "named-checkzone refused the export:\n{}\n{text}",
         String::from_utf8_lossy(&out.stdout)
     );
+    assert_eq!(
+        node.get_text("/vdns/zones/demo.mesh./export")?,
+        text,
+        "by domain as by id"
+    );
     assert_eq!(node.get("/vdns/zones/nope/export")?.status, 404);
     Ok(())
 }

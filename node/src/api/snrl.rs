@@ -11,6 +11,7 @@ use serde_json::json;
 use voike_protocol::endpoints::EndpointInput;
 
 use super::{ApiError, ApiState, parse_json};
+use crate::state::StateError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,7 +28,7 @@ pub async fn list_endpoints(
     let mut endpoints = state.state.endpoints();
     if let Some(service) = q.service {
         let service = voike_protocol::zones::normalize_name("service", &service)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            .map_err(|e| ApiError::from(StateError::from(e)))?;
         endpoints.retain(|e| e.service == service);
     }
     Ok(Json(json!({ "endpoints": endpoints })).into_response())
@@ -60,7 +61,7 @@ pub async fn resolve(
 ) -> Result<Response, ApiError> {
     let query: voike_protocol::snrl::Query = parse_json(body, "resolve request", None)?;
     voike_protocol::zones::normalize_name("domain", &query.domain)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(|e| ApiError::from(StateError::from(e)))?;
     let answer =
         state.dns.snrl.resolve(&query).map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())

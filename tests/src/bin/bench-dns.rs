@@ -66,26 +66,84 @@ fn main() -> anyhow::Result<()> {
     }
     let after_udp = proc_sample(pid);
 
-    // DoH with h2load: 10 connections × 10 streams, GET of one query.
+    // DoH with h2load: 10 connections × 10 streams, GET of one query; the peer in the same run
+    // is dnsdist's DoH frontend (plain HTTP/2 like ours) answering from its packet cache, with
+    // voiked as its backend.
     let q = dns::query_message("svc42.mesh.test.", dns::RecordType::A)?;
-    let url = format!(
-        "http://{doh}/dns-query?dns={}",
+    let path = format!(
+        "/dns-query?dns={}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(q)
     );
+    h2load("voiked", &format!("http://{doh}{path}"), secs)?;
+    let after_doh = proc_sample(pid);
+    match dnsdist(addr) {
+        Ok((mut child, port)) => {
+            h2load("dnsdist", &format!("http://127.0.0.1:{port}{path}"), secs)?;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Err(e) => println!("dnsdist: not run ({e})"),
+    }
+    if let (Ok(b), Ok(u), Ok(e)) = (before, after_udp, after_doh) {
+        println!(
+            "voiked RSS: {:.1} MiB before, {:.1} MiB after UDP, {:.1} MiB after DoH; CPU {:.1} s during the UDP runs (all four servers take turns)",
+            b.2 as f64 / 1024.0,
+            u.2 as f64 / 1024.0,
+            e.2 as f64 / 1024.0,
+            (u.0 - b.0) as f64 / 100.0
+        );
+    }
+    let queries = node.metric("voike_dns_queries_total{transport=\"udp\",rcode=\"NOERROR\"}")?;
+    let hits = node.metric("voike_dns_answer_cache_total{result=\"hit\"}")?;
+    println!("voiked answered {queries} UDP queries, {hits} from the hot-path cache");
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts dnsdist with a DoH frontend (no TLS) and a packet cache in front of `backend`.
+fn dnsdist(backend: std::net::SocketAddr) -> anyhow::Result<(std::process::Child, u16)> {
+    let dir = tempfile::tempdir()?;
+    let (doh, dns) = (free_port()?, free_port()?);
+    let conf = dir.path().join("dnsdist.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "setSecurityPollSuffix(\"\")\nsetLocal(\"127.0.0.1:{dns}\")\nnewServer({{address=\"{backend}\"}})\n\
+             addDOHLocal(\"127.0.0.1:{doh}\", nil, nil, \"/dns-query\")\n\
+             getPool(\"\"):setCache(newPacketCache(10000))\n"
+        ),
+    )?;
+    let child = Command::new("dnsdist")
+        .args(["--supervised", "--disable-syslog", "-C"])
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    voike_tests::wait_for(Duration::from_secs(10), "dnsdist DoH listening", || {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", doh)).is_ok())
+    })?;
+    std::mem::forget(dir);
+    Ok((child, doh))
+}
+
+/// Runs h2load against `url` and prints requests per second and latency percentiles.
+fn h2load(name: &str, url: &str, secs: u64) -> anyhow::Result<()> {
     let log = tempfile::NamedTempFile::new()?;
     let h2 = Command::new("h2load")
         .args(["-D", &secs.to_string(), "-c", "10", "-m", "10", "-t", "1"])
         .arg("--log-file")
         .arg(log.path())
-        .arg(&url)
+        .arg(url)
         .output()?;
     let text = String::from_utf8_lossy(&h2.stdout);
     for line in text.lines() {
-        if line.starts_with("finished in")
-            || line.starts_with("requests:")
-            || line.starts_with("status codes:")
-        {
-            println!("h2load: {line}");
+        if line.starts_with("finished in") || line.starts_with("status codes:") {
+            println!("{name} h2load: {line}");
         }
     }
     // Log lines: start time (µs since epoch), status, request time (µs).
@@ -98,25 +156,12 @@ fn main() -> anyhow::Result<()> {
     if !times.is_empty() {
         let p = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
         println!(
-            "doh latency: median {:.2} ms, p99 {:.2} ms, max {:.2} ms (n={})",
+            "{name} DoH latency: median {:.2} ms, p99 {:.2} ms, max {:.2} ms (n={})",
             p(0.5),
             p(0.99),
             times[times.len() - 1],
             times.len()
         );
     }
-    let end = proc_sample(pid);
-    if let (Ok(b), Ok(u), Ok(e)) = (before, after_udp, end) {
-        println!(
-            "voiked RSS: {:.1} MiB before, {:.1} MiB after UDP, {:.1} MiB after DoH; CPU {:.1} s during the UDP runs (all four servers take turns)",
-            b.2 as f64 / 1024.0,
-            u.2 as f64 / 1024.0,
-            e.2 as f64 / 1024.0,
-            (u.0 - b.0) as f64 / 100.0
-        );
-    }
-    let queries = node.metric("voike_dns_queries_total{transport=\"udp\",rcode=\"NOERROR\"}")?;
-    let hits = node.metric("voike_dns_answer_cache_total{result=\"hit\"}")?;
-    println!("voiked answered {queries} UDP queries, {hits} from the hot-path cache");
     Ok(())
 }
