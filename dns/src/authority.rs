@@ -394,15 +394,23 @@ impl Snapshot {
         let Some(zone) = self.zone_for(&qname) else {
             return Lookup::NotAuthoritative;
         };
-        if self.services.contains(&qname)
-            && matches!(
+        if self.services.contains(&qname) {
+            if matches!(
                 qtype,
                 RecordType::A | RecordType::AAAA | RecordType::TXT | RecordType::ANY
-            )
-        {
-            return Lookup::Service {
-                soa: Some(zone.negative_soa()),
-            };
+            ) {
+                return Lookup::Service {
+                    soa: Some(zone.negative_soa()),
+                };
+            }
+            if !zone.nodes.contains_key(&qname) {
+                // The name exists (as a service): other types are NODATA, not NXDOMAIN.
+                return Lookup::Answer(Answer {
+                    authoritative: true,
+                    authorities: vec![zone.negative_soa()],
+                    ..Answer::default()
+                });
+            }
         }
         let mut ans = Answer {
             authoritative: true,

@@ -143,6 +143,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     max_connections: usize,
     idle: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
     let app = router(engine.clone());
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
@@ -163,30 +164,42 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let svc = TowerToHyperService::new(app.clone());
         let tls = tls.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(idle);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(idle))
-                .keep_alive_timeout(idle);
-            match tls {
-                Some(acceptor) => {
-                    let Ok(Ok(stream)) = tokio::time::timeout(idle, acceptor.accept(stream)).await
-                    else {
-                        return;
-                    };
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                }
-                None => {
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = serve_connection(stream, svc, tls, idle) => {}
             }
         });
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    svc: TowerToHyperService<Router>,
+    tls: Option<TlsAcceptor>,
+    idle: Duration,
+) {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(idle))
+        .keep_alive_timeout(idle);
+    match tls {
+        Some(acceptor) => {
+            let Ok(Ok(stream)) = tokio::time::timeout(idle, acceptor.accept(stream)).await else {
+                return;
+            };
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        }
+        None => {
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        }
     }
 }

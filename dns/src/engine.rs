@@ -21,6 +21,10 @@ use crate::cache::{Cache, Hit};
 use crate::metrics::Metrics;
 use crate::wire;
 
+/// How long a query with a stale cached answer waits for upstreams before the stale answer is
+/// sent (RFC 8767's suggested client response timer).
+pub const STALE_ANSWER_AFTER: Duration = Duration::from_millis(1800);
+
 /// Our EDNS UDP payload size (the DNS flag day 2020 value).
 pub const EDNS_PAYLOAD: u16 = 1232;
 
@@ -298,6 +302,11 @@ impl Engine {
     /// encoded answers when the question was seen for this snapshot, else in full (caching
     /// authoritative answers). `None` when the packet does not decode and deserves no answer.
     pub async fn answer_packet(&self, packet: &[u8]) -> Option<Arc<Encoded>> {
+        if packet.len() < 12 || packet[2] & 0x80 != 0 {
+            // Too short to be DNS, or a response: never answered (no reflection loops).
+            self.metrics.malformed.inc();
+            return None;
+        }
         let mut key = Vec::new();
         let plain = wire::parse(packet, &mut key);
         let generation = self.generation();
@@ -382,7 +391,15 @@ impl Engine {
             return resp;
         };
         let key = Self::cache_key(&q);
-        match ask_upstreams(cfg, &q).await {
+        // RFC 8767 §5: with a stale answer at hand, wait for upstreams only so long.
+        let asked = if matches!(self.cached(&q), Some(Hit::Stale(_))) {
+            tokio::time::timeout(STALE_ANSWER_AFTER, ask_upstreams(cfg, &q))
+                .await
+                .unwrap_or(Err(ForwardError::Timeout))
+        } else {
+            ask_upstreams(cfg, &q).await
+        };
+        match asked {
             Ok(up) => {
                 self.metrics.count(&self.metrics.forward_cache, "miss");
                 {

@@ -54,11 +54,11 @@ pub struct Config {
 /// Why the DNS listeners did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot bind DNS {what} on {addr}: {source}")]
+    #[error("cannot bind DNS {what} on {addr}: {reason}")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("DoH TLS: {0}")]
     Tls(String),
@@ -71,6 +71,8 @@ pub struct DnsServer {
     pub dns_addr: SocketAddr,
     pub doh_addr: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
+    /// Cancels the listeners and every open TCP/DoH connection.
+    shutdown: tokio_util::sync::CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -78,7 +80,11 @@ fn bind_pair(
     addr: SocketAddr,
     workers: usize,
 ) -> Result<(Vec<std::net::UdpSocket>, std::net::TcpListener), StartError> {
-    let bind_err = |what, addr, source| StartError::Bind { what, addr, source };
+    let bind_err = |what, addr, source| StartError::Bind {
+        what,
+        addr,
+        reason: source,
+    };
     // An ephemeral port must be free for both UDP and TCP: retry a few times.
     let attempts = if addr.port() == 0 { 16 } else { 1 };
     let mut last = None;
@@ -109,19 +115,20 @@ impl DnsServer {
         let dns_addr = tcp.local_addr().map_err(|e| StartError::Bind {
             what: "TCP",
             addr: config.listen,
-            source: e,
+            reason: e,
         })?;
         tcp.set_nonblocking(true).map_err(|e| StartError::Bind {
             what: "TCP",
             addr: dns_addr,
-            source: e,
+            reason: e,
         })?;
         let tcp = tokio::net::TcpListener::from_std(tcp).map_err(|e| StartError::Bind {
             what: "TCP",
             addr: dns_addr,
-            source: e,
+            reason: e,
         })?;
         let stop = Arc::new(AtomicBool::new(false));
+        let shutdown = tokio_util::sync::CancellationToken::new();
         let mut tasks = Vec::new();
         let mut doh_addr = None;
         if let Some(addr) = config.doh {
@@ -134,12 +141,12 @@ impl DnsServer {
                 .map_err(|e| StartError::Bind {
                     what: "DoH",
                     addr,
-                    source: e,
+                    reason: e,
                 })?;
             doh_addr = Some(l.local_addr().map_err(|e| StartError::Bind {
                 what: "DoH",
                 addr,
-                source: e,
+                reason: e,
             })?);
             tasks.push(tokio::spawn(doh::serve(
                 l,
@@ -147,6 +154,7 @@ impl DnsServer {
                 tls,
                 config.doh_max_connections,
                 config.doh_idle_timeout,
+                shutdown.clone(),
             )));
         }
         tasks.push(tokio::spawn(tcp::serve(
@@ -154,6 +162,7 @@ impl DnsServer {
             engine.clone(),
             config.tcp_max_connections,
             config.tcp_idle_timeout,
+            shutdown.clone(),
         )));
         udp::spawn(
             udp_sockets,
@@ -165,13 +174,14 @@ impl DnsServer {
         .map_err(|e| StartError::Bind {
             what: "UDP",
             addr: dns_addr,
-            source: e,
+            reason: e,
         })?;
         Ok(DnsServer {
             engine,
             dns_addr,
             doh_addr,
             stop,
+            shutdown,
             tasks,
         })
     }
@@ -184,6 +194,7 @@ impl DnsServer {
 impl Drop for DnsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.shutdown.cancel();
         for t in &self.tasks {
             t.abort();
         }

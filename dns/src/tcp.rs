@@ -17,6 +17,7 @@ pub async fn serve(
     engine: Arc<Engine>,
     max_connections: usize,
     idle: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     loop {
@@ -34,9 +35,13 @@ pub async fn serve(
             continue;
         };
         let engine = engine.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = connection(stream, &engine, idle).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = connection(stream, &engine, idle) => {}
+            }
         });
     }
 }

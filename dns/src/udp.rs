@@ -30,6 +30,8 @@ pub struct RrlConfig {
     pub slip: u32,
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
+    /// Loopback clients (the host's own stub resolvers) are not limited.
+    pub exempt_loopback: bool,
 }
 
 fn reuseport_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -63,6 +65,7 @@ pub fn spawn(
     runtime: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let exempt_loopback = rrl.is_some_and(|r| r.exempt_loopback);
     let rrl = rrl.filter(|r| r.rate > 0).map(|r| {
         Arc::new(std::sync::Mutex::new(Rrl::new(
             r.rate,
@@ -75,11 +78,17 @@ pub fn spawn(
         .into_iter()
         .enumerate()
         .map(|(i, socket)| {
+            let socket = Arc::new(socket);
             let mut w = Worker {
-                counters: engine.metrics.rcodes(Transport::Udp),
+                out: Sender {
+                    socket: socket.clone(),
+                    rrl: rrl.clone(),
+                    exempt_loopback,
+                    engine: engine.clone(),
+                    counters: engine.metrics.rcodes(Transport::Udp),
+                },
                 engine: engine.clone(),
-                socket: Arc::new(socket),
-                rrl: rrl.clone(),
+                socket,
                 runtime: runtime.clone(),
                 cache: HashMap::new(),
                 generation: u64::MAX,
@@ -95,11 +104,61 @@ pub fn spawn(
 struct Worker {
     engine: Arc<Engine>,
     socket: Arc<UdpSocket>,
-    rrl: Option<Arc<std::sync::Mutex<Rrl>>>,
+    out: Sender,
     runtime: tokio::runtime::Handle,
-    counters: RcodeCounters,
     cache: HashMap<Vec<u8>, Vec<u8>>,
     generation: u64,
+}
+
+/// Sends UDP answers through response-rate limiting and counts them; shared by a worker and
+/// the tasks that answer its forwarded queries.
+#[derive(Clone)]
+struct Sender {
+    socket: Arc<UdpSocket>,
+    rrl: Option<Arc<std::sync::Mutex<Rrl>>>,
+    exempt_loopback: bool,
+    engine: Arc<Engine>,
+    counters: RcodeCounters,
+}
+
+impl Sender {
+    fn send(&self, bytes: &[u8], peer: SocketAddr, rcode: ResponseCode) {
+        if let Some(rrl) = &self.rrl
+            && !(self.exempt_loopback && peer.ip().is_loopback())
+        {
+            let action = rrl
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .check(peer.ip(), Instant::now());
+            let label = |action: &str| crate::metrics::ActionLabel {
+                action: action.into(),
+            };
+            match action {
+                Action::Send => {}
+                Action::Drop => {
+                    self.engine
+                        .metrics
+                        .rrl
+                        .get_or_create(&label("dropped"))
+                        .inc();
+                    return;
+                }
+                Action::Slip => {
+                    self.engine
+                        .metrics
+                        .rrl
+                        .get_or_create(&label("slipped"))
+                        .inc();
+                    if let Some(tc) = truncated(bytes) {
+                        let _ = self.socket.send_to(&tc, peer);
+                    }
+                    return;
+                }
+            }
+        }
+        self.counters.inc(rcode);
+        let _ = self.socket.send_to(bytes, peer);
+    }
 }
 
 fn rcode_of(resp: &[u8]) -> ResponseCode {
@@ -159,43 +218,15 @@ impl Worker {
     }
 
     fn send(&self, bytes: &[u8], peer: SocketAddr, rcode: ResponseCode) {
-        if let Some(rrl) = &self.rrl {
-            let action = rrl
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .check(peer.ip(), Instant::now());
-            match action {
-                Action::Send => {}
-                Action::Drop => {
-                    self.engine
-                        .metrics
-                        .rrl
-                        .get_or_create(&crate::metrics::ActionLabel {
-                            action: "dropped".into(),
-                        })
-                        .inc();
-                    return;
-                }
-                Action::Slip => {
-                    self.engine
-                        .metrics
-                        .rrl
-                        .get_or_create(&crate::metrics::ActionLabel {
-                            action: "slipped".into(),
-                        })
-                        .inc();
-                    if let Some(tc) = truncated(bytes) {
-                        let _ = self.socket.send_to(&tc, peer);
-                    }
-                    return;
-                }
-            }
-        }
-        self.counters.inc(rcode);
-        let _ = self.socket.send_to(bytes, peer);
+        self.out.send(bytes, peer, rcode);
     }
 
     fn slow(&mut self, packet: &[u8], peer: SocketAddr, key: Option<&Vec<u8>>) {
+        if packet.len() < 12 || packet[2] & 0x80 != 0 {
+            // Too short to be DNS, or a response: never answered (no reflection loops).
+            self.engine.metrics.malformed.inc();
+            return;
+        }
         let req = match Message::from_vec(packet) {
             Ok(m) => m,
             Err(_) => {
@@ -241,14 +272,12 @@ impl Worker {
                     return;
                 };
                 let engine = self.engine.clone();
-                let socket = self.socket.clone();
-                let counters = self.counters.clone();
+                let out = self.out.clone();
                 self.runtime.spawn(async move {
                     let _slot = slot;
                     let resp = engine.forward(resp).await;
                     if let Some(bytes) = encode(&resp, limit) {
-                        counters.inc(resp.metadata.response_code);
-                        let _ = socket.send_to(&bytes, peer);
+                        out.send(&bytes, peer, resp.metadata.response_code);
                     }
                 });
             }

@@ -81,6 +81,8 @@ pub struct DnsConfig {
     pub rrl_ipv4_prefix: u8,
     /// IPv6 prefix length RRL groups clients by. Default 56.
     pub rrl_ipv6_prefix: u8,
+    /// Leave loopback clients (this host's stub resolvers) out of RRL. Default true.
+    pub rrl_exempt_loopback: bool,
     /// Concurrent TCP connections. Default 256.
     pub tcp_max_connections: usize,
     /// A TCP connection idle this long is closed. Default `"10s"`.
@@ -115,6 +117,7 @@ impl Default for DnsConfig {
             rrl_slip: 2,
             rrl_ipv4_prefix: 24,
             rrl_ipv6_prefix: 56,
+            rrl_exempt_loopback: true,
             tcp_max_connections: 256,
             tcp_idle_timeout: Duration::from_secs(10),
             doh_max_connections: 256,

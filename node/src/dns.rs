@@ -90,11 +90,16 @@ impl Services for Snrl {
         };
         let ans = match self.resolve(&query) {
             Ok(signed) => Some(ServiceAnswer {
-                addrs: signed
-                    .candidates
-                    .iter()
-                    .filter_map(|c| c.address.parse::<IpAddr>().ok())
-                    .collect(),
+                addrs: {
+                    // Ranked order, each address once (endpoints may share an address).
+                    let mut seen = std::collections::HashSet::new();
+                    signed
+                        .candidates
+                        .iter()
+                        .filter_map(|c| c.address.parse::<IpAddr>().ok())
+                        .filter(|ip| seen.insert(*ip))
+                        .collect()
+                },
                 txt: format!(
                     "snrl=v1 signer={} issued={} ttl={} sig={}",
                     signed.signer, signed.issued_at, signed.ttl, signed.signature
@@ -313,6 +318,7 @@ pub async fn start(
                 slip: d.rrl_slip,
                 ipv4_prefix: d.rrl_ipv4_prefix,
                 ipv6_prefix: d.rrl_ipv6_prefix,
+                exempt_loopback: d.rrl_exempt_loopback,
             },
             tcp_max_connections: d.tcp_max_connections,
             tcp_idle_timeout: d.tcp_idle_timeout,
@@ -414,7 +420,8 @@ pub async fn register_self(
         }
     }
     let mut addrs: Vec<IpAddr> = if config.dns.advertise.is_empty() {
-        ips.into_iter()
+        let found: Vec<IpAddr> = ips
+            .into_iter()
             .filter_map(|ip| {
                 if ip.is_unspecified() {
                     default_route_address(ip.is_ipv6())
@@ -422,7 +429,14 @@ pub async fn register_self(
                     Some(ip)
                 }
             })
-            .collect()
+            .collect();
+        // Loopback addresses only when the node has nothing else (a loopback-only node):
+        // other hosts cannot reach 127.0.0.1.
+        if found.iter().any(|ip| !ip.is_loopback()) {
+            found.into_iter().filter(|ip| !ip.is_loopback()).collect()
+        } else {
+            found
+        }
     } else {
         config.dns.advertise.clone()
     };

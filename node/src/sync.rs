@@ -51,6 +51,13 @@ pub fn serve(state: &StateHandle, req: SyncRequest) -> SyncResponse {
             Ok((entries, more)) => SyncResponse::Ledger { entries, more },
             Err(e) => SyncResponse::Refused(e.to_string()),
         },
+        SyncRequest::Module { hash } => match state
+            .store()
+            .get(voike_storage::Table::Modules, hash.as_bytes())
+        {
+            Ok(bytes) => SyncResponse::Module(bytes),
+            Err(e) => SyncResponse::Refused(e.to_string()),
+        },
     }
 }
 
@@ -150,6 +157,7 @@ fn name(r: &SyncResponse) -> &'static str {
         SyncResponse::Digest(_) => "digest",
         SyncResponse::Changes { .. } => "changes",
         SyncResponse::Ledger { .. } => "ledger",
+        SyncResponse::Module(_) => "module",
         SyncResponse::Busy => "busy",
         SyncResponse::Refused(_) => "refused",
     }

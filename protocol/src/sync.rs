@@ -14,8 +14,11 @@ use crate::ledger::{Entry, Hash};
 pub const SYNC_PROTOCOL: &str = "/voike/sync/1";
 /// Largest request read.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
-/// Largest response read.
+/// Largest response read (a module travels whole in one response, so modules are capped below
+/// this: see [`MAX_MODULE_BYTES`]).
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// Largest WebAssembly module a node accepts, stores or fetches.
+pub const MAX_MODULE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest gossiped digest.
 pub const MAX_DIGEST_BYTES: usize = 16 * 1024;
 /// Target size of one response page.
@@ -69,6 +72,8 @@ pub enum SyncRequest {
     },
     /// Ledger entries after the listed `(author, seq)` positions (missing authors: from 1).
     Ledger { have: Vec<(Vec<u8>, u64)> },
+    /// The WebAssembly module with content hash `hash` (hex sha256 of its bytes).
+    Module { hash: String },
 }
 
 /// The answer to a pull.
@@ -83,6 +88,9 @@ pub enum SyncResponse {
         entries: Vec<Entry>,
         more: bool,
     },
+    /// The module's bytes, `None` when the responder does not hold it. The asker checks the
+    /// hash before using them.
+    Module(Option<Vec<u8>>),
     /// The responder is rate-limiting this peer; try later.
     Busy,
     /// Not served (e.g. the asker is not a member).

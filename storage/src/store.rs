@@ -50,6 +50,8 @@ pub enum Table {
     LedgerLog,
     /// Signed document changes by (document tag, big-endian arrival position).
     DocChanges,
+    /// WebAssembly modules (as submitted: wasm or WAT bytes) by content hash (hex sha256).
+    Modules,
 }
 
 impl Table {
@@ -63,6 +65,7 @@ impl Table {
             Table::LedgerIndex => "ledger_index_v1",
             Table::LedgerLog => "ledger_log_v1",
             Table::DocChanges => "doc_changes_v1",
+            Table::Modules => "modules_v1",
         })
     }
 }
@@ -207,6 +210,7 @@ impl Store {
                     Table::LedgerIndex,
                     Table::LedgerLog,
                     Table::DocChanges,
+                    Table::Modules,
                 ] {
                     txn.open_table(t.def())
                         .map_err(|e| open_err(e.to_string()))?;

@@ -400,6 +400,12 @@ fn malformed_packets_get_formerr_or_nothing_and_never_crash() -> anyhow::Result<
             );
         }
     }
+    // A well-formed response (an answer bounced back, or a reflection attempt) gets nothing.
+    let reply = dns::udp_raw(addr, &good, wait)?.expect("an answer to the good query");
+    assert!(
+        dns::udp_raw(addr, &reply, wait)?.is_none(),
+        "a response was answered"
+    );
     // The loop over TCP as well.
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -447,6 +453,7 @@ fn response_rate_limiting_drops_and_slips_and_tcp_limits_hold() -> anyhow::Resul
         &[],
         &[
             ("VOIKED_DNS__RRL_RATE", "5"),
+            ("VOIKED_DNS__RRL_EXEMPT_LOOPBACK", "false"),
             ("VOIKED_DNS__RRL_SLIP", "2"),
             ("VOIKED_DNS__TCP_MAX_CONNECTIONS", "2"),
             ("VOIKED_DNS__TCP_IDLE_TIMEOUT", "500ms"),
