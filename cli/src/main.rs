@@ -7,14 +7,17 @@
 //!
 //! Exit status: 0 on success; 1 on any failure: the daemon is down or refuses the request, a DNS
 //! answer other than NOERROR (`voike resolve`; NOERROR without answers is a success), a DNS
-//! timeout or network error, or an SNRL answer whose signature does not verify. Usage errors exit
-//! with 2 (clap's convention).
+//! timeout or network error, an SNRL answer or a job result whose signature does not verify, or
+//! a job that `voike job submit --wait` saw fail, end without success or outlast `--timeout`.
+//! Usage errors exit with 2 (clap's convention).
 //!
 //! # Layout
-//! - this file: arguments, the admin API client and every command.
+//! - this file: arguments, the admin API client and every command but `voike job`.
 //! - `dns`: the DNS client of `voike resolve` (queries over UDP and TCP, dig-like output).
+//! - `job`: the grid job commands (module upload, submit and wait, list, show, logs).
 
 mod dns;
+mod job;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,6 +101,94 @@ enum Cmd {
     /// SNRL: service endpoints and signed, ranked resolution.
     #[command(subcommand)]
     Snrl(SnrlCmd),
+    /// Grid jobs: run WebAssembly on the mesh, list, show, logs.
+    #[command(subcommand)]
+    Job(JobCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCmd {
+    /// Upload a WebAssembly module (binary or WAT text) and run it as a job.
+    ///
+    /// Prints the job id alone on stdout; with --wait, follows the job (progress on stderr),
+    /// prints it as `job show` does and exits 0 only when it is done and succeeded.
+    Submit(Box<SubmitArgs>),
+    /// Every job with its state and progress.
+    List {
+        /// Only the jobs in this state.
+        #[arg(long, value_parser = ["pending", "running", "done", "failed"])]
+        state: Option<String>,
+    },
+    /// A job, its segments with their verified results, and the gathered result.
+    ///
+    /// Exits 1 when a result's signature does not verify.
+    Show { id: String },
+    /// The captured stdout of each segment run, in segment order.
+    Logs {
+        id: String,
+        /// Only this segment (0-based).
+        #[arg(long)]
+        segment: Option<u32>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct SubmitArgs {
+    /// The module: a `.wasm` binary or WAT text, at most 4 MiB.
+    file: PathBuf,
+    /// The exported function to call (default: `_start`; with --split above 1 and a --range,
+    /// the module's only `*_segment` function or only function besides `_start`, if any; for a
+    /// module without `_start`, its only function).
+    #[arg(long, value_name = "NAME")]
+    entry: Option<String>,
+    /// An argument (repeatable): argv of `_start`, or one decimal number per parameter.
+    #[arg(long = "arg", value_name = "A", allow_hyphen_values = true)]
+    args: Vec<String>,
+    /// How many segments to fan out into, 1 to 64.
+    #[arg(long, default_value_t = 1)]
+    split: u32,
+    /// Give each segment two more arguments, `start end`, cutting [0, N) into --split parts.
+    #[arg(long, visible_alias = "n", value_name = "N", default_value_t = 0)]
+    range: u64,
+    /// How many different nodes run each segment, 1 to 5.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// Run only on nodes of this region.
+    #[arg(long)]
+    region: Option<String>,
+    /// Run only on nodes with this capability (repeatable).
+    #[arg(long = "cap", value_name = "C")]
+    caps: Vec<String>,
+    /// Fuel of each segment (roughly, instructions) (default: 10^10).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Linear memory of each segment, in bytes (default: 64 MiB).
+    #[arg(long, value_name = "BYTES")]
+    memory: Option<u64>,
+    /// Wall-clock limit of each segment, in milliseconds (default: 30000).
+    #[arg(long, value_name = "N")]
+    wall_ms: Option<u64>,
+    /// Most stdout bytes kept of each segment (default: 65536).
+    #[arg(long, value_name = "BYTES")]
+    max_output: Option<u64>,
+    /// Let the job read the wall clock.
+    #[arg(long)]
+    clock: bool,
+    /// Give each segment an empty scratch directory.
+    #[arg(long)]
+    scratch: bool,
+    /// An environment variable for the job (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = job::parse_env)]
+    env: Vec<(String, String)>,
+    /// Standard input of each segment, from FILE (at most 64 KiB).
+    #[arg(long, value_name = "FILE")]
+    stdin: Option<PathBuf>,
+    /// Follow the job until it ends and show it; exit 1 unless it succeeded.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +399,28 @@ impl Client {
                 .header("Authorization", &auth)
                 .send_empty(),
         };
+        self.answer(path, sent)
+    }
+
+    /// POSTs `bytes` as they are (a module), waiting up to `timeout` for the answer.
+    fn upload(&self, path: &str, bytes: &[u8], timeout: Duration) -> anyhow::Result<String> {
+        let sent = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Content-Type", "application/octet-stream")
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .send(bytes);
+        self.answer(path, sent)
+    }
+
+    fn answer(
+        &self,
+        path: &str,
+        sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<String> {
         let mut resp = match sent {
             Ok(r) => r,
             Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -330,7 +443,19 @@ impl Client {
             let message = serde_json::from_str::<ErrorBody>(&text)
                 .map(|e| format!("{} ({})", e.error.message, e.error.code))
                 .unwrap_or(text);
-            bail!("{path}: HTTP {}: {message}", status.as_u16());
+            // One line, whatever the daemon wrote: compiler errors span several, with the
+            // source quoted in a `N | ...` gutter, which is left out.
+            let message: Vec<&str> = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    let rest = l
+                        .trim_start_matches(|c: char| c.is_ascii_digit())
+                        .trim_start();
+                    !l.is_empty() && !rest.starts_with('|')
+                })
+                .collect();
+            bail!("{path}: HTTP {}: {}", status.as_u16(), message.join("; "));
         }
         Ok(text)
     }
@@ -481,6 +606,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Zone(cmd) => zone(&client, cmd, args.json)?,
         Cmd::Record(cmd) => record(&client, cmd, args.json)?,
         Cmd::Snrl(cmd) => snrl(&client, cmd, args.json)?,
+        Cmd::Job(cmd) => job::job(&client, cmd, args.json)?,
         Cmd::Resolve { .. } => unreachable!("handled above"),
     }
     Ok(())

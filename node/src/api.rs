@@ -25,6 +25,7 @@ use crate::ledger::{LedgerHandle, anchor_json, entry_json};
 use crate::state::{StateError, StateHandle};
 use crate::swarm::{InviteError, SwarmHandle};
 
+mod grid;
 mod hypermesh;
 mod snrl;
 mod vdns;
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub state: StateHandle,
     pub hypermesh: crate::hypermesh::HypermeshHandle,
     pub dns: Arc<crate::dns::NodeDns>,
+    /// `None` when `grid.enabled = false`.
+    pub grid: Option<Arc<crate::grid::Grid>>,
     pub token: Arc<String>,
 }
 
@@ -113,6 +116,19 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::delete(snrl::delete_endpoint),
         )
         .route("/snrl/resolve", post(snrl::resolve))
+        .route(
+            "/vvm/modules",
+            post(grid::add_module).layer(DefaultBodyLimit::max(
+                voike_protocol::sync::MAX_MODULE_BYTES,
+            )),
+        )
+        .route(
+            "/grid/jobs",
+            get(grid::list_jobs)
+                .post(grid::submit_job)
+                .layer(DefaultBodyLimit::max(256 * 1024)),
+        )
+        .route("/grid/jobs/{id}", get(grid::get_job))
         .route(
             "/vdns/records",
             get(vdns::list_records).post(vdns::add_record),

@@ -34,6 +34,42 @@ pub struct Config {
     pub sync: SyncConfig,
     pub hypermesh: HypermeshConfig,
     pub dns: DnsConfig,
+    pub grid: GridConfig,
+}
+
+/// `[grid]`: the VVM (WebAssembly runtime) and the grid job scheduler.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GridConfig {
+    /// Run grid jobs on this node. Default true.
+    pub enabled: bool,
+    /// Length of a segment claim's lease; the runner renews it every third. Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Segments this node runs at once; 0 = one per core. Default 0.
+    pub max_parallel: usize,
+    /// WebAssembly instances the runtime's pool holds (an upper bound on concurrent runs).
+    /// Default 64.
+    pub max_instances: u32,
+    /// Linear memory any one job may use on this node, in bytes; a job asking for more gets
+    /// `memory_limit`. Default 268435456 (256 MiB).
+    pub max_memory_bytes: u64,
+    /// Longest a module may take to compile. Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub compile_timeout: Duration,
+}
+
+impl Default for GridConfig {
+    fn default() -> Self {
+        GridConfig {
+            enabled: true,
+            lease: Duration::from_secs(10),
+            max_parallel: 0,
+            max_instances: 64,
+            max_memory_bytes: 256 << 20,
+            compile_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[dns]`: the DNS, DoH and SNRL listeners.
@@ -298,6 +334,7 @@ impl Default for Config {
             sync: SyncConfig::default(),
             hypermesh: HypermeshConfig::default(),
             dns: DnsConfig::default(),
+            grid: GridConfig::default(),
         }
     }
 }
@@ -629,6 +666,19 @@ impl Config {
         }
         if d.snrl_ttl == 0 || d.snrl_ttl > 86_400 {
             return Err(("dns.snrl_ttl", "must be between 1 and 86400".into()));
+        }
+        let g = &self.grid;
+        if g.lease < Duration::from_millis(300) {
+            return Err(("grid.lease", "must be at least 300ms".into()));
+        }
+        if g.max_instances == 0 || g.max_instances > 100_000 {
+            return Err(("grid.max_instances", "must be between 1 and 100000".into()));
+        }
+        if g.max_memory_bytes < 65_536 {
+            return Err(("grid.max_memory_bytes", "must be at least 65536".into()));
+        }
+        if g.compile_timeout < Duration::from_millis(100) {
+            return Err(("grid.compile_timeout", "must be at least 100ms".into()));
         }
         if self.shutdown_timeout < Duration::from_millis(100) {
             return Err(("shutdown_timeout", "must be at least 100ms".into()));

@@ -178,6 +178,37 @@ async fn run_with_store(
             _ = sync_worker => {}
         }
     });
+    let grid = if config.grid.enabled {
+        let g = &config.grid;
+        let grid = crate::grid::Grid::new(
+            key.clone(),
+            state.clone(),
+            hyper_handle.clone(),
+            handle.clone(),
+            metrics.clone(),
+            crate::grid::GridConfig {
+                lease: g.lease,
+                max_parallel: if g.max_parallel == 0 {
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                } else {
+                    g.max_parallel
+                },
+                scratch_root: data_dir.join("scratch"),
+            },
+            voike_runtime::RuntimeConfig {
+                max_module_bytes: voike_protocol::sync::MAX_MODULE_BYTES,
+                compile_timeout: g.compile_timeout,
+                max_instances: g.max_instances,
+                max_memory_bytes: g.max_memory_bytes,
+                cache_dir: Some(data_dir.join("wasm-cache")),
+                ..voike_runtime::RuntimeConfig::default()
+            },
+        )?;
+        tracker.spawn(grid.clone().run(cancel.child_token()));
+        Some(grid)
+    } else {
+        None
+    };
     tracker.spawn(crate::dns::register_self(
         node_dns.clone(),
         config.clone(),
@@ -186,6 +217,7 @@ async fn run_with_store(
         cancel.child_token(),
     ));
     let app = api::router(ApiState {
+        grid,
         dns: node_dns,
         swarm: handle,
         ledger,

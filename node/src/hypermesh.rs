@@ -52,6 +52,15 @@ pub enum HyperInput {
     Connected { peer: PeerId },
 }
 
+/// A node work can be placed on (see [`HypermeshHandle::live_nodes`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveNode {
+    pub node: String,
+    pub health: f64,
+    pub region: String,
+    pub capabilities: Vec<String>,
+}
+
 /// One event of the bounded log.
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
@@ -165,6 +174,47 @@ impl HypermeshHandle {
             },
             "peers": peers,
         })
+    }
+
+    /// The nodes the grid may place work on: this node and every peer the failure detector
+    /// holds alive, with health score, region and capabilities (from their reports).
+    pub fn live_nodes(&self) -> Vec<LiveNode> {
+        let now = self.mono_ms();
+        let h = self.lock();
+        let mut out: Vec<LiveNode> = h
+            .detector
+            .peers(now)
+            .into_iter()
+            .filter(|(_, state, _, _)| *state == PeerState::Alive)
+            .map(|(p, _, _, _)| {
+                let id = p.to_string();
+                let report = h.peers.get(&p).and_then(|i| i.report.as_ref());
+                let health = h
+                    .routes
+                    .iter()
+                    .find(|r| r.peer == id)
+                    .map_or(0.5, |r| r.health);
+                LiveNode {
+                    node: id,
+                    health,
+                    region: report.map(|r| r.body.region.clone()).unwrap_or_default(),
+                    capabilities: report
+                        .map(|r| r.body.capabilities.clone())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        out.push(LiveNode {
+            node: self.node_id.clone(),
+            health: voike_protocol::health::health_score(
+                PeerState::Alive,
+                h.samples.cpu_pct,
+                h.samples.mem_pct(),
+            ),
+            region: self.config.region.clone(),
+            capabilities: self.config.capabilities.clone(),
+        });
+        out
     }
 
     /// Health of every known node (this one included) for SNRL ranking.

@@ -17,6 +17,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod grid;
 pub mod hypermesh;
 pub mod ledger;
 pub mod mesh;

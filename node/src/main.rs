@@ -101,7 +101,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(voiked::daemon::run(config)) {
+    let shutdown_timeout = config.shutdown_timeout;
+    let result = runtime.block_on(voiked::daemon::run(config));
+    // Blocking threads still running (a WebAssembly job) do not hold up the exit.
+    runtime.shutdown_timeout(shutdown_timeout);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "voiked stopped");

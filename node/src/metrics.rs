@@ -76,6 +76,25 @@ pub struct Metrics {
     pub hm_gossip_bytes: Family<DirectionLabel, Counter>,
     pub hm_rtt: Histogram,
     pub hm_sample_interval: Gauge<f64, AtomicU64>,
+    /// Modules accepted by `POST /vvm/modules`.
+    pub vvm_modules: Counter,
+    /// Compiled-module lookups: `hit` (in memory) or `miss` (loaded or fetched and compiled).
+    pub vvm_module_cache_total: Family<ResultLabel, Counter>,
+    /// Module fetches from members: `fetched`, `hash_mismatch`, `absent`, `refused`, `failed`.
+    pub vvm_fetches: Family<ResultLabel, Counter>,
+    pub vvm_jobs_submitted: Counter,
+    /// Jobs by state, as this node sees them.
+    pub vvm_jobs_by_state: Family<StateLabel, Gauge>,
+    /// Segment runs on this node by status.
+    pub vvm_runs: Family<StateLabel, Counter>,
+    pub vvm_run_seconds: Histogram,
+    pub vvm_instantiate_seconds: Histogram,
+    pub vvm_fuel: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
 }
 
 impl Default for Metrics {
@@ -104,7 +123,63 @@ impl Metrics {
             hm_gossip_bytes: Family::default(),
             hm_rtt: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             hm_sample_interval: Gauge::default(),
+            vvm_modules: Counter::default(),
+            vvm_module_cache_total: Family::default(),
+            vvm_fetches: Family::default(),
+            vvm_jobs_submitted: Counter::default(),
+            vvm_jobs_by_state: Family::default(),
+            vvm_runs: Family::default(),
+            vvm_run_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 12)),
+            vvm_instantiate_seconds: Histogram::new(exponential_buckets(0.000_001, 4.0, 12)),
+            vvm_fuel: Counter::default(),
         };
+        r.register(
+            "voike_vvm_modules_added",
+            "WebAssembly modules accepted by POST /vvm/modules",
+            m.vvm_modules.clone(),
+        );
+        r.register(
+            "voike_vvm_module_cache",
+            "Compiled-module lookups: hit (in memory) or miss (loaded or fetched, then compiled)",
+            m.vvm_module_cache_total.clone(),
+        );
+        r.register(
+            "voike_vvm_module_fetches",
+            "Module fetches from members, by result (fetched, hash_mismatch, absent, refused, failed)",
+            m.vvm_fetches.clone(),
+        );
+        r.register(
+            "voike_vvm_jobs_submitted",
+            "Grid jobs submitted to this node",
+            m.vvm_jobs_submitted.clone(),
+        );
+        r.register(
+            "voike_vvm_jobs",
+            "Grid jobs by state, as this node sees them",
+            m.vvm_jobs_by_state.clone(),
+        );
+        r.register(
+            "voike_vvm_segment_runs",
+            "Job segments run on this node, by status",
+            m.vvm_runs.clone(),
+        );
+        r.register_with_unit(
+            "voike_vvm_run",
+            "Run time of job segments on this node",
+            Unit::Seconds,
+            m.vvm_run_seconds.clone(),
+        );
+        r.register_with_unit(
+            "voike_vvm_instantiate",
+            "Instantiation time of job segments on this node",
+            Unit::Seconds,
+            m.vvm_instantiate_seconds.clone(),
+        );
+        r.register(
+            "voike_vvm_fuel_used",
+            "Fuel consumed by job segments on this node",
+            m.vvm_fuel.clone(),
+        );
         let build: Family<VersionLabel, Gauge> = Family::default();
         build
             .get_or_create(&VersionLabel {
@@ -194,6 +269,53 @@ impl Metrics {
         );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         m
+    }
+
+    pub fn vvm_module_cache(&self, result: &str) {
+        self.vvm_module_cache_total
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn vvm_fetch(&self, result: &str) {
+        self.vvm_fetches
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn vvm_jobs(&self, state: &str) -> Gauge {
+        self.vvm_jobs_by_state
+            .get_or_create(&StateLabel {
+                state: state.into(),
+            })
+            .clone()
+    }
+
+    /// Records one segment run.
+    pub fn vvm_run(&self, o: &voike_runtime::Outcome) {
+        let status = match &o.status {
+            voike_runtime::Status::Ok => "ok",
+            voike_runtime::Status::Exit(_) => "exit",
+            voike_runtime::Status::Trap(_) => "trap",
+            voike_runtime::Status::OutOfFuel => "out_of_fuel",
+            voike_runtime::Status::Timeout => "timeout",
+            voike_runtime::Status::MemoryLimit => "memory_limit",
+            voike_runtime::Status::InvalidEntry(_) => "invalid_entry",
+            _ => "host_error",
+        };
+        self.vvm_runs
+            .get_or_create(&StateLabel {
+                state: status.into(),
+            })
+            .inc();
+        self.vvm_run_seconds.observe(o.duration.as_secs_f64());
+        self.vvm_instantiate_seconds
+            .observe(o.instantiate.as_secs_f64());
+        self.vvm_fuel.inc_by(o.fuel_used);
     }
 
     /// Registers more metrics (another crate's) into the registry.

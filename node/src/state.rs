@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 use voike_protocol::docs::{DocId, Outcome, Reject, Replica, SignedChange, heads_to_bytes};
 use voike_protocol::endpoints::{self, Endpoint, EndpointInput};
 use voike_protocol::hlc::{Hlc, HlcClock};
+use voike_protocol::jobs::{self, JobInput};
 use voike_protocol::ledger::{Entry, heads_hash};
 use voike_protocol::mesh::Role;
 use voike_protocol::signing::hex;
@@ -502,7 +503,76 @@ impl StateHandle {
         .await
     }
 
+    /// Stores a grid job submitted to this node.
+    pub async fn submit_job(&self, input: JobInput) -> Result<jobs::Job, StateError> {
+        let input = jobs::check_job(&input)?;
+        let me = self.inner.node_id.clone();
+        let now = now_ms();
+        self.local_write(DocId::Jobs, "job.submit", move |r, key, hlc| {
+            let mut job = None;
+            let change = r.change(key, |tx| {
+                job = Some(jobs::put_job(tx, &me, &input, hlc, now)?);
+                Ok(())
+            })?;
+            let job = job.ok_or_else(|| StateError::Internal("no job".into()))?;
+            let body = json!({
+                "job": job.id, "module": job.spec.module, "entry": job.spec.entry,
+                "split": job.spec.split, "replicas": job.spec.replicas,
+            });
+            Ok((change, job, body))
+        })
+        .await
+    }
+
+    /// Claims (or renews this node's lease on) segment `segment` of job `job`.
+    pub async fn claim_segment(
+        &self,
+        job: &str,
+        segment: u32,
+        lease_until_ms: u64,
+        attempt: u32,
+    ) -> Result<(), StateError> {
+        let me = self.inner.node_id.clone();
+        let job = job.to_string();
+        self.local_write(DocId::Jobs, "job.claim", move |r, key, hlc| {
+            let change = r.change(key, |tx| {
+                jobs::put_claim(tx, &me, &job, segment, lease_until_ms, attempt, hlc).map(|_| ())
+            })?;
+            let body = json!({ "job": job, "segment": segment, "lease_until_ms": lease_until_ms, "attempt": attempt });
+            Ok((change, (), body))
+        })
+        .await
+    }
+
+    /// Records this node's signed result of a segment and drops its claim, in one change.
+    pub async fn finish_segment(&self, result: jobs::SegmentResult) -> Result<(), StateError> {
+        let me = self.inner.node_id.clone();
+        self.local_write(DocId::Jobs, "job.result", move |r, key, hlc| {
+            let change = r.change(key, |tx| {
+                jobs::put_result(tx, &me, &result, hlc)?;
+                jobs::delete_claim(tx, &me, &result.job, result.segment)?;
+                Ok(())
+            })?;
+            let body = json!({
+                "job": result.job, "segment": result.segment, "status": result.status,
+                "fuel_used": result.fuel_used, "duration_us": result.duration_us,
+            });
+            Ok((change, (), body))
+        })
+        .await
+    }
+
     // ---- reads --------------------------------------------------------------------------
+
+    /// Every grid job with its derived state at `now_ms`.
+    pub fn jobs(&self, now_ms: u64) -> Vec<jobs::JobView> {
+        jobs::jobs(self.docs().replica(DocId::Jobs).doc(), now_ms)
+    }
+
+    /// One grid job.
+    pub fn job(&self, id: &str, now_ms: u64) -> Option<jobs::JobView> {
+        jobs::job(self.docs().replica(DocId::Jobs).doc(), id, now_ms)
+    }
 
     /// Every registered endpoint.
     pub fn endpoints(&self) -> Vec<Endpoint> {

@@ -17,6 +17,8 @@
 //! - [`docs`]: signed Automerge documents, their write rights and the merge of remote changes.
 //! - [`zones`]: the `zones` document's layout, record validation and typed reads.
 //! - [`endpoints`]: the `endpoints` document's layout, endpoint validation and typed reads.
+//! - [`jobs`]: the `jobs` document's layout, job validation, rendezvous placement, leases and
+//!   signed segment results.
 //! - [`sync`]: digests and pull messages of state sync.
 //! - [`health`]: Hypermesh health reports, the phi-accrual failure detector, overload
 //!   prediction and route ranking.
@@ -28,6 +30,7 @@ pub mod docs;
 pub mod endpoints;
 pub mod health;
 pub mod hlc;
+pub mod jobs;
 pub mod ledger;
 pub mod membership;
 pub mod mesh;

@@ -307,7 +307,7 @@ impl SignedAnswer {
 }
 
 /// The ed25519 key an ed25519 node id inlines (identity multihash of the protobuf-encoded key).
-fn signer_key(signer: &str) -> Result<PublicKey, SnrlError> {
+pub(crate) fn signer_key(signer: &str) -> Result<PublicKey, SnrlError> {
     let bad = |reason: String| SnrlError::BadSigner {
         signer: signer.to_string(),
         reason,

@@ -1,0 +1,550 @@
+//! The VVM and grid jobs on the node: WebAssembly modules stored by content hash and fetched
+//! from members, and a scheduler with no coordinator.
+//!
+//! Every node runs the same placement over the replicated `jobs` document: for each segment
+//! that still needs a run, the live nodes meeting the job's requirements are ordered by weighted
+//! rendezvous hashing (weight = Hypermesh health); walking that order, nodes that already hold a
+//! live claim or a result are counted, and a node claims the segment when its turn comes before
+//! `replicas` runners are counted. A claim is a lease (`grid.lease`), renewed while the segment
+//! runs; a claim whose lease ran out, or whose runner Hypermesh declares dead, no longer counts,
+//! so the next node in the order takes the segment. Results are signed by the runner.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use voike_protocol::jobs::{self, JobState, JobView, RunOutcome, SegmentResult, Status};
+use voike_protocol::sync::{MAX_MODULE_BYTES, SyncRequest, SyncResponse};
+use voike_runtime::{Module, Runtime, RuntimeConfig};
+use voike_storage::{Table, WriteOp};
+
+use crate::hypermesh::{HypermeshHandle, LiveNode};
+use crate::metrics::Metrics;
+use crate::state::{StateError, StateHandle};
+use crate::swarm::SwarmHandle;
+
+/// How often the scheduler looks again when nothing changed (lease expiries, dead runners).
+const RESCAN: Duration = Duration::from_millis(500);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Settings of the grid.
+#[derive(Clone, Debug)]
+pub struct GridConfig {
+    /// Length of a claim's lease; renewed every third of it while the segment runs.
+    pub lease: Duration,
+    /// Segments this node runs at once.
+    pub max_parallel: usize,
+    /// Where jobs granted a scratch directory get one (a fresh subdirectory per run).
+    pub scratch_root: std::path::PathBuf,
+}
+
+/// Why a module was not accepted or found.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("module is {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    Compile(String),
+    #[error("no module {0} on this node or its connected members")]
+    NotFound(String),
+    #[error("{0}")]
+    Store(String),
+}
+
+/// What `POST /vvm/modules` answers.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleInfo {
+    pub hash: String,
+    pub size: usize,
+    pub entries: Vec<String>,
+    pub wasi: bool,
+}
+
+/// The VVM and scheduler of one node.
+pub struct Grid {
+    key: Keypair,
+    node_id: String,
+    state: StateHandle,
+    hypermesh: HypermeshHandle,
+    swarm: SwarmHandle,
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    config: GridConfig,
+    compiled: Mutex<HashMap<String, Arc<Module>>>,
+    /// Segments this node is running: (job, segment).
+    running: Mutex<HashSet<(String, u32)>>,
+    /// Segments this node gave up on for now (module not found), with when to retry.
+    backoff: Mutex<HashMap<(String, u32), u64>>,
+}
+
+impl std::fmt::Debug for Grid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grid")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn status_of(s: &voike_runtime::Status) -> Status {
+    match s {
+        voike_runtime::Status::Ok => Status::Ok,
+        voike_runtime::Status::Exit(_) => Status::Exit,
+        voike_runtime::Status::Trap(_) => Status::Trap,
+        voike_runtime::Status::OutOfFuel => Status::OutOfFuel,
+        voike_runtime::Status::Timeout => Status::Timeout,
+        voike_runtime::Status::MemoryLimit => Status::MemoryLimit,
+        voike_runtime::Status::InvalidEntry(_) => Status::InvalidEntry,
+        _ => Status::Trap,
+    }
+}
+
+impl Grid {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        key: Keypair,
+        state: StateHandle,
+        hypermesh: HypermeshHandle,
+        swarm: SwarmHandle,
+        metrics: Arc<Metrics>,
+        config: GridConfig,
+        runtime_config: RuntimeConfig,
+    ) -> anyhow::Result<Arc<Grid>> {
+        let runtime = Runtime::new(runtime_config)
+            .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly runtime: {e}"))?;
+        Ok(Arc::new(Grid {
+            node_id: key.public().to_peer_id().to_string(),
+            key,
+            state,
+            hypermesh,
+            swarm,
+            runtime: Arc::new(runtime),
+            metrics,
+            config,
+            compiled: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashSet::new()),
+            backoff: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn compile(&self, bytes: Vec<u8>) -> impl Future<Output = Result<Module, ModuleError>> + use<> {
+        let runtime = self.runtime.clone();
+        async move {
+            tokio::task::spawn_blocking(move || runtime.compile(&bytes))
+                .await
+                .map_err(|e| ModuleError::Compile(e.to_string()))?
+                .map_err(|e| ModuleError::Compile(e.to_string()))
+        }
+    }
+
+    /// `POST /vvm/modules`: checks, compiles and stores a module (wasm or WAT bytes).
+    pub async fn add_module(&self, bytes: Vec<u8>) -> Result<ModuleInfo, ModuleError> {
+        if bytes.len() > MAX_MODULE_BYTES {
+            return Err(ModuleError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_MODULE_BYTES,
+            });
+        }
+        let size = bytes.len();
+        let module = self.compile(bytes.clone()).await?;
+        let hash = module.hash().to_string();
+        self.state
+            .store()
+            .write(vec![WriteOp::Put {
+                table: Table::Modules,
+                key: hash.clone().into_bytes(),
+                value: bytes,
+            }])
+            .await
+            .map_err(|e| ModuleError::Store(e.to_string()))?;
+        let info = ModuleInfo {
+            hash: hash.clone(),
+            size,
+            entries: module.entries(),
+            wasi: module.uses_wasi(),
+        };
+        self.compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash, Arc::new(module));
+        self.metrics.vvm_modules.inc();
+        Ok(info)
+    }
+
+    /// Whether this node stores module `hash`.
+    pub fn has_module(&self, hash: &str) -> bool {
+        matches!(
+            self.state.store().get(Table::Modules, hash.as_bytes()),
+            Ok(Some(_))
+        )
+    }
+
+    /// The compiled module `hash`: from memory, the local store, or a connected member (whose
+    /// bytes must hash to `hash`).
+    pub async fn module(&self, hash: &str) -> Result<Arc<Module>, ModuleError> {
+        if let Some(m) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
+        {
+            self.metrics.vvm_module_cache("hit");
+            return Ok(m);
+        }
+        let bytes = match self.state.store().get(Table::Modules, hash.as_bytes()) {
+            Ok(Some(b)) => b,
+            _ => self.fetch(hash).await?,
+        };
+        self.metrics.vvm_module_cache("miss");
+        let module = self.compile(bytes.clone()).await?;
+        if module.hash() != hash {
+            return Err(ModuleError::Compile(format!(
+                "stored module {hash} hashes to {}",
+                module.hash()
+            )));
+        }
+        let module = Arc::new(module);
+        self.compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash.to_string(), module.clone());
+        Ok(module)
+    }
+
+    /// Asks connected members for module `hash` until one sends bytes that hash to it.
+    async fn fetch(&self, hash: &str) -> Result<Vec<u8>, ModuleError> {
+        let peers: Vec<PeerId> = self
+            .hypermesh
+            .live_nodes()
+            .into_iter()
+            .filter(|n| n.node != self.node_id)
+            .filter_map(|n| n.node.parse().ok())
+            .collect();
+        for peer in peers {
+            let req = SyncRequest::Module {
+                hash: hash.to_string(),
+            };
+            match self.swarm.sync(peer, req).await {
+                Ok(SyncResponse::Module(Some(bytes))) => {
+                    let got = voike_runtime::module_hash(&bytes);
+                    if got != hash || bytes.len() > MAX_MODULE_BYTES {
+                        self.metrics.vvm_fetch("hash_mismatch");
+                        warn!(%peer, module = hash, got, "refused a module whose bytes do not match its hash");
+                        continue;
+                    }
+                    self.state
+                        .store()
+                        .write(vec![WriteOp::Put {
+                            table: Table::Modules,
+                            key: hash.as_bytes().to_vec(),
+                            value: bytes.clone(),
+                        }])
+                        .await
+                        .map_err(|e| ModuleError::Store(e.to_string()))?;
+                    self.metrics.vvm_fetch("fetched");
+                    info!(%peer, module = hash, bytes = bytes.len(), "fetched a module");
+                    return Ok(bytes);
+                }
+                Ok(SyncResponse::Module(None)) => self.metrics.vvm_fetch("absent"),
+                Ok(other) => {
+                    debug!(%peer, answer = ?other, "module request not served");
+                    self.metrics.vvm_fetch("refused");
+                }
+                Err(e) => {
+                    debug!(%peer, error = %e, "module request failed");
+                    self.metrics.vvm_fetch("failed");
+                }
+            }
+        }
+        Err(ModuleError::NotFound(hash.to_string()))
+    }
+
+    /// Submits a job (its module must be stored on this node, so members can fetch it).
+    pub async fn submit(&self, input: jobs::JobInput) -> Result<jobs::Job, StateError> {
+        let input = jobs::check_job(&input)?;
+        if !self.has_module(&input.module) {
+            return Err(StateError::Invalid(voike_protocol::zones::Invalid {
+                field: "module",
+                message: format!(
+                    "no module {} on this node: upload it first (POST /vvm/modules)",
+                    input.module
+                ),
+            }));
+        }
+        let job = self.state.submit_job(input).await?;
+        self.metrics.vvm_jobs_submitted.inc();
+        Ok(job)
+    }
+
+    /// Runs the scheduler until `cancel`.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut docs = self.state.watch_docs();
+        loop {
+            self.schedule();
+            self.refresh_gauges();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = docs.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(RESCAN) => {}
+            }
+        }
+    }
+
+    fn refresh_gauges(&self) {
+        let mut counts: HashMap<&'static str, i64> = HashMap::new();
+        for j in self.state.jobs(now_ms()) {
+            *counts.entry(state_name(j.state)).or_default() += 1;
+        }
+        for s in ["pending", "running", "done", "failed"] {
+            self.metrics
+                .vvm_jobs(s)
+                .set(counts.get(s).copied().unwrap_or(0));
+        }
+    }
+
+    /// One pass over every unfinished job: claims and starts what falls to this node.
+    fn schedule(self: &Arc<Self>) {
+        let now = now_ms();
+        let live = self.hypermesh.live_nodes();
+        let live_ids: HashSet<&str> = live.iter().map(|n| n.node.as_str()).collect();
+        for job in self.state.jobs(now) {
+            // A failed job may still have segments to run (one segment's trap does not stop
+            // the others, and a "module unavailable" result is retried elsewhere).
+            if job.state == JobState::Done {
+                continue;
+            }
+            let eligible: Vec<(String, f64)> = live
+                .iter()
+                .filter(|n| jobs::eligible(&job.job.spec.requirements, &n.region, &n.capabilities))
+                .map(|n: &LiveNode| (n.node.clone(), n.health))
+                .collect();
+            for seg in &job.segments {
+                if self.should_run(&job, seg, &eligible, &live_ids, now) {
+                    self.start(job.clone(), seg.index);
+                }
+            }
+        }
+    }
+
+    fn should_run(
+        &self,
+        job: &JobView,
+        seg: &jobs::SegmentView,
+        eligible: &[(String, f64)],
+        live: &HashSet<&str>,
+        now: u64,
+    ) -> bool {
+        let key = (job.job.id.clone(), seg.index);
+        if self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
+        {
+            return false;
+        }
+        if let Some(until) = self
+            .backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            && *until > now
+        {
+            return false;
+        }
+        // Runs that count: results other than "module unavailable" (which another node may
+        // still complete), and live leases of runners not known dead.
+        let finished: HashSet<&str> = seg
+            .results
+            .iter()
+            .filter(|r| r.status() != Some(Status::ModuleUnavailable))
+            .map(|r| r.runner.as_str())
+            .collect();
+        let tried: HashSet<&str> = seg.results.iter().map(|r| r.runner.as_str()).collect();
+        if tried.contains(self.node_id.as_str()) {
+            return false;
+        }
+        let claimed: HashSet<&str> = seg
+            .claims
+            .iter()
+            .filter(|c| c.lease_until_ms > now && live.contains(c.runner.as_str()))
+            .map(|c| c.runner.as_str())
+            .collect();
+        let replicas = job.job.spec.replicas as usize;
+        let mut counted =
+            finished.len() + claimed.iter().filter(|c| !finished.contains(*c)).count();
+        if counted >= replicas {
+            return false;
+        }
+        for node in jobs::rendezvous(&job.job.id, seg.index, eligible) {
+            if tried.contains(node.as_str()) || claimed.contains(node.as_str()) {
+                continue; // already counted (or gave up)
+            }
+            if node == self.node_id {
+                return true;
+            }
+            // A live eligible node ahead of this one will claim it on its own pass.
+            counted += 1;
+            if counted >= replicas {
+                return false;
+            }
+        }
+        false
+    }
+
+    fn start(self: &Arc<Self>, job: JobView, segment: u32) {
+        let key = (job.job.id.clone(), segment);
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            if running.len() >= self.config.max_parallel || !running.insert(key.clone()) {
+                return;
+            }
+        }
+        let grid = self.clone();
+        tokio::spawn(async move {
+            let id = key.0.clone();
+            if let Err(e) = grid.run_segment(&job, segment).await {
+                warn!(job = %id, segment, error = %e, "segment run not recorded");
+            }
+            grid.running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        });
+    }
+
+    async fn run_segment(self: &Arc<Self>, job: &JobView, segment: u32) -> Result<(), StateError> {
+        let id = job.job.id.clone();
+        let lease = self.config.lease;
+        let attempt = job
+            .segments
+            .get(segment as usize)
+            .map_or(0, |s| s.claims.len() as u32 + s.results.len() as u32);
+        self.state
+            .claim_segment(&id, segment, now_ms() + lease.as_millis() as u64, attempt)
+            .await?;
+        info!(job = %id, segment, "claimed a segment");
+        let module = match self.module(&job.job.spec.module).await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(job = %id, segment, error = %e, "module unavailable");
+                self.backoff
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((id.clone(), segment), now_ms() + 5_000);
+                let outcome = RunOutcome {
+                    status: Status::ModuleUnavailable,
+                    exit_code: None,
+                    returns: Vec::new(),
+                    stdout: e.to_string().into_bytes(),
+                    stdout_truncated: false,
+                    fuel_used: 0,
+                    duration_us: 0,
+                    finished_ms: now_ms(),
+                };
+                return self.record(&id, segment, &outcome).await;
+            }
+        };
+        let spec = self.job_spec(job, segment);
+        let runtime = self.runtime.clone();
+        let mut run = tokio::task::spawn_blocking(move || runtime.run(&module, &spec));
+        // Renew the lease while the segment runs.
+        let outcome = loop {
+            tokio::select! {
+                done = &mut run => break done,
+                _ = tokio::time::sleep(lease / 3) => {
+                    let until = now_ms() + lease.as_millis() as u64;
+                    if let Err(e) = self.state.claim_segment(&id, segment, until, attempt).await {
+                        warn!(job = %id, segment, error = %e, "cannot renew a lease");
+                    }
+                }
+            }
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(job = %id, segment, error = %e, "segment run panicked");
+                return Ok(());
+            }
+        };
+        self.metrics.vvm_run(&outcome);
+        let result = RunOutcome {
+            status: status_of(&outcome.status),
+            exit_code: outcome.exit_code,
+            returns: outcome.returns.clone(),
+            stdout: outcome.stdout.clone(),
+            stdout_truncated: outcome.stdout_truncated,
+            fuel_used: outcome.fuel_used,
+            duration_us: outcome.duration.as_micros() as u64,
+            finished_ms: now_ms(),
+        };
+        info!(job = %id, segment, status = %outcome.status, "segment finished");
+        self.record(&id, segment, &result).await
+    }
+
+    async fn record(
+        &self,
+        job: &str,
+        segment: u32,
+        outcome: &RunOutcome,
+    ) -> Result<(), StateError> {
+        let result = SegmentResult::sign(&self.key, job, segment, outcome)
+            .map_err(|e| StateError::Internal(e.to_string()))?;
+        self.state.finish_segment(result).await
+    }
+
+    fn job_spec(&self, job: &JobView, segment: u32) -> voike_runtime::JobSpec {
+        let spec = &job.job.spec;
+        let stdin = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &spec.input)
+            .unwrap_or_default();
+        let scratch_dir = spec.capabilities.scratch.then(|| {
+            let dir = self
+                .config
+                .scratch_root
+                .join(format!("{}-{segment}", job.job.id));
+            let _ = std::fs::create_dir_all(&dir);
+            dir
+        });
+        voike_runtime::JobSpec {
+            entry: spec.entry.clone(),
+            args: jobs::segment_args(spec, segment),
+            stdin,
+            limits: voike_runtime::Limits {
+                memory_bytes: spec.limits.memory_bytes,
+                fuel: spec.limits.fuel,
+                wall_time: Duration::from_millis(spec.limits.wall_ms),
+                max_output_bytes: spec.limits.max_output_bytes as usize,
+            },
+            caps: voike_runtime::Capabilities {
+                clock: spec.capabilities.clock,
+                env: spec
+                    .capabilities
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                scratch_dir,
+            },
+        }
+    }
+}
+
+fn state_name(s: JobState) -> &'static str {
+    match s {
+        JobState::Pending => "pending",
+        JobState::Running => "running",
+        JobState::Done => "done",
+        JobState::Failed => "failed",
+    }
+}

@@ -1,0 +1,354 @@
+//! Grid jobs on real `voiked` processes: the sandbox ends bad jobs with a clear status and
+//! never the daemon; split jobs fan out over three nodes and gather a correct result, also when
+//! the node running a segment is killed; modules travel between members and a tampered copy
+//! is refused; jobs written while a node is cut off run once it rejoins.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use voike_tests::{TestNode, wait_for};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+const P: u64 = 1_000_000_007;
+
+/// Short Hypermesh timings and leases so that a killed node's work moves within seconds.
+fn env(region: &str, caps: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            "VOIKED_HYPERMESH__HEARTBEAT_INTERVAL".into(),
+            "300ms".into(),
+        ),
+        ("VOIKED_HYPERMESH__SAMPLE_FAST".into(), "200ms".into()),
+        ("VOIKED_HYPERMESH__SAMPLE_SLOW".into(), "2s".into()),
+        ("VOIKED_HYPERMESH__MIN_DEAD".into(), "3s".into()),
+        ("VOIKED_HYPERMESH__REGION".into(), region.into()),
+        ("VOIKED_HYPERMESH__CAPABILITIES".into(), caps.into()),
+        ("VOIKED_GRID__LEASE".into(), "2s".into()),
+    ]
+}
+
+fn spawn(name: &str, extra: &[&str], region: &str, caps: &str) -> anyhow::Result<TestNode> {
+    let env = env(region, caps);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut node = TestNode::create(name, extra)?;
+    node.fix_ports()?;
+    node.set_env(&pairs);
+    node.start()?;
+    Ok(node)
+}
+
+fn example(name: &str) -> anyhow::Result<Vec<u8>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
+    Ok(std::fs::read(&path)?)
+}
+
+fn upload(node: &TestNode, file: &str) -> anyhow::Result<String> {
+    let url = format!("{}/vvm/modules", node.api);
+    let mut r = ureq::post(&url)
+        .header("Authorization", &format!("Bearer {}", node.token))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(&example(file)?[..])?;
+    let body: Value = serde_json::from_str(&r.body_mut().read_to_string()?)?;
+    anyhow::ensure!(r.status() == 201, "upload {file}: {} {body}", r.status());
+    Ok(body["module"]["hash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn submit(node: &TestNode, job: Value) -> anyhow::Result<String> {
+    let r = node.post("/grid/jobs", &job)?;
+    anyhow::ensure!(r.status == 201, "submit: {} {}", r.status, r.body);
+    Ok(r.body["job"]["id"].as_str().unwrap_or_default().to_string())
+}
+
+fn job(node: &TestNode, id: &str) -> anyhow::Result<Value> {
+    let r = node.get(&format!("/grid/jobs/{id}"))?;
+    anyhow::ensure!(r.status == 200, "job {id}: {} {}", r.status, r.body);
+    Ok(r.body["job"].clone())
+}
+
+fn finished(node: &TestNode, id: &str) -> anyhow::Result<Value> {
+    let mut last = Value::Null;
+    wait_for(
+        DEADLINE,
+        &format!("job {id} finished on {}", node.name),
+        || {
+            last = job(node, id)?;
+            Ok(last["state"] == "done" || last["state"] == "failed")
+        },
+    )?;
+    Ok(last)
+}
+
+fn first_result(job: &Value, segment: usize) -> Value {
+    job["segments"][segment]["results"][0].clone()
+}
+
+/// Σ F(i) mod P for i in [start, end).
+fn fib_sum(start: u64, end: u64) -> u64 {
+    let (mut a, mut b, mut sum) = (0u64, 1u64, 0u64);
+    for i in 0..end {
+        if i >= start {
+            sum = (sum + a) % P;
+        }
+        (a, b) = (b, (a + b) % P);
+    }
+    sum
+}
+
+#[test]
+fn sandbox_failures_end_the_job_never_the_daemon() -> anyhow::Result<()> {
+    let mut node = TestNode::spawn("grid-sandbox", &[])?;
+    let forever = upload(&node, "forever.wat")?;
+    let memhog = upload(&node, "memhog.wat")?;
+    let openfile = upload(&node, "openfile.wat")?;
+    let recurse = upload(&node, "recurse.wat")?;
+    let cpu = upload(&node, "cpu.wat")?;
+    let fib = upload(&node, "fib.wat")?;
+    let loop_id = submit(
+        &node,
+        json!({ "module": forever, "entry": "run", "limits": { "wallMs": 1500, "fuel": 1_000_000_000_000u64 } }),
+    )?;
+    // A good job next to the loop: it finishes, and right.
+    let good = submit(
+        &node,
+        json!({ "module": fib, "entry": "fib_segment", "args": ["0", "1000"] }),
+    )?;
+    let grow = submit(
+        &node,
+        json!({ "module": memhog, "entry": "grow", "args": ["64"], "limits": { "memoryBytes": 1_048_576 } }),
+    )?;
+    let open = submit(&node, json!({ "module": openfile }))?;
+    let deep = submit(&node, json!({ "module": recurse, "entry": "run" }))?;
+    let fuel = submit(
+        &node,
+        json!({ "module": cpu, "entry": "spin", "args": ["1000000000"], "limits": { "fuel": 1_000_000 } }),
+    )?;
+
+    let g = finished(&node, &good)?;
+    assert_eq!(g["state"], "done", "{g}");
+    assert_eq!(first_result(&g, 0)["returns"], json!([fib_sum(0, 1000)]));
+    let r = first_result(&finished(&node, &loop_id)?, 0);
+    assert_eq!(r["status"], "timeout", "{r}");
+    let r = first_result(&finished(&node, &grow)?, 0);
+    assert_eq!(
+        r["status"], "ok",
+        "memory.grow past the limit fails inside the guest: {r}"
+    );
+    assert_eq!(r["returns"], json!([-1]), "the guest saw -1: {r}");
+    let r = first_result(&finished(&node, &open)?, 0);
+    assert_eq!(r["status"], "exit", "{r}");
+    assert_ne!(
+        r["exitCode"],
+        json!(0),
+        "opening a file without the capability fails: {r}"
+    );
+    let r = first_result(&finished(&node, &deep)?, 0);
+    assert_eq!(r["status"], "trap", "{r}");
+    let r = first_result(&finished(&node, &fuel)?, 0);
+    assert_eq!(r["status"], "out_of_fuel", "{r}");
+    assert!(r["fuelUsed"].as_u64().unwrap_or(0) > 0);
+
+    assert!(node.try_exit()?.is_none(), "the daemon is still running");
+    assert_eq!(node.get("/healthz")?.status, 200);
+    assert!(node.metric("voike_vvm_segment_runs_total{state=\"timeout\"}")? >= 1.0);
+    // Bad input: an unknown module, a bad field, an invalid module.
+    let r = node.post("/grid/jobs", &json!({ "module": "ab".repeat(32) }))?;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = node.post("/grid/jobs", &json!({ "module": fib, "split": 0 }))?;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("split"),
+        "{}",
+        r.body
+    );
+    Ok(())
+}
+
+#[test]
+fn split_jobs_spread_over_three_nodes_and_survive_a_killed_runner() -> anyhow::Result<()> {
+    let a = spawn("grid3-a", &[], "eu", "")?;
+    let b = spawn("grid3-b", &["--join", &a.invite("10m")?], "eu", "")?;
+    let mut c = spawn("grid3-c", &["--join", &a.invite("10m")?], "eu", "")?;
+    let nodes = [&a, &b, &c];
+    for n in &nodes[1..] {
+        wait_for(DEADLINE, &format!("{} connected", n.name), || {
+            a.sees_connected(&n.node_id)
+        })?;
+    }
+    wait_for(DEADLINE, "every node sees the others alive", || {
+        for n in nodes {
+            let s = n.get("/hypermesh/status")?.body;
+            if s["mesh"]["alive"] != 2 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    // Fibonacci split in 6 over [0, 10000): the sum of the segments is Σ F(i), i < 10000.
+    let fib = upload(&a, "fib.wat")?;
+    let id = submit(
+        &a,
+        json!({ "module": fib, "entry": "fib_segment", "split": 6, "range": 10000 }),
+    )?;
+    let done = finished(&a, &id)?;
+    assert_eq!(done["state"], "done", "{done}");
+    let expected: u64 = (0..6u64)
+        .map(|s| fib_sum(10000 * s / 6, 10000 * (s + 1) / 6))
+        .sum();
+    assert_eq!(done["result"]["combined"], json!(expected), "{done}");
+    let runners: std::collections::HashSet<String> = done["result"]["runners"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r.as_str().map(String::from))
+        .collect();
+    assert!(
+        runners.len() > 1,
+        "segments ran on more than one node: {runners:?}"
+    );
+    // Every node holds the same verdict, and B fetched the module from A to run its share.
+    for n in &nodes[1..] {
+        wait_for(DEADLINE, &format!("job done on {}", n.name), || {
+            Ok(job(n, &id)?["state"] == "done")
+        })?;
+    }
+
+    // Now segments that take seconds: kill the node that holds one, the job still completes.
+    let cpu = upload(&a, "cpu.wat")?;
+    let iterations = "2500000000";
+    let slow = submit(
+        &a,
+        json!({ "module": cpu, "entry": "spin", "args": [iterations], "split": 6,
+                "limits": { "fuel": 1_000_000_000_000u64, "wallMs": 120_000 } }),
+    )?;
+    // The segments C holds a live claim on when it dies.
+    let mut held: Vec<usize> = Vec::new();
+    wait_for(DEADLINE, "C holds a live claim", || {
+        let j = job(&a, &slow)?;
+        held = j["segments"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s["results"].as_array().is_some_and(|r| r.is_empty())
+                    && s["claims"]
+                        .as_array()
+                        .is_some_and(|cl| cl.iter().any(|x| x["runner"] == c.node_id.as_str()))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        Ok(!held.is_empty())
+    })?;
+    c.kill()?;
+    let j = finished(&a, &slow)?;
+    assert_eq!(j["state"], "done", "{j}");
+    // Every segment spins the same: all results agree.
+    let one = first_result(&j, 0)["returns"][0]
+        .as_i64()
+        .unwrap_or_default();
+    assert_eq!(j["result"]["combined"], json!(one.wrapping_mul(6)), "{j}");
+    assert_eq!(j["result"]["mismatch"], false);
+    // What C was running when it died was run again by another node.
+    for s in held {
+        let r = first_result(&j, s);
+        assert_ne!(r["runner"], c.node_id.as_str(), "segment {s}: {j}");
+        assert_eq!(r["status"], "ok", "segment {s}: {j}");
+    }
+    Ok(())
+}
+
+#[test]
+fn modules_are_fetched_by_hash_and_tampered_copies_refused() -> anyhow::Result<()> {
+    let mut a = spawn("gridmod-a", &[], "eu", "")?;
+    let b = spawn("gridmod-b", &["--join", &a.invite("10m")?], "eu", "b-only")?;
+    wait_for(DEADLINE, "b connected", || a.sees_connected(&b.node_id))?;
+    wait_for(DEADLINE, "a sees b alive with its capability", || {
+        let s = a.get("/hypermesh/status")?.body;
+        Ok(s["mesh"]["alive"] == 1)
+    })?;
+    let hello = upload(&a, "hello.wat")?;
+    // Only B may run it: B fetches the module from A.
+    let id = submit(
+        &a,
+        json!({ "module": hello, "requirements": { "capabilities": ["b-only"] } }),
+    )?;
+    let j = finished(&a, &id)?;
+    let r = first_result(&j, 0);
+    assert_eq!(r["runner"], b.node_id.as_str(), "{j}");
+    assert_eq!(r["status"], "ok", "{j}");
+    assert_eq!(j["result"]["stdout"], "hello from the VVM\n");
+    assert!(b.metric("voike_vvm_module_fetches_total{result=\"fetched\"}")? >= 1.0);
+
+    // A's copy of another module is altered on disk: B refuses it by its hash.
+    let fib = upload(&a, "fib.wat")?;
+    a.stop()?;
+    {
+        let db = redb::Database::open(a.dir.join("state.redb"))?;
+        let txn = db.begin_write()?;
+        {
+            let def: redb::TableDefinition<'_, &[u8], &[u8]> =
+                redb::TableDefinition::new("modules_v1");
+            let mut t = txn.open_table(def)?;
+            let tampered = example("hello.wat")?;
+            t.insert(fib.as_bytes(), &tampered[..])?;
+        }
+        txn.commit()?;
+    }
+    a.restart()?;
+    wait_for(DEADLINE, "b reconnected", || a.sees_connected(&b.node_id))?;
+    let id = submit(
+        &a,
+        json!({ "module": fib, "entry": "fib", "args": ["10"], "requirements": { "capabilities": ["b-only"] } }),
+    )?;
+    wait_for(DEADLINE, "B refuses the tampered module", || {
+        Ok(b.metric("voike_vvm_module_fetches_total{result=\"hash_mismatch\"}")? >= 1.0)
+    })?;
+    wait_for(DEADLINE, "B reports the module unavailable", || {
+        let j = job(&a, &id)?;
+        Ok(first_result(&j, 0)["status"] == "module_unavailable")
+    })?;
+    let stored = b.get("/grid/jobs")?;
+    assert_eq!(stored.status, 200);
+    Ok(())
+}
+
+#[test]
+fn jobs_written_offline_run_once_the_node_rejoins() -> anyhow::Result<()> {
+    let mut a = spawn("gridoff-a", &[], "eu", "runner")?;
+    let mut c = spawn("gridoff-c", &["--join", &a.invite("10m")?], "eu", "")?;
+    wait_for(DEADLINE, "c connected", || a.sees_connected(&c.node_id))?;
+    let fib = upload(&c, "fib.wat")?;
+    // C is cut off: A goes down. C accepts a job only A can run; it waits.
+    a.stop()?;
+    let id = submit(
+        &c,
+        json!({ "module": fib, "entry": "fib", "args": ["90"], "requirements": { "capabilities": ["runner"] } }),
+    )?;
+    let pending = job(&c, &id)?;
+    assert_eq!(pending["state"], "pending", "{pending}");
+    a.restart()?;
+    let j = finished(&c, &id)?;
+    assert_eq!(j["state"], "done", "{j}");
+    let r = first_result(&j, 0);
+    assert_eq!(r["runner"], a.node_id.as_str());
+    // F(90) mod P.
+    let (mut x, mut y) = (0u64, 1u64);
+    for _ in 0..90 {
+        (x, y) = (y, (x + y) % P);
+    }
+    assert_eq!(r["returns"], json!([x]));
+    c.stop()?;
+    Ok(())
+}
