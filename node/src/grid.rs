@@ -29,6 +29,8 @@ use crate::swarm::SwarmHandle;
 
 /// How often the scheduler looks again when nothing changed (lease expiries, dead runners).
 const RESCAN: Duration = Duration::from_millis(500);
+/// How long the scheduler lets document changes accumulate before a pass.
+const COALESCE: Duration = Duration::from_millis(10);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -105,7 +107,9 @@ fn status_of(s: &voike_runtime::Status) -> Status {
         voike_runtime::Status::Timeout => Status::Timeout,
         voike_runtime::Status::MemoryLimit => Status::MemoryLimit,
         voike_runtime::Status::InvalidEntry(_) => Status::InvalidEntry,
-        _ => Status::Trap,
+        // Not the guest's fault (pool full, scratch directory missing): recorded like a module
+        // this node cannot provide, which the next node in the order retries.
+        _ => Status::ModuleUnavailable,
     }
 }
 
@@ -292,18 +296,25 @@ impl Grid {
         let mut docs = self.state.watch_docs();
         loop {
             self.schedule();
-            self.refresh_gauges();
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                changed = docs.changed() => if changed.is_err() { return },
+                changed = docs.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // Coalesce a burst of changes (a batch of submissions, results arriving
+                    // together) into one pass over the jobs.
+                    tokio::time::sleep(COALESCE).await;
+                    docs.borrow_and_update();
+                }
                 _ = tokio::time::sleep(RESCAN) => {}
             }
         }
     }
 
-    fn refresh_gauges(&self) {
+    fn refresh_gauges(&self, jobs: &[JobView]) {
         let mut counts: HashMap<&'static str, i64> = HashMap::new();
-        for j in self.state.jobs(now_ms()) {
+        for j in jobs {
             *counts.entry(state_name(j.state)).or_default() += 1;
         }
         for s in ["pending", "running", "done", "failed"] {
@@ -318,7 +329,9 @@ impl Grid {
         let now = now_ms();
         let live = self.hypermesh.live_nodes();
         let live_ids: HashSet<&str> = live.iter().map(|n| n.node.as_str()).collect();
-        for job in self.state.jobs(now) {
+        let all = self.state.jobs(now);
+        self.refresh_gauges(&all);
+        for job in all {
             // A failed job may still have segments to run (one segment's trap does not stop
             // the others, and a "module unavailable" result is retried elsewhere).
             if job.state == JobState::Done {
@@ -479,11 +492,16 @@ impl Grid {
             }
         };
         self.metrics.vvm_run(&outcome);
+        let status = status_of(&outcome.status);
         let result = RunOutcome {
-            status: status_of(&outcome.status),
+            status,
             exit_code: outcome.exit_code,
             returns: outcome.returns.clone(),
-            stdout: outcome.stdout.clone(),
+            stdout: if status == Status::ModuleUnavailable {
+                outcome.status.to_string().into_bytes()
+            } else {
+                outcome.stdout.clone()
+            },
             stdout_truncated: outcome.stdout_truncated,
             fuel_used: outcome.fuel_used,
             duration_us: outcome.duration.as_micros() as u64,
