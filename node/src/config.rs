@@ -51,8 +51,8 @@ pub struct GridConfig {
     /// WebAssembly instances the runtime's pool holds (an upper bound on concurrent runs).
     /// Default 64.
     pub max_instances: u32,
-    /// Linear memory any one job may use on this node, in bytes; a job asking for more gets
-    /// `memory_limit`. Default 268435456 (256 MiB).
+    /// Linear memory any one job may use on this node, in bytes; a job's larger
+    /// `memoryBytes` is lowered to this. Default 268435456 (256 MiB).
     pub max_memory_bytes: u64,
     /// Longest a module may take to compile. Default `"30s"`.
     #[serde(with = "humantime_serde")]

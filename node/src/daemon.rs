@@ -130,8 +130,20 @@ async fn run_with_store(
     )?;
     let (sync_tx, sync_rx) = tokio::sync::mpsc::channel(sync::QUEUE);
     let (health_tx, health_rx) = tokio::sync::mpsc::channel(16);
+    // Nodes with the grid on say so in their health reports: segments go only to them.
+    let mut hypermesh_config = config.hypermesh.clone();
+    if config.grid.enabled
+        && !hypermesh_config
+            .capabilities
+            .iter()
+            .any(|c| c == crate::grid::GRID_CAPABILITY)
+    {
+        hypermesh_config
+            .capabilities
+            .push(crate::grid::GRID_CAPABILITY.to_string());
+    }
     let (hypermesh, hyper_handle) = Hypermesh::new(
-        config.hypermesh.clone(),
+        hypermesh_config,
         key.clone(),
         ledger.clone(),
         metrics.clone(),
@@ -203,6 +215,7 @@ async fn run_with_store(
                 cache_dir: Some(data_dir.join("wasm-cache")),
                 ..voike_runtime::RuntimeConfig::default()
             },
+            cancel.child_token(),
         )?;
         tracker.spawn(grid.clone().run(cancel.child_token()));
         Some(grid)

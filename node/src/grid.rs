@@ -46,7 +46,7 @@ pub struct GridConfig {
     pub lease: Duration,
     /// Segments this node runs at once.
     pub max_parallel: usize,
-    /// Where jobs granted a scratch directory get one (a fresh subdirectory per run).
+    /// Where jobs granted a scratch directory get one (`<job>-<segment>`, removed after the run).
     pub scratch_root: std::path::PathBuf,
 }
 
@@ -88,7 +88,14 @@ pub struct Grid {
     running: Mutex<HashSet<(String, u32)>>,
     /// Segments this node gave up on for now (module not found), with when to retry.
     backoff: Mutex<HashMap<(String, u32), u64>>,
+    /// Ends the segment tasks at shutdown (a running module is left to finish on its thread,
+    /// holding nothing but the runtime).
+    cancel: CancellationToken,
 }
+
+/// The capability every node with the grid on advertises in its health reports; the scheduler
+/// places segments only on nodes that advertise it.
+pub const GRID_CAPABILITY: &str = "grid";
 
 impl std::fmt::Debug for Grid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -123,6 +130,7 @@ impl Grid {
         metrics: Arc<Metrics>,
         config: GridConfig,
         runtime_config: RuntimeConfig,
+        cancel: CancellationToken,
     ) -> anyhow::Result<Arc<Grid>> {
         let runtime = Runtime::new(runtime_config)
             .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly runtime: {e}"))?;
@@ -138,6 +146,7 @@ impl Grid {
             compiled: Mutex::new(HashMap::new()),
             running: Mutex::new(HashSet::new()),
             backoff: Mutex::new(HashMap::new()),
+            cancel,
         }))
     }
 
@@ -328,7 +337,15 @@ impl Grid {
     fn schedule(self: &Arc<Self>) {
         let now = now_ms();
         let live = self.hypermesh.live_nodes();
-        let live_ids: HashSet<&str> = live.iter().map(|n| n.node.as_str()).collect();
+        // Claims count while their lease runs, unless Hypermesh holds the runner dead (a
+        // suspect runner keeps its claims).
+        let dead: HashSet<String> = self
+            .hypermesh
+            .node_health()
+            .into_iter()
+            .filter(|(_, h)| h.state == voike_protocol::health::PeerState::Dead)
+            .map(|(n, _)| n)
+            .collect();
         let all = self.state.jobs(now);
         self.refresh_gauges(&all);
         for job in all {
@@ -339,11 +356,12 @@ impl Grid {
             }
             let eligible: Vec<(String, f64)> = live
                 .iter()
+                .filter(|n| n.capabilities.iter().any(|c| c == GRID_CAPABILITY))
                 .filter(|n| jobs::eligible(&job.job.spec.requirements, &n.region, &n.capabilities))
                 .map(|n: &LiveNode| (n.node.clone(), n.health))
                 .collect();
             for seg in &job.segments {
-                if self.should_run(&job, seg, &eligible, &live_ids, now) {
+                if self.should_run(&job, seg, &eligible, &dead, now) {
                     self.start(job.clone(), seg.index);
                 }
             }
@@ -355,7 +373,7 @@ impl Grid {
         job: &JobView,
         seg: &jobs::SegmentView,
         eligible: &[(String, f64)],
-        live: &HashSet<&str>,
+        dead: &HashSet<String>,
         now: u64,
     ) -> bool {
         let key = (job.job.id.clone(), seg.index);
@@ -391,7 +409,7 @@ impl Grid {
         let claimed: HashSet<&str> = seg
             .claims
             .iter()
-            .filter(|c| c.lease_until_ms > now && live.contains(c.runner.as_str()))
+            .filter(|c| c.lease_until_ms > now && !dead.contains(&c.runner))
             .map(|c| c.runner.as_str())
             .collect();
         let replicas = job.job.spec.replicas as usize;
@@ -476,6 +494,7 @@ impl Grid {
         let outcome = loop {
             tokio::select! {
                 done = &mut run => break done,
+                _ = self.cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(lease / 3) => {
                     let until = now_ms() + lease.as_millis() as u64;
                     if let Err(e) = self.state.claim_segment(&id, segment, until, attempt).await {
@@ -484,6 +503,13 @@ impl Grid {
                 }
             }
         };
+        let scratch = self
+            .config
+            .scratch_root
+            .join(format!("{}-{segment}", job.job.id));
+        if scratch.exists() {
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {

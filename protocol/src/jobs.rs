@@ -786,7 +786,8 @@ pub struct SegmentView {
     pub state: JobState,
     /// Every runner's newest claim, live or not, by runner.
     pub claims: Vec<ClaimView>,
-    /// Every runner's newest result, first result first (earliest `finished_ms`, then runner).
+    /// Every runner's newest result, first result first (earliest `finished_ms`, then runner;
+    /// `module_unavailable` results last).
     pub results: Vec<SegmentResult>,
     /// Whether two results differ (see [`SegmentResult::differs_from`]).
     pub mismatch: bool,
@@ -1261,9 +1262,13 @@ impl Scan {
             .take_while(|((j, s, _), _)| *j == job.id && *s == index)
             .map(|(_, (_, r))| r.clone())
             .collect();
+        // "Module unavailable" (this node could not run it) says nothing about the segment:
+        // such results go last, so the first result is a real run whenever there is one.
+        let unavailable = |r: &SegmentResult| r.status() == Some(Status::ModuleUnavailable);
         results.sort_by(|a, b| {
-            a.finished_ms
-                .cmp(&b.finished_ms)
+            unavailable(a)
+                .cmp(&unavailable(b))
+                .then_with(|| a.finished_ms.cmp(&b.finished_ms))
                 .then_with(|| a.runner.cmp(&b.runner))
         });
         let live = claims.iter().any(|c| c.lease_until_ms > now_ms);
@@ -1276,10 +1281,11 @@ impl Scan {
         } else {
             JobState::Pending
         };
-        let mismatch = results
+        let ran: Vec<&SegmentResult> = results.iter().filter(|r| !unavailable(r)).collect();
+        let mismatch = ran
             .iter()
             .enumerate()
-            .any(|(i, a)| results[i + 1..].iter().any(|b| a.differs_from(b)));
+            .any(|(i, a)| ran[i + 1..].iter().any(|b| a.differs_from(b)));
         SegmentView {
             index,
             args: segment_args(&job.spec, index),
