@@ -20,7 +20,6 @@ use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::engine::Engine;
@@ -146,33 +145,22 @@ pub async fn serve(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let app = router(engine.clone());
-    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "doh accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            engine.metrics.refused_connections.inc();
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(app.clone());
-        let tls = tls.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = serve_connection(stream, svc, tls, idle) => {}
-            }
-        });
-    }
+    crate::tcp::accept_capped(
+        listener,
+        &engine,
+        max_connections,
+        shutdown,
+        move |stream| {
+            let _ = stream.set_nodelay(true);
+            serve_connection(
+                stream,
+                TowerToHyperService::new(app.clone()),
+                tls.clone(),
+                idle,
+            )
+        },
+    )
+    .await;
 }
 
 async fn serve_connection(

@@ -11,20 +11,25 @@ use tokio::sync::Semaphore;
 use crate::engine::Engine;
 use crate::metrics::Transport;
 
-/// Serves `listener` until the task is aborted.
-pub async fn serve(
+/// Accepts connections on `listener` until the task is aborted, at most `max_connections` at
+/// once (one over the cap is closed at once and counted); each runs `handle` until it ends or
+/// `shutdown` is cancelled. Shared by the TCP and DoH listeners.
+pub(crate) async fn accept_capped<F, Fut>(
     listener: TcpListener,
-    engine: Arc<Engine>,
+    engine: &Engine,
     max_connections: usize,
-    idle: Duration,
     shutdown: tokio_util::sync::CancellationToken,
-) {
+    handle: F,
+) where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                tracing::debug!(error = %e, "tcp accept failed");
+                tracing::debug!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -34,16 +39,40 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let engine = engine.clone();
+        let conn = handle(stream);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = connection(stream, &engine, idle) => {}
+                _ = conn => {}
             }
         });
     }
+}
+
+/// Serves `listener` until the task is aborted.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    max_connections: usize,
+    idle: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let handler = engine.clone();
+    accept_capped(
+        listener,
+        &engine,
+        max_connections,
+        shutdown,
+        move |stream| {
+            let engine = handler.clone();
+            async move {
+                let _ = connection(stream, &engine, idle).await;
+            }
+        },
+    )
+    .await;
 }
 
 async fn connection(mut s: TcpStream, engine: &Engine, idle: Duration) -> std::io::Result<()> {

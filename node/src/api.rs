@@ -237,20 +237,25 @@ pub(crate) fn numeric_query<'a>(
     })
 }
 
-/// Reads a JSON body; an empty body is `default` when given, else an error.
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    what: &str,
-    default: Option<T>,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|e| {
+/// The request body, or the error for a body that could not be read (413 when too large).
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
         let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             "payload_too_large"
         } else {
             "bad_request"
         };
         ApiError::new(e.status(), code, e.body_text())
-    })?;
+    })
+}
+
+/// Reads a JSON body; an empty body is `default` when given, else an error.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+    default: Option<T>,
+) -> Result<T, ApiError> {
+    let body = body_bytes(body)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return default.ok_or_else(|| ApiError::bad_request(format!("missing {what} (JSON body)")));
     }

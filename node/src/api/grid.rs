@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use voike_protocol::jobs::JobInput;
 
-use super::{ApiError, ApiState, parse_json};
+use super::{ApiError, ApiState, body_bytes, parse_json};
 use crate::grid::{Grid, ModuleError};
 
 fn now_ms() -> u64 {
@@ -36,14 +36,7 @@ pub async fn add_module(
     State(state): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| {
-        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
-        } else {
-            "bad_request"
-        };
-        ApiError::new(e.status(), code, e.body_text())
-    })?;
+    let body = body_bytes(body)?;
     if body.is_empty() {
         return Err(ApiError::bad_request("empty body: send the module's bytes"));
     }
