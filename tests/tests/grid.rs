@@ -176,7 +176,7 @@ fn sandbox_failures_end_the_job_never_the_daemon() -> anyhow::Result<()> {
 #[test]
 fn split_jobs_spread_over_three_nodes_and_survive_a_killed_runner() -> anyhow::Result<()> {
     let a = spawn("grid3-a", &[], "eu", "")?;
-    let b = spawn("grid3-b", &["--join", &a.invite("10m")?], "eu", "")?;
+    let mut b = spawn("grid3-b", &["--join", &a.invite("10m")?], "eu", "")?;
     let mut c = spawn("grid3-c", &["--join", &a.invite("10m")?], "eu", "")?;
     let nodes = [&a, &b, &c];
     for n in &nodes[1..] {
@@ -231,27 +231,40 @@ fn split_jobs_spread_over_three_nodes_and_survive_a_killed_runner() -> anyhow::R
         json!({ "module": cpu, "entry": "spin", "args": [iterations], "split": 6,
                 "limits": { "fuel": 1_000_000_000_000u64, "wallMs": 120_000 } }),
     )?;
-    // The segments C holds a live claim on when it dies.
+    // Kill a node other than A (the observer) while it holds a live claim on an unfinished
+    // segment; remember which segments it held.
+    let (b_id, c_id) = (b.node_id.clone(), c.node_id.clone());
+    let mut victim = String::new();
     let mut held: Vec<usize> = Vec::new();
-    wait_for(DEADLINE, "C holds a live claim", || {
+    wait_for(DEADLINE, "B or C holds a live claim", || {
         let j = job(&a, &slow)?;
-        held = j["segments"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| {
-                s["results"].as_array().is_some_and(|r| r.is_empty())
-                    && s["claims"]
-                        .as_array()
-                        .is_some_and(|cl| cl.iter().any(|x| x["runner"] == c.node_id.as_str()))
-            })
-            .map(|(i, _)| i)
-            .collect();
-        Ok(!held.is_empty())
+        for who in [&b_id, &c_id] {
+            held = j["segments"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| {
+                    s["results"].as_array().is_some_and(|r| r.is_empty())
+                        && s["claims"]
+                            .as_array()
+                            .is_some_and(|cl| cl.iter().any(|x| x["runner"] == who.as_str()))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if !held.is_empty() {
+                victim = who.clone();
+                return Ok(true);
+            }
+        }
+        Ok(false)
     })?;
-    c.kill()?;
+    if victim == b_id {
+        b.kill()?;
+    } else {
+        c.kill()?;
+    }
     let j = finished(&a, &slow)?;
     assert_eq!(j["state"], "done", "{j}");
     // Every segment spins the same: all results agree.
@@ -260,10 +273,10 @@ fn split_jobs_spread_over_three_nodes_and_survive_a_killed_runner() -> anyhow::R
         .unwrap_or_default();
     assert_eq!(j["result"]["combined"], json!(one.wrapping_mul(6)), "{j}");
     assert_eq!(j["result"]["mismatch"], false);
-    // What C was running when it died was run again by another node.
+    // What the victim was running when it died was run again by another node.
     for s in held {
         let r = first_result(&j, s);
-        assert_ne!(r["runner"], c.node_id.as_str(), "segment {s}: {j}");
+        assert_ne!(r["runner"], victim.as_str(), "segment {s}: {j}");
         assert_eq!(r["status"], "ok", "segment {s}: {j}");
     }
     Ok(())
