@@ -84,7 +84,33 @@ fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
 
 /// Lower-cases `value` and checks it is 1 to [`MAX_LABEL_LEN`] bytes of `a-z`, `0-9`, `-`, `_`
 /// (and `.` when `dots`).
-fn check_label(field: &'static str, value: &str, dots: bool) -> Result<String, Invalid> {
+/// Checks and normalises a region (empty, or a label) and a capability list (at most `max`
+/// labels that may hold dots; lower-cased, sorted, deduplicated), naming `fields` in errors.
+/// Shared by endpoints and job requirements.
+pub(crate) fn check_affinity(
+    fields: (&'static str, &'static str),
+    region: &str,
+    capabilities: &[String],
+    max: usize,
+) -> Result<(String, Vec<String>), Invalid> {
+    let region = if region.trim().is_empty() {
+        String::new()
+    } else {
+        check_label(fields.0, region, false)?
+    };
+    if capabilities.len() > max {
+        return Err(invalid(fields.1, format!("at most {max} are allowed")));
+    }
+    let mut caps = capabilities
+        .iter()
+        .map(|c| check_label(fields.1, c, true))
+        .collect::<Result<Vec<_>, _>>()?;
+    caps.sort();
+    caps.dedup();
+    Ok((region, caps))
+}
+
+pub(crate) fn check_label(field: &'static str, value: &str, dots: bool) -> Result<String, Invalid> {
     let v = value.trim().to_ascii_lowercase();
     if v.is_empty() || v.len() > MAX_LABEL_LEN {
         return Err(invalid(
@@ -130,24 +156,12 @@ pub fn check_endpoint(input: &EndpointInput) -> Result<EndpointInput, Invalid> {
     if !(1..=u64::from(u16::MAX)).contains(&input.port) {
         return Err(invalid("port", "must be 1 to 65535"));
     }
-    let region = if input.region.trim().is_empty() {
-        String::new()
-    } else {
-        check_label("region", &input.region, false)?
-    };
-    if input.capabilities.len() > MAX_CAPABILITIES {
-        return Err(invalid(
-            "capabilities",
-            format!("at most {MAX_CAPABILITIES} are allowed"),
-        ));
-    }
-    let mut capabilities = input
-        .capabilities
-        .iter()
-        .map(|c| check_label("capabilities", c, true))
-        .collect::<Result<Vec<_>, _>>()?;
-    capabilities.sort();
-    capabilities.dedup();
+    let (region, capabilities) = check_affinity(
+        ("region", "capabilities"),
+        &input.region,
+        &input.capabilities,
+        MAX_CAPABILITIES,
+    )?;
     if !(1..=MAX_WEIGHT).contains(&input.weight) {
         return Err(invalid("weight", format!("must be 1 to {MAX_WEIGHT}")));
     }

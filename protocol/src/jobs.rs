@@ -233,29 +233,6 @@ pub fn is_job_id(id: &str) -> bool {
     id.len() == 24 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Lower-cases `value` and checks it is 1 to [`MAX_LABEL_LEN`] bytes of `a-z`, `0-9`, `-`, `_`
-/// (and `.` when `dots`), as endpoint regions and capabilities are.
-fn check_label(field: &'static str, value: &str, dots: bool) -> Result<String, Invalid> {
-    let v = value.trim().to_ascii_lowercase();
-    if v.is_empty() || v.len() > MAX_LABEL_LEN {
-        return Err(invalid(
-            field,
-            format!("'{v}' must be 1 to {MAX_LABEL_LEN} characters"),
-        ));
-    }
-    let ok = v.bytes().all(|b| {
-        b.is_ascii_lowercase()
-            || b.is_ascii_digit()
-            || b == b'-'
-            || b == b'_'
-            || (dots && b == b'.')
-    });
-    if !ok {
-        return Err(invalid(field, format!("'{v}' has invalid characters")));
-    }
-    Ok(v)
-}
-
 fn check_range(field: &'static str, v: u64, min: u64, max: u64) -> Result<(), Invalid> {
     if (min..=max).contains(&v) {
         Ok(())
@@ -321,24 +298,12 @@ fn check_capabilities(c: &Capabilities) -> Result<(), Invalid> {
 }
 
 fn check_requirements(r: &Requirements) -> Result<Requirements, Invalid> {
-    let region = if r.region.trim().is_empty() {
-        String::new()
-    } else {
-        check_label("requirements.region", &r.region, false)?
-    };
-    if r.capabilities.len() > MAX_REQUIRED_CAPABILITIES {
-        return Err(invalid(
-            "requirements.capabilities",
-            format!("at most {MAX_REQUIRED_CAPABILITIES} are allowed"),
-        ));
-    }
-    let mut capabilities = r
-        .capabilities
-        .iter()
-        .map(|c| check_label("requirements.capabilities", c, true))
-        .collect::<Result<Vec<_>, _>>()?;
-    capabilities.sort();
-    capabilities.dedup();
+    let (region, capabilities) = crate::endpoints::check_affinity(
+        ("requirements.region", "requirements.capabilities"),
+        &r.region,
+        &r.capabilities,
+        MAX_REQUIRED_CAPABILITIES,
+    )?;
     Ok(Requirements {
         region,
         capabilities,
