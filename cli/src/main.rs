@@ -806,13 +806,26 @@ fn ledger(client: &Client, cmd: &LedgerCmd, json: bool) -> anyhow::Result<()> {
                 print_json(&report)?;
             } else if report["ok"] == true {
                 println!(
-                    "ledger ok: {} entries from {} authors, heads {}",
+                    "ledger ok: {} entries from {} authors, heads {}; {} recorded changes stored and applied",
                     report["entries"],
                     report["authors"],
-                    report["heads_hash"].as_str().unwrap_or("")
+                    report["heads_hash"].as_str().unwrap_or(""),
+                    report["changes"]["recorded"]
                 );
             } else {
-                println!("ledger FAULT: {}", report["fault"]);
+                if !report["fault"].is_null() {
+                    println!("ledger FAULT: {}", report["fault"]);
+                }
+                for f in report["changes"]["faults"].as_array().into_iter().flatten() {
+                    println!(
+                        "change FAULT: entry {} ({}) records {} change {}: {}",
+                        f["seq"],
+                        f["kind"].as_str().unwrap_or(""),
+                        f["doc"].as_str().unwrap_or(""),
+                        f["change"].as_str().unwrap_or(""),
+                        f["problem"].as_str().unwrap_or("")
+                    );
+                }
             }
             if report["ok"] != true {
                 bail!("ledger verification failed");

@@ -289,10 +289,16 @@ async fn healthz() -> Json<Health> {
 
 async fn readyz(State(state): State<ApiState>) -> Response {
     if state.swarm.ready().await {
-        Json(Health {
-            status: "ready".into(),
-        })
-        .into_response()
+        // Ready, and serving; stored changes that could not be applied are named here (and in
+        // the log and `voike_doc_changes_unapplied`) until they are dealt with.
+        let problems = state.state.unapplied();
+        if problems.is_empty() {
+            return Json(Health {
+                status: "ready".into(),
+            })
+            .into_response();
+        }
+        Json(serde_json::json!({ "status": "ready", "problems": problems })).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -445,13 +451,27 @@ async fn ledger_get(
     }
 }
 
+/// Verifies every chain, and that every document change this node's chain records is stored
+/// and applied; `ok` is false on any fault of either kind.
 async fn ledger_verify(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let store = state.ledger.store().clone();
-    let report = tokio::task::spawn_blocking(move || store.ledger_verify())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(storage_error)?;
-    Ok(Json(report).into_response())
+    let docs = state.state.clone();
+    let (report, changes) = tokio::task::spawn_blocking(move || {
+        let report = store.ledger_verify().map_err(storage_error)?;
+        let changes = docs.check_recorded_changes().map_err(ApiError::from)?;
+        Ok::<_, ApiError>((report, changes))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let mut body = serde_json::to_value(&report)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    body["ok"] = serde_json::json!(report.ok && changes.faults.is_empty());
+    body["changes"] = serde_json::json!({
+        "recorded": changes.recorded,
+        "repaired": changes.repaired,
+        "faults": changes.faults,
+    });
+    Ok(Json(body).into_response())
 }
 
 async fn ledger_anchor(State(state): State<ApiState>) -> Result<Response, ApiError> {

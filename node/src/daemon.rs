@@ -62,6 +62,10 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     prepare_data_dir(&data_dir)?;
+    // Absolute from here on: the module cache and the scratch directories need absolute paths,
+    // and a relative `--data-dir` must keep meaning the directory it named at start.
+    let data_dir = std::fs::canonicalize(&data_dir)
+        .with_context(|| format!("cannot resolve data directory {}", data_dir.display()))?;
     let (key, created) = keyfile::load_or_create_identity(&data_dir.join(KEY_FILE))?;
     let token = keyfile::load_or_create_token(&data_dir.join(TOKEN_FILE))?;
     let peer_id = key.public().to_peer_id();
@@ -103,6 +107,7 @@ async fn run_with_store(
         config.sync.max_future_skew,
     )
     .map_err(|e| anyhow::anyhow!("cannot load replicated state: {e}"))?;
+    state.repair_orphans().await;
     let mesh = MeshState::open(
         key.clone(),
         store,

@@ -35,6 +35,8 @@ enum LedgerMsg {
         body: serde_json::Value,
         /// Written in the same transaction as the entry.
         extra: Vec<WriteOp>,
+        /// Told once the entry holds its place in the store's queue (or failed to).
+        queued: Option<oneshot::Sender<()>>,
         reply: Option<oneshot::Sender<Result<Entry, StoreError>>>,
     },
     Anchor {
@@ -103,17 +105,33 @@ impl LedgerHandle {
         body: serde_json::Value,
         extra: Vec<WriteOp>,
     ) -> Result<Entry, StoreError> {
+        self.submit_with(kind, body, extra).await?.wait().await
+    }
+
+    /// Appends an entry together with `extra` writes, atomically, and returns once they hold
+    /// their place in the store's write queue: writes submitted one after another reach the
+    /// store, and become durable, in that order. [`PendingAppend::wait`] returns once they are.
+    pub async fn submit_with(
+        &self,
+        kind: &str,
+        body: serde_json::Value,
+        extra: Vec<WriteOp>,
+    ) -> Result<PendingAppend, StoreError> {
         let (reply, rx) = oneshot::channel();
+        let (queued, queued_rx) = oneshot::channel();
         self.tx
             .send(LedgerMsg::Append {
                 kind: kind.to_string(),
                 body,
                 extra,
+                queued: Some(queued),
                 reply: Some(reply),
             })
             .await
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        // Dropped unsent when the actor failed before queueing: the reply says why.
+        let _ = queued_rx.await;
+        Ok(PendingAppend { rx })
     }
 
     /// Appends an entry without waiting (for events recorded from the swarm loop).
@@ -122,6 +140,7 @@ impl LedgerHandle {
             kind: kind.to_string(),
             body,
             extra: Vec::new(),
+            queued: None,
             reply: None,
         };
         if self.tx.try_send(msg).is_err() {
@@ -148,6 +167,19 @@ impl LedgerHandle {
     /// observes the timestamps of merged remote entries.
     pub fn clock(&self) -> Arc<Mutex<HlcClock>> {
         self.clock.clone()
+    }
+}
+
+/// An append in the store's queue; see [`LedgerHandle::submit_with`].
+#[derive(Debug)]
+pub struct PendingAppend {
+    rx: oneshot::Receiver<Result<Entry, StoreError>>,
+}
+
+impl PendingAppend {
+    /// Waits until the entry (and what was written with it) is durable, or refused.
+    pub async fn wait(self) -> Result<Entry, StoreError> {
+        self.rx.await.map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -178,8 +210,14 @@ impl LedgerActor {
                     kind,
                     body,
                     extra,
+                    queued,
                     reply,
-                } => self.append(kind, body, extra, reply).await,
+                } => {
+                    self.append(kind, body, extra, reply).await;
+                    if let Some(q) = queued {
+                        let _ = q.send(());
+                    }
+                }
                 LedgerMsg::Anchor { reply } => {
                     let hlc = self.tick();
                     let result = self.store.ledger_heads().and_then(|heads| {

@@ -12,11 +12,14 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`swarm`]: the libp2p behaviour and the one event loop that owns the swarm.
 //! - [`api`]: the admin HTTP API.
+//! - `faults`: test-only fault injection (feature `fault-injection`).
 
 pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod grid;
 pub mod hypermesh;
 pub mod ledger;

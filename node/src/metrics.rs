@@ -62,6 +62,8 @@ pub struct VersionLabel {
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub changes_applied: Family<DocLabel, Counter>,
+    /// Stored changes the last rebuild of a document could not apply (0 when healthy).
+    pub doc_changes_unapplied: Family<DocLabel, Gauge>,
     pub changes_rejected: Family<ReasonLabel, Counter>,
     pub ledger_applied: Counter,
     pub ledger_rejected: Family<ReasonLabel, Counter>,
@@ -109,6 +111,7 @@ impl Metrics {
         let m = Metrics {
             registry: Mutex::new(Registry::default()),
             changes_applied: Family::default(),
+            doc_changes_unapplied: Family::default(),
             changes_rejected: Family::default(),
             ledger_applied: Counter::default(),
             ledger_rejected: Family::default(),
@@ -191,6 +194,11 @@ impl Metrics {
             "voike_sync_changes_applied",
             "Document changes merged, by document (local and remote)",
             m.changes_applied.clone(),
+        );
+        r.register(
+            "voike_doc_changes_unapplied",
+            "Stored document changes that could not be applied at the last rebuild, by document",
+            m.doc_changes_unapplied.clone(),
         );
         r.register(
             "voike_sync_changes_rejected",

@@ -17,7 +17,9 @@ use libp2p::identity::Keypair;
 use serde_json::json;
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
-use voike_protocol::docs::{DocId, Outcome, Reject, Replica, SignedChange, heads_to_bytes};
+use voike_protocol::docs::{
+    DocId, LoadReport, Outcome, Reject, Replica, SignedChange, Unapplied, heads_to_bytes,
+};
 use voike_protocol::endpoints::{self, Endpoint, EndpointInput};
 use voike_protocol::hlc::{Hlc, HlcClock};
 use voike_protocol::jobs::{self, JobInput};
@@ -73,6 +75,8 @@ struct Docs {
     /// Local changes not yet durable: never served to peers (a crash before the commit would
     /// otherwise let this node reuse their sequence numbers for different changes).
     unsaved: HashSet<ChangeHash>,
+    /// Stored changes the last rebuild could not apply, per document (see [`Replica::load`]).
+    unapplied: HashMap<DocId, Vec<Unapplied>>,
 }
 
 impl Docs {
@@ -127,11 +131,54 @@ struct Inner {
     /// Bumped on every durable local or merged document change (DNS rebuilds on it).
     docs_version: tokio::sync::watch::Sender<u64>,
     clock: Arc<Mutex<HlcClock>>,
+    /// Held from making a change until its write is queued in the store (see `local_write`).
+    write_order: tokio::sync::Mutex<()>,
     max_future_ms: u64,
     rejected: Mutex<Rejected>,
     /// Refused changes and entries already counted and reported.
     reported: Mutex<Rejected>,
     trust_budget: Mutex<(Instant, u32)>,
+}
+
+/// What `check_recorded_changes` found.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ChangeCheck {
+    /// Document changes recorded in this node's own chain.
+    pub recorded: u64,
+    /// Recorded changes that are not stored, or stored and not applied.
+    pub faults: Vec<ChangeFault>,
+    /// Recorded changes that could not be applied and were written again (`doc.repair`).
+    pub repaired: u64,
+}
+
+/// A recorded change this node does not hold.
+#[derive(Debug, serde::Serialize)]
+pub struct ChangeFault {
+    /// The ledger entry that records it.
+    pub seq: u64,
+    pub kind: String,
+    pub doc: String,
+    pub change: String,
+    pub problem: String,
+}
+
+/// The marker of an orphaned stored change that `repair_orphans` wrote again.
+fn repaired_key(doc: DocId, hash: &ChangeHash) -> Vec<u8> {
+    let mut k = b"repaired_change/".to_vec();
+    k.push(doc.tag());
+    k.extend_from_slice(&hash.0);
+    k
+}
+
+fn parse_change_hash(s: &str) -> Option<ChangeHash> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(ChangeHash(out))
 }
 
 /// Cloneable handle to the node's replicated state.
@@ -155,6 +202,27 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Logs every stored change a rebuild could not apply, and sets the gauge.
+fn report_unapplied(doc: DocId, report: &LoadReport, metrics: &Metrics) {
+    for u in &report.unapplied {
+        error!(
+            doc = doc.as_str(),
+            position = u.index,
+            change = ?u.hash.map(|h| h.to_string()),
+            actor = ?u.actor,
+            seq = ?u.seq,
+            reason = %u.reason,
+            "a stored change cannot be applied"
+        );
+    }
+    metrics
+        .doc_changes_unapplied
+        .get_or_create(&DocLabel {
+            doc: doc.as_str().into(),
+        })
+        .set(report.unapplied.len() as i64);
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -173,15 +241,18 @@ impl StateHandle {
             replicas: HashMap::new(),
             next: HashMap::new(),
             unsaved: HashSet::new(),
+            unapplied: HashMap::new(),
         };
         for doc in DocId::ALL {
             let started = Instant::now();
             let (changes, next) = store.doc_changes(doc)?;
             let mut replica = Replica::new(doc);
-            let n = replica.load(changes)?;
-            if n > 0 {
-                info!(doc = doc.as_str(), changes = n, took = ?started.elapsed(), "loaded document");
+            let report = replica.load(changes)?;
+            if report.applied > 0 {
+                info!(doc = doc.as_str(), changes = report.applied, took = ?started.elapsed(), "loaded document");
             }
+            report_unapplied(doc, &report, &metrics);
+            docs.unapplied.insert(doc, report.unapplied);
             docs.replicas.insert(doc, replica);
             docs.next.insert(doc, next);
         }
@@ -194,6 +265,7 @@ impl StateHandle {
                 docs: Mutex::new(docs),
                 store,
                 clock: ledger.clock(),
+                write_order: tokio::sync::Mutex::new(()),
                 ledger,
                 metrics,
                 roster: RwLock::new(HashMap::new()),
@@ -249,6 +321,12 @@ impl StateHandle {
     // ---- local writes -------------------------------------------------------------------
 
     /// Makes a local change of `doc` with `f` and stores it with a ledger entry of `kind`.
+    ///
+    /// The change, its storage position and its ledger entry are fixed in one step: under
+    /// `write_order`, the change is made and the write is queued in the store before the next
+    /// change of any document can be made, so the store receives (and commits) changes in the
+    /// order they depend on each other. Only the wait for durability runs concurrently, so
+    /// concurrent writers still share group commits.
     async fn local_write<T>(
         &self,
         doc: DocId,
@@ -259,29 +337,56 @@ impl StateHandle {
             Hlc,
         ) -> Result<(Option<SignedChange>, T, serde_json::Value), StateError>,
     ) -> Result<T, StateError> {
+        self.local_write_with(doc, kind, Vec::new(), f).await
+    }
+
+    /// [`StateHandle::local_write`], with `extra` writes in the same transaction.
+    async fn local_write_with<T>(
+        &self,
+        doc: DocId,
+        kind: &str,
+        extra: Vec<WriteOp>,
+        f: impl FnOnce(
+            &mut Replica,
+            &Keypair,
+            Hlc,
+        ) -> Result<(Option<SignedChange>, T, serde_json::Value), StateError>,
+    ) -> Result<T, StateError> {
+        let order = self.inner.write_order.lock().await;
         let hlc = self.tick();
-        let (change, value, mut body, position) = {
+        let (change, value, mut body, position, hash) = {
             let mut docs = self.docs();
             let (change, value, body) = f(docs.replica(doc), &self.inner.key, hlc)?;
-            let position = change.as_ref().map(|_| docs.position(doc));
-            (change, value, body, position)
+            let Some(change) = change else {
+                return Ok(value);
+            };
+            let hash = automerge::Change::try_from(&change.bytes[..])
+                .map(|c| c.hash())
+                .map_err(|e| StateError::Internal(e.to_string()))?;
+            let position = docs.position(doc);
+            docs.unsaved.insert(hash);
+            (change, value, body, position, hash)
         };
-        let (Some(change), Some(position)) = (change, position) else {
-            return Ok(value);
-        };
-        let hash = automerge::Change::try_from(&change.bytes[..])
-            .map(|c| c.hash())
-            .map_err(|e| StateError::Internal(e.to_string()))?;
-        self.docs().unsaved.insert(hash);
         if let Some(obj) = body.as_object_mut() {
             obj.insert("doc".into(), json!(doc.as_str()));
             obj.insert("change".into(), json!(hash.to_string()));
         }
-        let result = self
+        #[cfg(feature = "fault-injection")]
+        crate::faults::before_queue(kind, &body).await;
+        let submitted = self
             .inner
             .ledger
-            .append_with(kind, body, vec![put_change(position, &change)])
+            .submit_with(kind, body, {
+                let mut ops = extra;
+                ops.push(put_change(position, &change));
+                ops
+            })
             .await;
+        drop(order);
+        let result = match submitted {
+            Ok(pending) => pending.wait().await,
+            Err(e) => Err(e),
+        };
         self.docs().unsaved.remove(&hash);
         match result {
             Ok(_) => {
@@ -310,16 +415,100 @@ impl StateHandle {
         match self.inner.store.doc_changes(doc) {
             Ok((changes, next)) => {
                 let mut replica = Replica::new(doc);
-                if let Err(e) = replica.load(changes) {
-                    error!(doc = doc.as_str(), error = %e, "cannot reload document");
-                    return;
-                }
+                let report = match replica.load(changes) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        error!(doc = doc.as_str(), error = %e, "cannot reload document");
+                        return;
+                    }
+                };
+                report_unapplied(doc, &report, &self.inner.metrics);
                 let mut docs = self.docs();
+                docs.unapplied.insert(doc, report.unapplied);
                 docs.replicas.insert(doc, replica);
                 docs.next.insert(doc, next);
                 docs.unsaved.clear();
             }
             Err(e) => error!(doc = doc.as_str(), error = %e, "cannot reload document"),
+        }
+    }
+
+    /// Writes again the content of this node's own stored changes whose dependencies are not
+    /// stored (left by a crash of a version that could store a change before its parent): each
+    /// becomes a new change, recorded as `doc.repair` with the hash it replaces. The orphan
+    /// stays stored, and is marked repaired so that this happens once. Its parent was never
+    /// durable, so it was never served: no peer can hold it, and it cannot arrive later.
+    pub async fn repair_orphans(&self) {
+        for doc in DocId::ALL {
+            let Some(actor) = voike_protocol::docs::actor_of(&self.inner.key.public()) else {
+                return;
+            };
+            let orphans = self.docs().replica(doc).pending_of(&actor);
+            for orphan in orphans {
+                let hash = orphan.hash();
+                let marker = repaired_key(doc, &hash);
+                match self.inner.store.get(voike_storage::Table::Meta, &marker) {
+                    Ok(Some(_)) => {
+                        self.docs().replica(doc).drop_pending(&hash);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        error!(error = %e, "cannot read repair markers");
+                        return;
+                    }
+                }
+                let mark = WriteOp::Put {
+                    table: voike_storage::Table::Meta,
+                    key: marker,
+                    value: Vec::new(),
+                };
+                let result = self
+                    .local_write_with(doc, "doc.repair", vec![mark], |r, key, _| {
+                        let (change, skipped) = r.replay(key, &orphan)?;
+                        r.drop_pending(&hash);
+                        Ok((
+                            change,
+                            skipped,
+                            json!({ "replaces": hash.to_string(), "skipped_ops": skipped }),
+                        ))
+                    })
+                    .await;
+                match result {
+                    Ok(skipped) => {
+                        warn!(doc = doc.as_str(), replaced = %hash, skipped_ops = skipped, "repaired: wrote an orphaned stored change again")
+                    }
+                    Err(e) => {
+                        error!(doc = doc.as_str(), change = %hash, error = %e, "cannot repair an orphaned stored change")
+                    }
+                }
+            }
+            let left: Vec<Unapplied> = {
+                let docs = self.docs();
+                docs.unapplied
+                    .get(&doc)
+                    .into_iter()
+                    .flatten()
+                    .filter(|u| {
+                        u.hash.is_none_or(|h| {
+                            self.inner
+                                .store
+                                .get(voike_storage::Table::Meta, &repaired_key(doc, &h))
+                                .map(|v| v.is_none())
+                                .unwrap_or(true)
+                        })
+                    })
+                    .cloned()
+                    .collect()
+            };
+            self.inner
+                .metrics
+                .doc_changes_unapplied
+                .get_or_create(&DocLabel {
+                    doc: doc.as_str().into(),
+                })
+                .set(left.len() as i64);
+            self.docs().unapplied.insert(doc, left);
         }
     }
 
@@ -596,6 +785,118 @@ impl StateHandle {
         zones::records(self.docs().replica(DocId::Zones).doc(), zone_id)
     }
 
+    /// Checks that every document change this node's own ledger chain records is stored and
+    /// applied (see `POST /ledger/verify`). Reads the chain and the stored changes from disk.
+    pub fn check_recorded_changes(&self) -> Result<ChangeCheck, StateError> {
+        let author = self.inner.own_author.clone();
+        let head = self.inner.store.ledger_head(&author)?;
+        let mut check = ChangeCheck::default();
+        let mut stored: HashMap<DocId, HashSet<ChangeHash>> = HashMap::new();
+        let mut next = 1;
+        while next <= head.seq {
+            let batch = self.inner.store.ledger_range(&author, next, 1024)?;
+            let Some(last) = batch.last() else { break };
+            next = last.body.seq + 1;
+            for e in batch {
+                let Ok(body) = serde_json::from_slice::<serde_json::Value>(&e.body.body) else {
+                    continue;
+                };
+                let (Some(doc), Some(change)) = (body["doc"].as_str(), body["change"].as_str())
+                else {
+                    continue;
+                };
+                let Some(doc) = DocId::ALL.into_iter().find(|d| d.as_str() == doc) else {
+                    continue;
+                };
+                let Some(hash) = parse_change_hash(change) else {
+                    continue;
+                };
+                check.recorded += 1;
+                let (held, reason) = {
+                    let mut docs = self.docs();
+                    let held = docs.replica(doc).has(&hash);
+                    let reason = docs
+                        .unapplied
+                        .get(&doc)
+                        .and_then(|u| u.iter().find(|u| u.hash == Some(hash)))
+                        .map(|u| u.reason.to_string());
+                    (held, reason)
+                };
+                if held {
+                    continue;
+                }
+                let set = match stored.entry(doc) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let (changes, _) = self.inner.store.doc_changes(doc)?;
+                        v.insert(
+                            changes
+                                .iter()
+                                .filter_map(|c| automerge::Change::try_from(&c.bytes[..]).ok())
+                                .map(|c| c.hash())
+                                .collect(),
+                        )
+                    }
+                };
+                let problem = if set.contains(&hash) {
+                    format!(
+                        "stored but not applied: {}",
+                        reason.unwrap_or_else(|| "not applied at start".into())
+                    )
+                } else {
+                    "not stored".into()
+                };
+                check.faults.push(ChangeFault {
+                    seq: e.body.seq,
+                    kind: e.body.kind.clone(),
+                    doc: doc.as_str().into(),
+                    change: hash.to_string(),
+                    problem,
+                });
+            }
+        }
+        let faults = std::mem::take(&mut check.faults);
+        for f in faults {
+            let repaired = parse_change_hash(&f.change).is_some_and(|h| {
+                DocId::ALL
+                    .into_iter()
+                    .find(|d| d.as_str() == f.doc)
+                    .and_then(|d| {
+                        self.inner
+                            .store
+                            .get(voike_storage::Table::Meta, &repaired_key(d, &h))
+                            .ok()
+                            .flatten()
+                    })
+                    .is_some()
+            });
+            if repaired {
+                check.repaired += 1;
+            } else {
+                check.faults.push(f);
+            }
+        }
+        Ok(check)
+    }
+
+    /// Stored changes the last rebuild could not apply, as one line per change.
+    pub fn unapplied(&self) -> Vec<String> {
+        let docs = self.docs();
+        let mut out = Vec::new();
+        for doc in DocId::ALL {
+            for u in docs.unapplied.get(&doc).into_iter().flatten() {
+                out.push(format!(
+                    "{}: stored change {} (position {}) cannot be applied: {}",
+                    doc.as_str(),
+                    u.hash.map(|h| h.to_string()).unwrap_or_else(|| "?".into()),
+                    u.index,
+                    u.reason
+                ));
+            }
+        }
+        out
+    }
+
     /// Number of changes held per document.
     pub fn doc_sizes(&self) -> Vec<(DocId, usize)> {
         let mut docs = self.docs();
@@ -684,6 +985,9 @@ impl StateHandle {
         changes: Vec<SignedChange>,
     ) -> Result<usize, StateError> {
         let roster = self.roster();
+        // Merged changes take their place in the store's queue in the order they were merged,
+        // before any later change (which may depend on them) is made; see `local_write`.
+        let order = self.inner.write_order.lock().await;
         let (outcome, ops): (Outcome, Vec<WriteOp>) = {
             let mut docs = self.docs();
             let outcome = docs.replica(doc).receive(changes, &roster)?;
@@ -701,24 +1005,32 @@ impl StateHandle {
             self.change_rejected(from, doc, *hash, reason);
         }
         let n = outcome.applied.len();
-        if n > 0 {
-            if let Err(e) = self.inner.store.write(ops).await {
-                // Never keep in memory what the store does not hold.
-                error!(doc = doc.as_str(), error = %e, "cannot store merged changes; reloading the document");
-                self.reload(doc);
-                return Err(e.into());
-            }
-            self.inner
-                .metrics
-                .changes_applied
-                .get_or_create(&DocLabel {
-                    doc: doc.as_str().into(),
-                })
-                .inc_by(n as u64);
-            self.inner.changed.notify_one();
-            self.inner.docs_version.send_modify(|v| *v += 1);
-            debug!(%from, doc = doc.as_str(), merged = n, pending = outcome.pending, "merged changes");
+        if n == 0 {
+            return Ok(0);
         }
+        let written = match self.inner.store.submit(ops).await {
+            Ok(pending) => {
+                drop(order);
+                pending.wait().await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            // Never keep in memory what the store does not hold.
+            error!(doc = doc.as_str(), error = %e, "cannot store merged changes; reloading the document");
+            self.reload(doc);
+            return Err(e.into());
+        }
+        self.inner
+            .metrics
+            .changes_applied
+            .get_or_create(&DocLabel {
+                doc: doc.as_str().into(),
+            })
+            .inc_by(n as u64);
+        self.inner.changed.notify_one();
+        self.inner.docs_version.send_modify(|v| *v += 1);
+        debug!(%from, doc = doc.as_str(), merged = n, pending = outcome.pending, "merged changes");
         Ok(n)
     }
 

@@ -21,7 +21,8 @@ use std::collections::{HashMap, HashSet};
 
 use automerge::{
     ActorId, Automerge, AutomergeError, Change, ChangeHash, ExpandedChange, ObjType, ReadDoc,
-    ScalarValue, Value, transaction::Transaction,
+    ScalarValue, Value,
+    transaction::{Transactable, Transaction},
 };
 use libp2p_identity::{Keypair, PeerId, PublicKey, ed25519};
 use serde::{Deserialize, Serialize};
@@ -224,6 +225,67 @@ pub enum DocError {
     Invalid(String),
 }
 
+/// What rebuilding a document from the store did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Stored changes applied.
+    pub applied: usize,
+    /// Stored changes that could not be applied, in stored order.
+    pub unapplied: Vec<Unapplied>,
+}
+
+/// A stored change that could not be applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unapplied {
+    /// Its place among the document's stored changes.
+    pub index: usize,
+    pub hash: Option<ChangeHash>,
+    /// The author's actor id (hex) and sequence number.
+    pub actor: Option<String>,
+    pub seq: Option<u64>,
+    pub reason: UnappliedReason,
+}
+
+/// Why a stored change could not be applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnappliedReason {
+    /// The bytes do not decode as a change.
+    Undecodable(String),
+    /// Changes it depends on are not stored (it waits for them).
+    MissingDeps(Vec<ChangeHash>),
+    /// Another applied change already holds its author's sequence number.
+    SeqTaken { by: ChangeHash },
+}
+
+impl UnappliedReason {
+    /// A short label (for metrics).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UnappliedReason::Undecodable(_) => "undecodable",
+            UnappliedReason::MissingDeps(_) => "missing_dependencies",
+            UnappliedReason::SeqTaken { .. } => "sequence_taken",
+        }
+    }
+}
+
+impl std::fmt::Display for UnappliedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnappliedReason::Undecodable(e) => write!(f, "does not decode: {e}"),
+            UnappliedReason::MissingDeps(deps) => {
+                write!(f, "depends on changes that are not stored:")?;
+                for d in deps {
+                    write!(f, " {d}")?;
+                }
+                Ok(())
+            }
+            UnappliedReason::SeqTaken { by } => {
+                write!(f, "its author's sequence number is held by change {by}")
+            }
+        }
+    }
+}
+
 /// One replicated document with the signatures of all its changes.
 #[derive(Debug)]
 pub struct Replica {
@@ -273,40 +335,225 @@ impl Replica {
 
     /// Loads changes read back from this node's own store, in the order they were stored. They
     /// were checked when they arrived, so only their encoding is checked again.
-    pub fn load(&mut self, changes: Vec<SignedChange>) -> Result<usize, DocError> {
-        let mut decoded = Vec::with_capacity(changes.len());
-        for sc in changes {
-            let Ok(change) = Change::try_from(&sc.bytes[..]) else {
+    ///
+    /// A stored change is applied once every change it depends on is applied (whatever the
+    /// stored order), and never when it claims an author's sequence number that an applied change
+    /// already holds. What cannot be applied is reported, never silently dropped: each such
+    /// change is listed with its reason, and the ones waiting for dependencies stay pending, so
+    /// they are merged if their dependencies ever arrive from a peer. Nothing unapplied enters
+    /// Automerge's own queue, where it could later collide with this node's new changes.
+    pub fn load(&mut self, changes: Vec<SignedChange>) -> Result<LoadReport, DocError> {
+        let mut report = LoadReport::default();
+        let mut decoded: Vec<Option<(SignedChange, Change)>> = Vec::with_capacity(changes.len());
+        let mut seen: HashSet<ChangeHash> = HashSet::new();
+        for (index, sc) in changes.into_iter().enumerate() {
+            match Change::try_from(&sc.bytes[..]) {
+                Ok(change) => {
+                    if self.sigs.contains_key(&change.hash()) || !seen.insert(change.hash()) {
+                        decoded.push(None);
+                        continue;
+                    }
+                    decoded.push(Some((sc, change)));
+                }
+                Err(e) => {
+                    report.unapplied.push(Unapplied {
+                        index,
+                        hash: None,
+                        actor: None,
+                        seq: None,
+                        reason: UnappliedReason::Undecodable(e.to_string()),
+                    });
+                    decoded.push(None);
+                }
+            }
+        }
+        // Decide the order: a change goes in once its dependencies are in, and an author's
+        // sequence numbers are taken once.
+        let mut present: HashSet<ChangeHash> = self.sigs.keys().copied().collect();
+        let mut taken: HashMap<(ActorId, u64), ChangeHash> = HashMap::new();
+        for h in self.sigs.keys() {
+            if let Some(c) = self.doc.get_change_by_hash(h) {
+                taken.insert((c.actor_id().clone(), c.seq()), *h);
+            }
+        }
+        let mut waiting: HashMap<ChangeHash, Vec<usize>> = HashMap::new();
+        let mut missing_count: HashMap<usize, usize> = HashMap::new();
+        let mut order: Vec<usize> = Vec::new();
+        let mut conflicts: Vec<(usize, ChangeHash)> = Vec::new();
+        let mut ready: Vec<usize> = Vec::new();
+        for idx in 0..decoded.len() {
+            let Some((_, change)) = &decoded[idx] else {
                 continue;
             };
-            if self.sigs.contains_key(&change.hash()) {
+            let missing: Vec<ChangeHash> = change
+                .deps()
+                .iter()
+                .filter(|d| !present.contains(d))
+                .copied()
+                .collect();
+            if !missing.is_empty() {
+                missing_count.insert(idx, missing.len());
+                for d in missing {
+                    waiting.entry(d).or_default().push(idx);
+                }
                 continue;
             }
-            decoded.push((sc, change));
+            ready.push(idx);
+            while let Some(i) = ready.pop() {
+                let Some((_, c)) = &decoded[i] else { continue };
+                let key = (c.actor_id().clone(), c.seq());
+                if let Some(other) = taken.get(&key) {
+                    conflicts.push((i, *other));
+                    continue;
+                }
+                taken.insert(key, c.hash());
+                present.insert(c.hash());
+                order.push(i);
+                if let Some(ws) = waiting.remove(&c.hash()) {
+                    for w in ws {
+                        if let Some(n) = missing_count.get_mut(&w) {
+                            *n -= 1;
+                            if *n == 0 {
+                                missing_count.remove(&w);
+                                ready.push(w);
+                            }
+                        }
+                    }
+                }
+            }
         }
-        let batch: Vec<Change> = decoded.iter().map(|(_, c)| c.clone()).collect();
-        if self.doc.apply_changes(batch).is_ok() {
-            let n = decoded.len();
-            for (sc, change) in decoded {
+        let batch: Vec<Change> = order
+            .iter()
+            .filter_map(|i| decoded[*i].as_ref().map(|(_, c)| c.clone()))
+            .collect();
+        if let Err(e) = self.doc.apply_changes(batch) {
+            return Err(DocError::Invalid(format!(
+                "stored changes of {} do not apply: {e}",
+                self.id.as_str()
+            )));
+        }
+        for i in &order {
+            if let Some((sc, change)) = decoded[*i].take() {
                 self.register(&change);
                 self.sigs.insert(change.hash(), sc.signature);
-            }
-            return Ok(n);
-        }
-        // Some stored change cannot be applied (for example two changes claiming one sequence
-        // number of an actor): rebuild change by change, skipping those.
-        self.doc = Automerge::new();
-        self.objects.clear();
-        self.sigs.clear();
-        let mut n = 0;
-        for (sc, change) in decoded {
-            if self.doc.apply_changes([change.clone()]).is_ok() {
-                self.register(&change);
-                self.sigs.insert(change.hash(), sc.signature);
-                n += 1;
+                report.applied += 1;
             }
         }
-        Ok(n)
+        for (i, other) in conflicts {
+            if let Some((_, c)) = decoded[i].take() {
+                report.unapplied.push(Unapplied {
+                    index: i,
+                    hash: Some(c.hash()),
+                    actor: Some(c.actor_id().to_hex_string()),
+                    seq: Some(c.seq()),
+                    reason: UnappliedReason::SeqTaken { by: other },
+                });
+            }
+        }
+        // Whatever is left waits for a dependency that is not stored.
+        for (i, slot) in decoded.iter_mut().enumerate() {
+            let Some((sc, c)) = slot.take() else { continue };
+            let missing: Vec<ChangeHash> = c
+                .deps()
+                .iter()
+                .filter(|d| !self.sigs.contains_key(d))
+                .copied()
+                .collect();
+            report.unapplied.push(Unapplied {
+                index: i,
+                hash: Some(c.hash()),
+                actor: Some(c.actor_id().to_hex_string()),
+                seq: Some(c.seq()),
+                reason: UnappliedReason::MissingDeps(missing),
+            });
+            if self.pending.len() < MAX_PENDING {
+                self.pending.insert(c.hash(), (sc, c));
+            }
+        }
+        report.unapplied.sort_by_key(|u| u.index);
+        Ok(report)
+    }
+
+    /// Stored changes by `actor` still waiting for dependencies (see [`Replica::load`]).
+    pub fn pending_of(&self, actor: &ActorId) -> Vec<Change> {
+        let mut out: Vec<Change> = self
+            .pending
+            .values()
+            .filter(|(_, c)| c.actor_id() == actor)
+            .map(|(_, c)| c.clone())
+            .collect();
+        out.sort_by_key(|c| c.seq());
+        out
+    }
+
+    /// Forgets a pending change (once its content was written again by [`Replica::replay`]).
+    pub fn drop_pending(&mut self, hash: &ChangeHash) {
+        self.pending.remove(hash);
+    }
+
+    /// Writes the content of `orphan` — a change of this node whose dependencies are lost —
+    /// again as a new local change: its values are put into the same objects (those it creates
+    /// are created anew). Operations on objects this replica does not hold are skipped and
+    /// counted. Returns the new change (none when nothing could be written) and the skipped count.
+    pub fn replay(
+        &mut self,
+        key: &Keypair,
+        orphan: &Change,
+    ) -> Result<(Option<SignedChange>, usize), DocError> {
+        let expanded = orphan.decode();
+        let start = expanded.start_op.get();
+        let actor = expanded.actor_id.clone();
+        // Objects the orphan writes into that this replica holds.
+        let mut held: HashMap<ObjKey, automerge::ObjId> = HashMap::new();
+        for op in &expanded.operations {
+            if let automerge::legacy::ObjectId::Id(id) = &op.obj
+                && let Ok(o) = self.doc.import_obj(&format!("{}@{}", id.0, id.1))
+                && self.doc.object_type(&o).is_ok()
+            {
+                held.insert((id.0, id.1.clone()), o);
+            }
+        }
+        let mut skipped = 0usize;
+        let change = self.change(key, |tx| {
+            let mut made: HashMap<ObjKey, automerge::ObjId> = HashMap::new();
+            for (i, op) in expanded.operations.iter().enumerate() {
+                let automerge::legacy::Key::Map(k) = &op.key else {
+                    skipped += 1;
+                    continue;
+                };
+                let obj = match &op.obj {
+                    automerge::legacy::ObjectId::Root => Some(automerge::ROOT),
+                    automerge::legacy::ObjectId::Id(id) => {
+                        let key = (id.0, id.1.clone());
+                        made.get(&key).or_else(|| held.get(&key)).cloned()
+                    }
+                };
+                let Some(obj) = obj else {
+                    skipped += 1;
+                    continue;
+                };
+                match &op.action {
+                    automerge::legacy::OpType::Make(ObjType::Map) => {
+                        let new = tx.put_object(&obj, k.as_str(), ObjType::Map)?;
+                        made.insert((start + i as u64, actor.clone()), new);
+                    }
+                    automerge::legacy::OpType::Put(v) => tx.put(&obj, k.as_str(), v.clone())?,
+                    automerge::legacy::OpType::Delete => {
+                        if tx.get(&obj, k.as_str())?.is_some() {
+                            tx.delete(&obj, k.as_str())?;
+                        }
+                    }
+                    _ => skipped += 1,
+                }
+            }
+            Ok(())
+        })?;
+        Ok((change, skipped))
+    }
+
+    /// Whether a change waits for dependencies this replica does not hold.
+    pub fn is_pending(&self, hash: &ChangeHash) -> bool {
+        self.pending.contains_key(hash)
     }
 
     /// Makes a local change with `key` as author; returns the signed change, or `None` when `f`

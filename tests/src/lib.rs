@@ -568,6 +568,42 @@ impl TestNode {
         Ok(node)
     }
 
+    /// A node (not started) whose data directory is a copy of `src` (a fixture), with the
+    /// permissions `voiked` expects of a data directory.
+    pub fn from_data_dir(name: &str, src: &std::path::Path) -> anyhow::Result<TestNode> {
+        use std::os::unix::fs::PermissionsExt;
+        let node = Self::create(name, &[])?;
+        fs::create_dir_all(&node.dir)?;
+        fs::set_permissions(&node.dir, fs::Permissions::from_mode(0o700))?;
+        for f in ["node.key", "admin.token", "state.redb"] {
+            let to = node.dir.join(f);
+            fs::copy(src.join(f), &to).with_context(|| format!("copying {f}"))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(node)
+    }
+
+    /// Starts the process and SIGKILLs it after `after`, wherever its start-up is then (a
+    /// crash during start-up); the next [`TestNode::start`] finds the data directory as left.
+    pub fn start_and_kill(&mut self, after: Duration) -> anyhow::Result<()> {
+        let _ = fs::remove_file(self.dir.join("api.addr"));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning voiked")?;
+        std::thread::sleep(after);
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok(())
+    }
+
     /// Starts the node again with the same data directory (and no `--join`).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.args.retain(|a| !a.starts_with("voike1"));

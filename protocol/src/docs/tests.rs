@@ -302,5 +302,82 @@ fn an_author_signing_two_changes_with_one_seq_cannot_break_a_replica() {
     create_zone(&mut ra, &a, "three");
     assert_eq!(zones::zones(ra.doc()).len(), 2);
     let mut loaded = Replica::new(DocId::Zones);
-    assert_eq!(loaded.load(vec![one, two]).expect("load"), 1);
+    let report = loaded.load(vec![one, two]).expect("load");
+    assert_eq!(report.applied, 1);
+    assert_eq!(report.unapplied.len(), 1, "{report:?}");
+    assert_eq!(report.unapplied[0].reason.as_str(), "sequence_taken");
+}
+
+/// The damage a crash left when a change reached the store before the change it depends on:
+/// `c2` is stored, its parent `c1` is not. Loading reports `c2` instead of hiding it, and the
+/// author's next changes (which reuse `c1`'s and then `c2`'s sequence numbers) are kept on
+/// every later load instead of colliding with `c2` in Automerge's queue.
+#[test]
+fn a_stored_change_without_its_parent_is_reported_and_never_eats_later_writes() {
+    let a = node();
+    let mut ra = Replica::new(DocId::Zones);
+    let zone = create_zone(&mut ra, &a, "crash");
+    let c1 = add_record(&mut ra, &a, "crash", "one.crash.mesh.", "10.0.0.1", 1);
+    let c2 = add_record(&mut ra, &a, "crash", "two.crash.mesh.", "10.0.0.2", 2);
+    let c2_hash = automerge::Change::try_from(&c2.bytes[..])
+        .expect("decode")
+        .hash();
+    let _ = c1;
+
+    // First start after the crash: c1 is gone.
+    let mut stored = vec![zone, c2];
+    let mut first = Replica::new(DocId::Zones);
+    let report = first.load(stored.clone()).expect("load");
+    assert_eq!(report.applied, 1);
+    assert_eq!(report.unapplied.len(), 1, "{report:?}");
+    assert_eq!(report.unapplied[0].hash, Some(c2_hash));
+    assert_eq!(report.unapplied[0].reason.as_str(), "missing_dependencies");
+    assert!(first.is_pending(&c2_hash));
+
+    // New writes after the crash, each followed by a restart.
+    for i in 3..6u8 {
+        let name = format!("n{i}.crash.mesh.");
+        let change = add_record(
+            &mut first,
+            &a,
+            "crash",
+            &name,
+            &format!("10.0.0.{i}"),
+            i as u64,
+        );
+        stored.push(change);
+        first = Replica::new(DocId::Zones);
+        let report = first.load(stored.clone()).expect("load");
+        assert_eq!(
+            report.unapplied.len(),
+            1,
+            "only c2 stays unapplied: {report:?}"
+        );
+        let names: Vec<String> = zones::records(first.doc(), "crash")
+            .expect("zone")
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        for j in 3..=i {
+            assert!(
+                names.contains(&format!("n{j}.crash.mesh.")),
+                "n{j} lost after restart {i}: {names:?}"
+            );
+        }
+    }
+}
+
+/// Stored out of dependency order (a child before its parent): both are applied.
+#[test]
+fn stored_changes_apply_whatever_their_stored_order() {
+    let a = node();
+    let mut ra = Replica::new(DocId::Zones);
+    let zone = create_zone(&mut ra, &a, "demo");
+    let c1 = add_record(&mut ra, &a, "demo", "one.demo.mesh.", "10.0.0.1", 1);
+    let c2 = add_record(&mut ra, &a, "demo", "two.demo.mesh.", "10.0.0.2", 2);
+    let mut loaded = Replica::new(DocId::Zones);
+    let report = loaded.load(vec![c2, zone, c1]).expect("load");
+    assert_eq!(report.applied, 3, "{report:?}");
+    assert!(report.unapplied.is_empty());
+    assert_eq!(loaded.heads(), ra.heads());
 }
