@@ -227,6 +227,10 @@ pub struct HypermeshConfig {
     /// How far ahead `overload_predicted` looks. Default `"5m"`.
     #[serde(with = "humantime_serde")]
     pub overload_horizon: Duration,
+    /// Clock offset from the median of the peers beyond which this node reports its clock as
+    /// skewed: `sync.max_future_skew` (set by the daemon, not configured here).
+    #[serde(skip)]
+    pub clock_bound: Duration,
 }
 
 impl Default for HypermeshConfig {
@@ -242,6 +246,7 @@ impl Default for HypermeshConfig {
             min_dead: Duration::from_secs(15),
             overload_limit_pct: 90.0,
             overload_horizon: Duration::from_secs(300),
+            clock_bound: Duration::from_secs(60),
         }
     }
 }
@@ -299,6 +304,10 @@ pub struct P2pConfig {
     /// Interval of libp2p pings on each connection (RTT measurement). Default `"15s"`.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// A ping not answered within this closes its connection (the member is then redialed), so
+    /// a dead link is noticed instead of waiting on TCP retransmissions. Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
     /// Most members this node dials to keep connected (inbound connections are not counted
     /// against it). Default 64.
     pub max_peers: usize,
@@ -355,6 +364,7 @@ impl Default for P2pConfig {
             redial_max: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(15),
+            ping_timeout: Duration::from_secs(10),
             max_peers: 64,
         }
     }
@@ -554,6 +564,9 @@ impl Config {
         }
         if self.p2p.ping_interval < Duration::from_secs(1) {
             return Err(("p2p.ping_interval", "must be at least 1s".into()));
+        }
+        if self.p2p.ping_timeout < Duration::from_secs(1) {
+            return Err(("p2p.ping_timeout", "must be at least 1s".into()));
         }
         if self.p2p.max_peers == 0 {
             return Err(("p2p.max_peers", "must be at least 1".into()));

@@ -128,6 +128,7 @@ async fn run_with_store(
         key.clone(),
         behaviour::BuildOptions {
             ping_interval: config.p2p.ping_interval,
+            ping_timeout: config.p2p.ping_timeout,
             handshake_timeout: config.p2p.handshake_timeout,
             sync_timeout: config.sync.request_timeout,
             metrics: metrics.clone(),
@@ -137,6 +138,7 @@ async fn run_with_store(
     let (health_tx, health_rx) = tokio::sync::mpsc::channel(16);
     // Nodes with the grid on say so in their health reports: segments go only to them.
     let mut hypermesh_config = config.hypermesh.clone();
+    hypermesh_config.clock_bound = config.sync.max_future_skew;
     if config.grid.enabled
         && !hypermesh_config
             .capabilities

@@ -84,6 +84,8 @@ struct PeerInfo {
     report: Option<HealthReport>,
     rtt_ewma_ms: Option<f64>,
     relayed: bool,
+    /// The peer's clock minus this node's, from its last report (ms).
+    clock_offset_ms: Option<i64>,
 }
 
 struct Inner {
@@ -96,6 +98,8 @@ struct Inner {
     next_event: u64,
     routes: Vec<Route>,
     agents: [AgentRun; 3],
+    /// Whether this node's clock was last found beyond the bound from its peers'.
+    clock_skewed: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -118,6 +122,22 @@ impl std::fmt::Debug for HypermeshHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HypermeshHandle").finish_non_exhaustive()
     }
+}
+
+/// This node's clock minus the median of its peers' clocks, from their last reports.
+fn clock_offset(peers: &HashMap<PeerId, PeerInfo>) -> Option<i64> {
+    let mut offsets: Vec<i64> = peers.values().filter_map(|i| i.clock_offset_ms).collect();
+    if offsets.is_empty() {
+        return None;
+    }
+    offsets.sort_unstable();
+    let mid = offsets.len() / 2;
+    let median = if offsets.len().is_multiple_of(2) {
+        (offsets[mid - 1] + offsets[mid]) / 2
+    } else {
+        offsets[mid]
+    };
+    Some(-median)
 }
 
 fn wall_ms() -> u64 {
@@ -157,11 +177,20 @@ impl HypermeshHandle {
                     "samples": info.and_then(|i| i.report.as_ref()).map(|r| &r.body.samples),
                     "activity": info.and_then(|i| i.report.as_ref()).map(|r| r.body.activity),
                     "region": info.and_then(|i| i.report.as_ref()).map(|r| r.body.region.clone()),
+                    "clock_offset_ms": info.and_then(|i| i.clock_offset_ms),
                 })
             })
             .collect();
+        let bound = self.config.clock_bound.as_millis() as i64;
+        let offset = clock_offset(&h.peers);
         json!({
             "node_id": self.node_id,
+            "clock": {
+                "offset_ms": offset,
+                "bound_ms": bound,
+                "skewed": offset.is_some_and(|o| o.abs() > bound),
+                "peers": h.peers.values().filter(|i| i.clock_offset_ms.is_some()).count(),
+            },
             "activity": h.activity,
             "samples": h.samples,
             "region": self.config.region,
@@ -364,6 +393,7 @@ impl Hypermesh {
                 next_event: wall_ms() * 1000,
                 routes: Vec::new(),
                 agents: [AgentRun::default(); 3],
+                clock_skewed: false,
             })),
             tx,
             started: Instant::now(),
@@ -439,12 +469,19 @@ impl Hypermesh {
             HyperInput::Report { from, report } => {
                 let transition = {
                     let mut h = self.handle.lock();
-                    // A replayed or reordered report is not a heartbeat.
+                    // A replayed or reordered report is not a heartbeat. (A last report stamped
+                    // beyond the skew bound ahead came from a clock that was wrong: once the
+                    // peer's clock is corrected its reports are older than that one, and must
+                    // count.)
+                    let bound = self.handle.config.clock_bound.as_millis() as u64;
                     let stale = h
                         .peers
                         .get(&from)
                         .and_then(|i| i.report.as_ref())
-                        .is_some_and(|old| report.body.hlc <= old.body.hlc);
+                        .is_some_and(|old| {
+                            report.body.hlc <= old.body.hlc
+                                && old.body.hlc.wall_ms <= wall_ms() + bound
+                        });
                     if stale {
                         return;
                     }
@@ -453,10 +490,16 @@ impl Hypermesh {
                         report: None,
                         rtt_ewma_ms: None,
                         relayed: false,
+                        clock_offset_ms: None,
                     });
+                    // A report is published as soon as it is made: its stamp, against this
+                    // node's clock on arrival, gives the peer's clock offset (within the
+                    // gossip delay, far below the skew bound).
+                    info.clock_offset_ms = Some(report.body.hlc.wall_ms as i64 - wall_ms() as i64);
                     info.report = Some(report);
                     t
                 };
+                self.check_clock();
                 if let Some(t) = transition {
                     self.on_transition(t);
                 }
@@ -495,6 +538,7 @@ impl Hypermesh {
                         report: None,
                         rtt_ewma_ms: None,
                         relayed: false,
+                        clock_offset_ms: None,
                     });
                     h.detector.heartbeat(peer, now)
                 };
@@ -664,6 +708,44 @@ impl Hypermesh {
                 .hm_peers
                 .get_or_create(&StateLabel { state: s.into() })
                 .set(counts.get(s).copied().unwrap_or(0));
+        }
+    }
+
+    /// Compares this node's clock with its peers' (the median offset of their last reports) and
+    /// says so, once per change, when it is beyond `sync.max_future_skew`.
+    fn check_clock(&mut self) {
+        let bound = self.handle.config.clock_bound.as_millis() as i64;
+        let (offset, peers, changed) = {
+            let mut h = self.handle.lock();
+            let Some(offset) = clock_offset(&h.peers) else {
+                return;
+            };
+            let skewed = offset.abs() > bound;
+            let changed = skewed != h.clock_skewed;
+            h.clock_skewed = skewed;
+            (offset, h.peers.len(), changed.then_some(skewed))
+        };
+        self.metrics.clock_offset_ms.set(offset);
+        match changed {
+            Some(true) => {
+                warn!(
+                    offset_ms = offset,
+                    peers,
+                    bound_ms = bound,
+                    "this node's clock is beyond the skew bound from its peers'; its changes are refused until it is corrected"
+                );
+                self.ledger.record(
+                    "clock.skewed",
+                    json!({ "offset_ms": offset, "peers": peers, "bound_ms": bound }),
+                );
+            }
+            Some(false) => {
+                info!(
+                    offset_ms = offset,
+                    peers, "this node's clock is back within the skew bound"
+                )
+            }
+            None => {}
         }
     }
 

@@ -74,8 +74,21 @@ impl LedgerHandle {
         let author = key.public().encode_protobuf();
         let head = store.ledger_head(&author)?;
         let mut clock = HlcClock::new(MAX_DRIFT_MS);
+        let mut reset = None;
         if let Some(last) = store.ledger_range(&author, head.seq, 1)?.first() {
-            clock.restore(last.body.hlc);
+            // The clock continues after the chain's last stamp, so stamps keep increasing even
+            // if the wall clock stepped back a little. A last stamp beyond the drift bound ahead
+            // of the wall clock means the clock was wrong when it was made: continuing from it
+            // would keep every new stamp that far ahead (refused by every peer) until the wall
+            // clock caught up. The clock starts from the wall clock instead, and the step back
+            // is recorded (`clock.reset`).
+            let now = now_ms();
+            if last.body.hlc.wall_ms > now + MAX_DRIFT_MS {
+                warn!(last = %last.body.hlc, now_ms = now, "the ledger's last stamp is far ahead of the wall clock; the clock restarts from the wall clock");
+                reset = Some((last.body.hlc, now));
+            } else {
+                clock.restore(last.body.hlc);
+            }
         }
         let clock = Arc::new(Mutex::new(clock));
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -90,7 +103,14 @@ impl LedgerHandle {
             changed,
         };
         tokio::spawn(actor.run());
-        Ok(LedgerHandle { tx, store, clock })
+        let handle = LedgerHandle { tx, store, clock };
+        if let Some((last, now)) = reset {
+            handle.record(
+                "clock.reset",
+                serde_json::json!({ "last_stamp": last.to_string(), "wall_ms": now }),
+            );
+        }
+        Ok(handle)
     }
 
     /// Appends an entry and waits until it is durable.

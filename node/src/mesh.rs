@@ -256,13 +256,37 @@ impl MeshState {
         Ok(())
     }
 
-    /// Admits a record relayed by a member and stores it if new. Returns whether it was new.
-    pub async fn admit_relayed(&mut self, record: MembershipRecord) -> anyhow::Result<bool> {
-        let new = self.directory.admit_known(record.clone())? == Admitted::New;
-        if new {
-            self.persist_member(&record).await?;
+    /// Admits a record relayed by a member and stores it if new.
+    pub async fn admit_relayed(&mut self, record: MembershipRecord) -> anyhow::Result<Admitted> {
+        let admitted = self.directory.admit_known(record.clone())?;
+        match admitted {
+            Admitted::New => self.persist_member(&record).await?,
+            Admitted::Replaced { evicted } => self.persist_replacement(&record, evicted).await?,
+            Admitted::Known => {}
         }
-        Ok(new)
+        Ok(admitted)
+    }
+
+    /// Stores `record`, which took its ticket from `evicted`, and forgets `evicted`, in one write.
+    pub async fn persist_replacement(
+        &self,
+        record: &MembershipRecord,
+        evicted: libp2p::PeerId,
+    ) -> anyhow::Result<()> {
+        self.store
+            .write(vec![
+                WriteOp::Delete {
+                    table: Table::Members,
+                    key: evicted.to_bytes(),
+                },
+                WriteOp::Put {
+                    table: Table::Members,
+                    key: record.peer_id()?.to_bytes(),
+                    value: record.to_bytes()?,
+                },
+            ])
+            .await?;
+        Ok(())
     }
 
     /// Completes a join after a member welcomed this node: stores the mesh, the own record and

@@ -78,6 +78,10 @@ pub struct Metrics {
     pub hm_gossip_bytes: Family<DirectionLabel, Counter>,
     pub hm_rtt: Histogram,
     pub hm_sample_interval: Gauge<f64, AtomicU64>,
+    /// This node's clock minus the median of its peers' (from their health reports), ms.
+    pub clock_offset_ms: Gauge,
+    /// Remote document changes and ledger entries stamped beyond `sync.max_future_skew`.
+    pub clock_future_total: Family<ReasonLabel, Counter>,
     /// Modules accepted by `POST /vvm/modules`.
     pub vvm_modules: Counter,
     /// Compiled-module lookups: `hit` (in memory) or `miss` (loaded or fetched and compiled).
@@ -126,6 +130,8 @@ impl Metrics {
             hm_gossip_bytes: Family::default(),
             hm_rtt: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             hm_sample_interval: Gauge::default(),
+            clock_offset_ms: Gauge::default(),
+            clock_future_total: Family::default(),
             vvm_modules: Counter::default(),
             vvm_module_cache_total: Family::default(),
             vvm_fetches: Family::default(),
@@ -199,6 +205,16 @@ impl Metrics {
             "voike_doc_changes_unapplied",
             "Stored document changes that could not be applied at the last rebuild, by document",
             m.doc_changes_unapplied.clone(),
+        );
+        r.register(
+            "voike_clock_offset_ms",
+            "This node's clock minus the median of its peers' clocks (from their health reports), in milliseconds",
+            m.clock_offset_ms.clone(),
+        );
+        r.register(
+            "voike_clock_future",
+            "Remote document changes (reason=change) and ledger entries (reason=entry) stamped more than sync.max_future_skew ahead of this node's clock",
+            m.clock_future_total.clone(),
         );
         r.register(
             "voike_sync_changes_rejected",

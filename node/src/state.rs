@@ -131,6 +131,8 @@ struct Inner {
     /// Bumped on every durable local or merged document change (DNS rebuilds on it).
     docs_version: tokio::sync::watch::Sender<u64>,
     clock: Arc<Mutex<HlcClock>>,
+    /// Authors whose clock skew was reported (once per author and run).
+    skew_reported: Mutex<HashSet<Vec<u8>>>,
     /// Held from making a change until its write is queued in the store (see `local_write`).
     write_order: tokio::sync::Mutex<()>,
     max_future_ms: u64,
@@ -160,6 +162,45 @@ pub struct ChangeFault {
     pub doc: String,
     pub change: String,
     pub problem: String,
+}
+
+/// The changes of `doc` that `repair_orphans` wrote again.
+fn repaired_set(store: &Store, doc: DocId) -> Result<HashSet<ChangeHash>, StoreError> {
+    let mut prefix = b"repaired_change/".to_vec();
+    prefix.push(doc.tag());
+    Ok(store
+        .scan(voike_storage::Table::Meta)?
+        .into_iter()
+        .filter_map(|(k, _)| {
+            let rest = k.strip_prefix(prefix.as_slice())?;
+            Some(ChangeHash(<[u8; 32]>::try_from(rest).ok()?))
+        })
+        .collect())
+}
+
+/// Which stored changes a rebuild leaves out: those already written again by a repair (so
+/// that, once the wall clock passes their stamp, they cannot come back and collide with their
+/// replacements), and this node's own changes stamped more than the skew bound ahead of the
+/// wall clock (made while its clock was wrong: peers refuse them; they are written again with
+/// the corrected clock by `repair_orphans`).
+fn exclude_at_load(
+    c: &automerge::Change,
+    own_actor: &Option<automerge::ActorId>,
+    repaired: &HashSet<ChangeHash>,
+    max_future_ms: u64,
+) -> Option<String> {
+    if repaired.contains(&c.hash()) {
+        return Some("written again by an earlier repair".into());
+    }
+    let stamp = u64::try_from(c.timestamp()).unwrap_or(0);
+    let now = now_ms();
+    if own_actor.as_ref() == Some(c.actor_id()) && stamp > now + max_future_ms {
+        return Some(format!(
+            "made by this node with its clock {} ms ahead",
+            stamp - now
+        ));
+    }
+    None
 }
 
 /// The marker of an orphaned stored change that `repair_orphans` wrote again.
@@ -205,6 +246,10 @@ fn now_ms() -> u64 {
 /// Logs every stored change a rebuild could not apply, and sets the gauge.
 fn report_unapplied(doc: DocId, report: &LoadReport, metrics: &Metrics) {
     for u in &report.unapplied {
+        if let voike_protocol::docs::UnappliedReason::Excluded(why) = &u.reason {
+            info!(doc = doc.as_str(), change = ?u.hash.map(|h| h.to_string()), %why, "a stored change is left out");
+            continue;
+        }
         error!(
             doc = doc.as_str(),
             position = u.index,
@@ -243,11 +288,16 @@ impl StateHandle {
             unsaved: HashSet::new(),
             unapplied: HashMap::new(),
         };
+        let max_future_ms = max_future_skew.as_millis() as u64;
+        let own_actor = voike_protocol::docs::actor_of(&key.public());
         for doc in DocId::ALL {
             let started = Instant::now();
             let (changes, next) = store.doc_changes(doc)?;
             let mut replica = Replica::new(doc);
-            let report = replica.load(changes)?;
+            let repaired = repaired_set(&store, doc)?;
+            let report = replica.load_excluding(changes, |c| {
+                exclude_at_load(c, &own_actor, &repaired, max_future_ms)
+            })?;
             if report.applied > 0 {
                 info!(doc = doc.as_str(), changes = report.applied, took = ?started.elapsed(), "loaded document");
             }
@@ -256,7 +306,6 @@ impl StateHandle {
             docs.replicas.insert(doc, replica);
             docs.next.insert(doc, next);
         }
-        let max_future_ms = max_future_skew.as_millis() as u64;
         Ok(StateHandle {
             inner: Arc::new(Inner {
                 node_id: key.public().to_peer_id().to_string(),
@@ -266,6 +315,7 @@ impl StateHandle {
                 store,
                 clock: ledger.clock(),
                 write_order: tokio::sync::Mutex::new(()),
+                skew_reported: Mutex::new(HashSet::new()),
                 ledger,
                 metrics,
                 roster: RwLock::new(HashMap::new()),
@@ -356,6 +406,7 @@ impl StateHandle {
         let hlc = self.tick();
         let (change, value, mut body, position, hash) = {
             let mut docs = self.docs();
+            docs.replica(doc).set_time(hlc.wall_ms);
             let (change, value, body) = f(docs.replica(doc), &self.inner.key, hlc)?;
             let Some(change) = change else {
                 return Ok(value);
@@ -415,7 +466,12 @@ impl StateHandle {
         match self.inner.store.doc_changes(doc) {
             Ok((changes, next)) => {
                 let mut replica = Replica::new(doc);
-                let report = match replica.load(changes) {
+                let own_actor = voike_protocol::docs::actor_of(&self.inner.key.public());
+                let repaired = repaired_set(&self.inner.store, doc).unwrap_or_default();
+                let max_future_ms = self.inner.max_future_ms;
+                let report = match replica.load_excluding(changes, |c| {
+                    exclude_at_load(c, &own_actor, &repaired, max_future_ms)
+                }) {
                     Ok(r) => r,
                     Err(e) => {
                         error!(doc = doc.as_str(), error = %e, "cannot reload document");
@@ -464,8 +520,9 @@ impl StateHandle {
                     value: Vec::new(),
                 };
                 let result = self
-                    .local_write_with(doc, "doc.repair", vec![mark], |r, key, _| {
-                        let (change, skipped) = r.replay(key, &orphan)?;
+                    .local_write_with(doc, "doc.repair", vec![mark], |r, key, hlc| {
+                        let (change, skipped) =
+                            r.replay(key, &orphan, Some(zones::pack_hlc(hlc)))?;
                         r.drop_pending(&hash);
                         Ok((
                             change,
@@ -798,6 +855,10 @@ impl StateHandle {
             let Some(last) = batch.last() else { break };
             next = last.body.seq + 1;
             for e in batch {
+                // Trust events name changes this node refused, not changes it made.
+                if e.body.kind.starts_with("trust.") {
+                    continue;
+                }
                 let Ok(body) = serde_json::from_slice::<serde_json::Value>(&e.body.body) else {
                     continue;
                 };
@@ -990,7 +1051,12 @@ impl StateHandle {
         let order = self.inner.write_order.lock().await;
         let (outcome, ops): (Outcome, Vec<WriteOp>) = {
             let mut docs = self.docs();
-            let outcome = docs.replica(doc).receive(changes, &roster)?;
+            let outcome = docs.replica(doc).receive_at(
+                changes,
+                &roster,
+                now_ms(),
+                self.inner.max_future_ms,
+            )?;
             let ops = outcome
                 .applied
                 .iter()
@@ -1054,6 +1120,15 @@ impl StateHandle {
                 reason: r.as_str().into(),
             })
             .inc();
+        if matches!(r, Reject::Future { .. }) {
+            self.inner
+                .metrics
+                .clock_future_total
+                .get_or_create(&ReasonLabel {
+                    reason: "change".into(),
+                })
+                .inc();
+        }
         warn!(%from, doc = doc.as_str(), change = ?hash.map(|h| h.to_string()), reason = %r, "refused a document change");
         self.trust_event(
             "trust.change_rejected",
@@ -1191,18 +1266,33 @@ impl StateHandle {
                 continue;
             }
             if e.body.hlc.wall_ms > now + self.inner.max_future_ms {
-                reject(
-                    "future",
-                    format!(
-                        "timestamp {} is {} ms ahead of this node's clock",
-                        e.body.hlc,
-                        e.body.hlc.wall_ms - now
-                    ),
-                );
-                broken.insert(author);
-                continue;
+                // A chain cannot be rewritten: refusing its entries would keep the ledgers
+                // apart until the wall clock passes the stamp (an hour for a clock an hour
+                // ahead), even after the author's clock is corrected. The entry is kept as
+                // what its author claims; it does not move this node's clock, and the skew is
+                // counted and reported once per author.
+                self.inner
+                    .metrics
+                    .clock_future_total
+                    .get_or_create(&ReasonLabel {
+                        reason: "entry".into(),
+                    })
+                    .inc();
+                if lock(&self.inner.skew_reported).insert(author.clone()) {
+                    warn!(%from, author = %peer, seq = e.body.seq, ahead_ms = e.body.hlc.wall_ms - now, "a member's ledger entry is stamped beyond the skew bound; its clock is ahead");
+                    self.trust_event(
+                        "trust.clock_skew",
+                        json!({
+                            "author": peer.to_string(),
+                            "seq": e.body.seq,
+                            "ahead_ms": e.body.hlc.wall_ms - now,
+                            "bound_ms": self.inner.max_future_ms,
+                        }),
+                    );
+                }
+            } else {
+                let _ = lock(&self.inner.clock).observe(e.body.hlc, now);
             }
-            let _ = lock(&self.inner.clock).observe(e.body.hlc, now);
             heads.insert(author, e.head());
             ops.push(WriteOp::AppendEntry(Box::new(e)));
         }

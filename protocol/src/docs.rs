@@ -129,6 +129,10 @@ pub enum Reject {
     Schema(String),
     #[error("too many changes are waiting for their dependencies")]
     Backlog,
+    #[error(
+        "change is stamped {ahead_ms} ms ahead of this node's clock (at most {max_ms} allowed)"
+    )]
+    Future { ahead_ms: u64, max_ms: u64 },
 }
 
 impl Reject {
@@ -142,12 +146,16 @@ impl Reject {
             Reject::NotWriter { .. } => "not_writer",
             Reject::Schema(_) => "schema",
             Reject::Backlog => "backlog",
+            Reject::Future { .. } => "future",
         }
     }
 
     /// Whether the same change may be accepted later (the author may become known).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Reject::UnknownAuthor(_) | Reject::Backlog)
+        matches!(
+            self,
+            Reject::UnknownAuthor(_) | Reject::Backlog | Reject::Future { .. }
+        )
     }
 
     /// Whether every copy of a change with this hash would be refused the same way: true for
@@ -255,6 +263,8 @@ pub enum UnappliedReason {
     MissingDeps(Vec<ChangeHash>),
     /// Another applied change already holds its author's sequence number.
     SeqTaken { by: ChangeHash },
+    /// Left out on purpose (for example stamped far ahead of the clock).
+    Excluded(String),
 }
 
 impl UnappliedReason {
@@ -264,6 +274,7 @@ impl UnappliedReason {
             UnappliedReason::Undecodable(_) => "undecodable",
             UnappliedReason::MissingDeps(_) => "missing_dependencies",
             UnappliedReason::SeqTaken { .. } => "sequence_taken",
+            UnappliedReason::Excluded(_) => "excluded",
         }
     }
 }
@@ -282,6 +293,7 @@ impl std::fmt::Display for UnappliedReason {
             UnappliedReason::SeqTaken { by } => {
                 write!(f, "its author's sequence number is held by change {by}")
             }
+            UnappliedReason::Excluded(why) => write!(f, "left out: {why}"),
         }
     }
 }
@@ -294,6 +306,8 @@ pub struct Replica {
     sigs: HashMap<ChangeHash, Vec<u8>>,
     objects: HashMap<ObjKey, ObjInfo>,
     pending: HashMap<ChangeHash, (SignedChange, Change)>,
+    /// Stamp (Unix ms) of the next local change; see [`Replica::set_time`].
+    time_ms: i64,
 }
 
 impl Replica {
@@ -304,7 +318,14 @@ impl Replica {
             sigs: HashMap::new(),
             objects: HashMap::new(),
             pending: HashMap::new(),
+            time_ms: 0,
         }
+    }
+
+    /// Sets the time (Unix milliseconds, this node's HLC) that the next local changes carry:
+    /// receivers refuse a change stamped too far ahead of their own clock.
+    pub fn set_time(&mut self, time_ms: u64) {
+        self.time_ms = i64::try_from(time_ms).unwrap_or(i64::MAX);
     }
 
     pub fn id(&self) -> DocId {
@@ -343,6 +364,16 @@ impl Replica {
     /// they are merged if their dependencies ever arrive from a peer. Nothing unapplied enters
     /// Automerge's own queue, where it could later collide with this node's new changes.
     pub fn load(&mut self, changes: Vec<SignedChange>) -> Result<LoadReport, DocError> {
+        self.load_excluding(changes, |_| None)
+    }
+
+    /// [`Replica::load`], leaving out every change for which `exclude` gives a reason (its
+    /// dependants wait too). Left-out changes are reported and kept pending like the others.
+    pub fn load_excluding(
+        &mut self,
+        changes: Vec<SignedChange>,
+        exclude: impl Fn(&Change) -> Option<String>,
+    ) -> Result<LoadReport, DocError> {
         let mut report = LoadReport::default();
         let mut decoded: Vec<Option<(SignedChange, Change)>> = Vec::with_capacity(changes.len());
         let mut seen: HashSet<ChangeHash> = HashSet::new();
@@ -350,6 +381,20 @@ impl Replica {
             match Change::try_from(&sc.bytes[..]) {
                 Ok(change) => {
                     if self.sigs.contains_key(&change.hash()) || !seen.insert(change.hash()) {
+                        decoded.push(None);
+                        continue;
+                    }
+                    if let Some(why) = exclude(&change) {
+                        report.unapplied.push(Unapplied {
+                            index,
+                            hash: Some(change.hash()),
+                            actor: Some(change.actor_id().to_hex_string()),
+                            seq: Some(change.seq()),
+                            reason: UnappliedReason::Excluded(why),
+                        });
+                        if self.pending.len() < MAX_PENDING {
+                            self.pending.insert(change.hash(), (sc, change));
+                        }
                         decoded.push(None);
                         continue;
                     }
@@ -491,14 +536,16 @@ impl Replica {
         self.pending.remove(hash);
     }
 
-    /// Writes the content of `orphan` — a change of this node whose dependencies are lost —
-    /// again as a new local change: its values are put into the same objects (those it creates
-    /// are created anew). Operations on objects this replica does not hold are skipped and
-    /// counted. Returns the new change (none when nothing could be written) and the skipped count.
+    /// Writes the content of `orphan` — a change of this node whose dependencies are lost, or
+    /// that was left out at load — again as a new local change: its values are put into the same
+    /// objects (those it creates are created anew), and `hlc` values become `restamp` when given.
+    /// Operations on objects this replica does not hold are skipped and counted. Returns the new
+    /// change (none when nothing could be written) and the skipped count.
     pub fn replay(
         &mut self,
         key: &Keypair,
         orphan: &Change,
+        restamp: Option<u64>,
     ) -> Result<(Option<SignedChange>, usize), DocError> {
         let expanded = orphan.decode();
         let start = expanded.start_op.get();
@@ -537,7 +584,14 @@ impl Replica {
                         let new = tx.put_object(&obj, k.as_str(), ObjType::Map)?;
                         made.insert((start + i as u64, actor.clone()), new);
                     }
-                    automerge::legacy::OpType::Put(v) => tx.put(&obj, k.as_str(), v.clone())?,
+                    automerge::legacy::OpType::Put(v) => match (restamp, v) {
+                        // Values carry their writer's HLC under `hlc`: a replayed value is
+                        // written now, so it carries the new stamp.
+                        (Some(stamp), ScalarValue::Uint(_)) if k == "hlc" => {
+                            tx.put(&obj, k.as_str(), stamp)?
+                        }
+                        _ => tx.put(&obj, k.as_str(), v.clone())?,
+                    },
                     automerge::legacy::OpType::Delete => {
                         if tx.get(&obj, k.as_str())?.is_some() {
                             tx.delete(&obj, k.as_str())?;
@@ -571,7 +625,8 @@ impl Replica {
             tx.rollback();
             return Err(e);
         }
-        let (hash, _) = tx.commit();
+        let (hash, _) = tx
+            .commit_with(automerge::transaction::CommitOptions::default().with_time(self.time_ms));
         let Some(hash) = hash else {
             return Ok(None);
         };
@@ -593,10 +648,22 @@ impl Replica {
         changes: Vec<SignedChange>,
         roster: &impl Roster,
     ) -> Result<Outcome, DocError> {
+        self.receive_at(changes, roster, 0, u64::MAX)
+    }
+
+    /// [`Replica::receive`], refusing (for now: [`Reject::Future`] is transient) every change
+    /// stamped more than `max_future_ms` ahead of `now_ms`.
+    pub fn receive_at(
+        &mut self,
+        changes: Vec<SignedChange>,
+        roster: &impl Roster,
+        now_ms: u64,
+        max_future_ms: u64,
+    ) -> Result<Outcome, DocError> {
         let mut out = Outcome::default();
         let mut ready = Vec::new();
         for sc in changes {
-            match self.precheck(sc, roster) {
+            match self.precheck(sc, roster, now_ms, max_future_ms) {
                 Ok(Some((sc, change))) => ready.push((sc, change)),
                 Ok(None) => out.duplicates += 1,
                 Err(e) => out.rejected.push(e),
@@ -631,6 +698,8 @@ impl Replica {
         &self,
         sc: SignedChange,
         roster: &impl Roster,
+        now_ms: u64,
+        max_future_ms: u64,
     ) -> Result<Option<(SignedChange, Change)>, (Option<ChangeHash>, Reject)> {
         if sc.bytes.len() > MAX_CHANGE_BYTES {
             return Err((None, Reject::TooLarge));
@@ -663,9 +732,18 @@ impl Replica {
             &statement,
             &sc.signature,
         ) {
-            Ok(true) => Ok(Some((sc, change))),
-            _ => Err(fail(Reject::BadSignature)),
+            Ok(true) => {}
+            _ => return Err(fail(Reject::BadSignature)),
         }
+        let stamp = u64::try_from(change.timestamp()).unwrap_or(0);
+        let ahead_ms = stamp.saturating_sub(now_ms);
+        if ahead_ms > max_future_ms {
+            return Err(fail(Reject::Future {
+                ahead_ms,
+                max_ms: max_future_ms,
+            }));
+        }
+        Ok(Some((sc, change)))
     }
 
     fn drain_pending(&mut self, roster: &impl Roster, out: &mut Outcome) -> Result<(), DocError> {

@@ -349,6 +349,9 @@ pub enum Admitted {
     New,
     /// The record was already known.
     Known,
+    /// The record is new and took its ticket from `evicted`, which had redeemed the same
+    /// one-time ticket (see [`Directory`]): persist it and forget `evicted`.
+    Replaced { evicted: PeerId },
 }
 
 /// The members this node knows, with the rules that admit new ones.
@@ -358,9 +361,16 @@ pub struct Directory {
     mesh_id: MeshId,
     members: BTreeMap<PeerId, MembershipRecord>,
     nonces: HashMap<[u8; 16], PeerId>,
+    /// Bumped whenever a member is added or replaced.
+    generation: u64,
 }
 
 impl Directory {
+    /// Changes every time the member set changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// An empty directory of the mesh founded by `charter`.
     pub fn new(charter: MeshCharter) -> Self {
         let mesh_id = charter.id();
@@ -369,6 +379,7 @@ impl Directory {
             mesh_id,
             members: BTreeMap::new(),
             nonces: HashMap::new(),
+            generation: 0,
         }
     }
 
@@ -439,9 +450,19 @@ impl Directory {
         record: MembershipRecord,
     ) -> Result<Admitted, AdmissionError> {
         if let Some(nonce) = record.nonce() {
-            if let Some(owner) = self.nonces.get(&nonce)
-                && *owner != node
+            if let Some(owner) = self.nonces.get(&nonce).copied()
+                && owner != node
             {
+                // Two nodes redeemed one ticket, each admitted by a different member (on two
+                // sides of a partition, say). Which one keeps it must not depend on the order
+                // a replica heard of them: the smaller peer id (as bytes) wins everywhere.
+                if node.to_bytes() < owner.to_bytes() {
+                    self.members.remove(&owner);
+                    self.nonces.insert(nonce, node);
+                    self.members.insert(node, record);
+                    self.generation += 1;
+                    return Ok(Admitted::Replaced { evicted: owner });
+                }
                 return Err(AdmissionError::NonceReused {
                     owner: owner.to_string(),
                 });
@@ -449,6 +470,7 @@ impl Directory {
             self.nonces.insert(nonce, node);
         }
         self.members.insert(node, record);
+        self.generation += 1;
         Ok(Admitted::New)
     }
 

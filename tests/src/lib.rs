@@ -14,6 +14,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod dns;
+pub mod netns;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -198,6 +199,8 @@ pub struct TestNode {
     fixed_listen: Option<Vec<String>>,
     /// Extra environment variables for the process (config keys such as `VOIKED_DNS__RRL_RATE`).
     env: Vec<(String, String)>,
+    /// The network namespace the process runs in (see [`netns`]), with its address.
+    netns: Option<(String, String)>,
 }
 
 impl TestNode {
@@ -225,6 +228,7 @@ impl TestNode {
             node_id: String::new(),
             fixed_listen: None,
             env: Vec::new(),
+            netns: None,
         })
     }
 
@@ -251,6 +255,13 @@ impl TestNode {
         Ok(node)
     }
 
+    /// A node (not started) that runs in namespace `ns` with address `ip` (see [`netns`]).
+    pub fn in_netns(name: &str, ns: &str, ip: &str, extra: &[&str]) -> anyhow::Result<TestNode> {
+        let mut node = Self::create(name, extra)?;
+        node.netns = Some((ns.to_string(), ip.to_string()));
+        Ok(node)
+    }
+
     /// Starts a Genesis node (a new mesh).
     pub fn genesis(name: &str) -> anyhow::Result<TestNode> {
         Self::spawn(name, &[])
@@ -272,6 +283,29 @@ impl TestNode {
 
     /// A `voiked` command with this node's data dir, loopback flags and extra args.
     pub fn command(&self) -> Command {
+        if let Some((ns, ip)) = &self.netns {
+            // A host of a namespace lab: fixed ports on its own address, the API reachable from
+            // the root namespace over the bridge.
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin("voiked"));
+            c.arg("--data-dir").arg(&self.dir);
+            c.args(["--listen", &format!("/ip4/{ip}/tcp/4747")]);
+            c.args(["--listen", &format!("/ip4/{ip}/udp/4747/quic-v1")]);
+            c.args([
+                "--api",
+                &format!("{ip}:8080"),
+                "--dns",
+                &format!("{ip}:1053"),
+            ]);
+            c.args(["--doh", "off"]);
+            c.args(&self.args);
+            c.env("VOIKED_API__ALLOW_REMOTE", "true");
+            c.env("VOIKED_DNS__FORWARD", "false");
+            c.env("VOIKED_LOG", "info,voiked=debug,libp2p=warn");
+            c.env_remove("VOIKED_CONFIG");
+            c.envs(self.env.iter().map(|(k, v)| (k, v)));
+            return c;
+        }
         let mut c = Command::new(bin("voiked"));
         c.arg("--data-dir").arg(&self.dir);
         let defaults = match &self.fixed_listen {
@@ -622,7 +656,11 @@ impl Drop for TestNode {
         }
         if std::thread::panicking() {
             let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let lines = std::env::var("VOIKE_TEST_LOG_LINES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(60);
+            let tail: Vec<&str> = log.lines().rev().take(lines).collect();
             eprintln!("---- log of {} (last {} lines) ----", self.name, tail.len());
             for l in tail.iter().rev() {
                 eprintln!("{l}");

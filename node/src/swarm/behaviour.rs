@@ -12,6 +12,7 @@ use voike_protocol::sync::{MAX_DIGEST_BYTES, SYNC_PROTOCOL};
 use voike_protocol::wire::{self, Hello, HelloReply};
 
 use super::codec::SyncCodec;
+use super::forget::Forgetful;
 use crate::metrics::Metrics;
 
 /// Protocol of the mesh's private Kademlia DHT (kept apart from public DHTs).
@@ -29,18 +30,19 @@ pub struct Behaviour {
     pub relay: relay::client::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    pub member: request_response::cbor::Behaviour<Hello, HelloReply>,
+    pub member: Forgetful<request_response::cbor::Behaviour<Hello, HelloReply>>,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub autonat: autonat::Behaviour,
     pub dcutr: dcutr::Behaviour,
-    pub gossipsub: gossipsub::Behaviour,
-    pub sync: request_response::Behaviour<SyncCodec>,
+    pub gossipsub: Forgetful<gossipsub::Behaviour>,
+    pub sync: Forgetful<request_response::Behaviour<SyncCodec>>,
 }
 
 /// Settings of [`build`].
 #[derive(Clone, Debug)]
 pub struct BuildOptions {
     pub ping_interval: Duration,
+    pub ping_timeout: Duration,
     pub handshake_timeout: Duration,
     pub sync_timeout: Duration,
     pub metrics: Arc<Metrics>,
@@ -51,6 +53,7 @@ pub struct BuildOptions {
 pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour>> {
     let BuildOptions {
         ping_interval,
+        ping_timeout,
         handshake_timeout,
         sync_timeout,
         metrics,
@@ -75,7 +78,11 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
                     .with_interval(Duration::from_secs(15 * 60))
                     .with_push_listen_addr_updates(true),
             );
-            let ping = ping::Behaviour::new(ping::Config::new().with_interval(ping_interval));
+            let ping = ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(ping_interval)
+                    .with_timeout(ping_timeout),
+            );
             let member = request_response::cbor::Behaviour::with_codec(
                 request_response::cbor::codec::Codec::default()
                     .set_request_size_maximum(wire::MAX_HELLO_BYTES)
@@ -121,12 +128,12 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
                 relay,
                 identify,
                 ping,
-                member,
+                member: Forgetful::new(member),
                 kad,
                 autonat,
                 dcutr,
-                gossipsub,
-                sync,
+                gossipsub: Forgetful::new(gossipsub),
+                sync: Forgetful::new(sync),
             })
         })?
         // Members stay connected; connections are closed by the mesh logic, not by idleness.

@@ -46,6 +46,12 @@ use crate::state::StateHandle;
 use crate::sync::{self, SyncTask};
 
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// A member that was connected within [`RECENT_LINK`] is redialed at least this often (each
+/// try is one SYN or QUIC Initial): after a partition heals, links come back within seconds.
+const RECENT_REDIAL_MAX: Duration = Duration::from_secs(3);
+/// How long after losing a member the short redial interval applies; then the backoff grows to
+/// `p2p.redial_max`.
+const RECENT_LINK: Duration = Duration::from_secs(600);
 /// How long a rejected peer keeps its connection, so that the rejection reaches it.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
 const COMMAND_QUEUE: usize = 64;
@@ -145,6 +151,8 @@ impl SwarmHandle {
 struct Peer {
     /// Open connections and their remote addresses.
     connections: HashMap<ConnectionId, Multiaddr>,
+    /// When each open connection last showed it works (opened, or a ping answered).
+    alive_at: HashMap<ConnectionId, Instant>,
     /// The peer presented a valid membership record on the current connections.
     verified: bool,
     connected_since: Option<Instant>,
@@ -156,6 +164,8 @@ struct Peer {
     next_dial: Option<Instant>,
     backoff: Duration,
     disconnect_at: Option<Instant>,
+    /// When the last connection of a verified member closed.
+    lost_at: Option<Instant>,
 }
 
 impl Peer {
@@ -213,7 +223,9 @@ pub struct EventLoop {
     sync_tx: mpsc::Sender<SyncTask>,
     /// For answers computed off the loop (weak: the loop ends when every handle is gone).
     cmd_tx: mpsc::WeakSender<Command>,
-    sync_pending: HashMap<OutboundRequestId, oneshot::Sender<Result<SyncResponse, String>>>,
+    /// Sync requests in flight, with the peer they went to.
+    sync_pending:
+        HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<SyncResponse, String>>)>,
     /// Per-peer token buckets for inbound sync requests: (tokens, last refill).
     sync_buckets: HashMap<PeerId, (f64, Instant)>,
     announce_at: Option<Instant>,
@@ -222,7 +234,8 @@ pub struct EventLoop {
     health_topic: gossipsub::IdentTopic,
     hyper_tx: mpsc::Sender<HyperInput>,
     health_rx: mpsc::Receiver<Vec<u8>>,
-    roster_len: usize,
+    /// The directory generation last published to the state (`u64::MAX`: none yet).
+    roster_len: u64,
 }
 
 /// Sync-related parts of the event loop.
@@ -346,17 +359,20 @@ impl EventLoop {
         swarm
             .behaviour_mut()
             .gossipsub
+            .inner_mut()
             .subscribe(&topic)
             .map_err(|e| anyhow::anyhow!("cannot subscribe to the sync topic: {e}"))?;
         let health_topic = gossipsub::IdentTopic::new(format!("voike/health/1/{}", mesh.mesh_id()));
         swarm
             .behaviour_mut()
             .gossipsub
+            .inner_mut()
             .subscribe(&health_topic)
             .map_err(|e| anyhow::anyhow!("cannot subscribe to the health topic: {e}"))?;
         swarm
             .behaviour_mut()
             .gossipsub
+            .inner_mut()
             .with_peer_score(
                 peer_score_params(&[&topic, &health_topic]),
                 peer_score_thresholds(),
@@ -424,7 +440,7 @@ impl EventLoop {
                 health_topic,
                 hyper_tx: sync_parts.hyper_tx,
                 health_rx: sync_parts.health_rx,
-                roster_len: 0,
+                roster_len: u64::MAX,
             },
             SwarmHandle { tx },
         ))
@@ -487,6 +503,27 @@ impl EventLoop {
         let mut next = now + Duration::from_secs(3600);
         let redial_max = self.config.redial_max;
         let handshake = self.config.handshake_timeout;
+
+        // Connections whose pings stopped being answered: libp2p reports only the second failed
+        // ping (up to a minute late), so a link counts as dead once no ping was answered for a
+        // ping interval plus the ping timeout. Pings answered on time push this deadline on, so
+        // it wakes the loop only for a link that has gone quiet.
+        let stale_after = self.config.ping_interval + self.config.ping_timeout;
+        let mut dead_links = Vec::new();
+        for (id, p) in &self.peers {
+            for (conn, at) in &p.alive_at {
+                let due = *at + stale_after;
+                if due <= now {
+                    dead_links.push((*id, *conn, p.connections.get(conn).cloned()));
+                } else {
+                    next = next.min(due);
+                }
+            }
+        }
+        for (peer, conn, remote) in dead_links {
+            info!(%peer, remote = ?remote.map(|a| a.to_string()), silent_for = ?stale_after, "closing a connection whose pings are not answered");
+            self.let_go_of(peer, conn);
+        }
 
         // Unverified or rejected connections past their deadline.
         let mut to_drop = Vec::new();
@@ -571,11 +608,21 @@ impl EventLoop {
                 next = next.min(due);
                 continue;
             }
+            // `NotDialing`, not `DisconnectedAndNotDialing`: a dead connection that is still
+            // closing (which can take as long as TCP takes to give up) must not block a new one.
             let opts = DialOpts::peer_id(id)
                 .addresses(p.addrs.clone())
-                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .condition(PeerCondition::NotDialing)
                 .build();
-            p.next_dial = Some(now + jitter(p.backoff));
+            let cap = if p
+                .lost_at
+                .is_some_and(|t| now.duration_since(t) < RECENT_LINK)
+            {
+                RECENT_REDIAL_MAX.min(redial_max)
+            } else {
+                redial_max
+            };
+            p.next_dial = Some(now + jitter(p.backoff.min(cap)));
             p.backoff = (p.backoff * 2).min(redial_max);
             next = next.min(p.next_dial.unwrap_or(next));
             budget -= 1;
@@ -652,15 +699,23 @@ impl EventLoop {
                 debug!(peer = %peer_id, %remote, "connection established");
                 let p = self.peers.entry(peer_id).or_default();
                 p.connections.insert(connection_id, remote);
-                if num_established.get() == 1 {
+                p.alive_at.insert(connection_id, Instant::now());
+                // The first live connection (a dead one may still be closing: the swarm counts
+                // it in `num_established`, this node does not) starts the membership check.
+                let _ = num_established;
+                if p.connections.len() == 1 {
                     p.connected_since = Some(Instant::now());
                     p.verified = false;
-                    let hello = self.hello();
-                    self.swarm
-                        .behaviour_mut()
-                        .member
-                        .send_request(&peer_id, hello);
                 }
+                // Every new connection carries a hello, not only a peer's first: the other side
+                // may have let go of the older connections (a dead link, a NAT rebinding) and
+                // then needs this proof before it treats the peer as a member again.
+                let hello = self.hello();
+                self.swarm
+                    .behaviour_mut()
+                    .member
+                    .inner_mut()
+                    .send_request(&peer_id, hello);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -670,13 +725,17 @@ impl EventLoop {
                 ..
             } => {
                 let is_member = self.mesh.directory.contains(&peer_id);
+                let _ = num_established;
                 if let Some(p) = self.peers.get_mut(&peer_id) {
-                    p.connections.remove(&connection_id);
-                    if num_established == 0 {
+                    let was_live = p.connections.remove(&connection_id).is_some();
+                    p.alive_at.remove(&connection_id);
+                    // A dead link was already let go of when it was found dead.
+                    if was_live && p.connections.is_empty() {
                         self.held_welcomes.remove(&peer_id);
                         self.sync_buckets.remove(&peer_id);
                         if p.verified {
                             info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "member disconnected");
+                            p.lost_at = Some(Instant::now());
                         }
                         p.verified = false;
                         p.connected_since = None;
@@ -701,6 +760,77 @@ impl EventLoop {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Closes a dead connection and stops counting it at once: closing it gracefully can take
+    /// as long as the dead link takes to fail, and meanwhile the peer must neither be listed as
+    /// connected nor be kept from being redialed. When it was the peer's last live connection,
+    /// the peer is treated as disconnected now.
+    fn let_go_of(&mut self, peer: PeerId, conn: ConnectionId) {
+        self.swarm.close_connection(conn);
+        let b = self.swarm.behaviour_mut();
+        b.sync.forget(conn);
+        b.member.forget(conn);
+        b.gossipsub.forget(conn);
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.alive_at.remove(&conn);
+        if p.connections.remove(&conn).is_none() || !p.connections.is_empty() {
+            return;
+        }
+        if p.verified {
+            info!(%peer, "member disconnected (dead link)");
+            p.lost_at = Some(Instant::now());
+        }
+        // Requests on the dead link would wait for their timeout and hold the sync worker.
+        let stuck: Vec<OutboundRequestId> = self
+            .sync_pending
+            .iter()
+            .filter(|(_, (to, _))| *to == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stuck {
+            if let Some((_, reply)) = self.sync_pending.remove(&id) {
+                let _ = reply.send(Err(format!("the link to {peer} is dead")));
+            }
+        }
+        self.held_welcomes.remove(&peer);
+        self.sync_buckets.remove(&peer);
+        p.verified = false;
+        p.connected_since = None;
+        p.disconnect_at = None;
+        p.rtt = None;
+        p.backoff = INITIAL_BACKOFF;
+        p.next_dial = Some(Instant::now() + jitter(INITIAL_BACKOFF));
+    }
+
+    /// `kept` and `evicted` redeemed the same one-time ticket; every replica keeps `kept` (see
+    /// `Directory`). The evicted node is no longer a member here: it is disconnected, its
+    /// changes are refused as `unknown_author`, and the decision is recorded.
+    fn ticket_conflict(
+        &mut self,
+        kept: &voike_protocol::membership::MembershipRecord,
+        evicted: PeerId,
+    ) {
+        let kept_id = kept.peer_id().map(|p| p.to_string()).unwrap_or_default();
+        if evicted == self.mesh.peer_id {
+            tracing::error!(kept = %kept_id, "another node redeemed this node's join ticket and keeps it: this node is no longer a member; join again with a new ticket");
+        } else {
+            warn!(%evicted, kept = %kept_id, "two nodes redeemed one ticket; the one with the smaller id keeps it, the other is no longer a member");
+        }
+        self.mesh.ledger.record(
+            "member.ticket_conflict",
+            serde_json::json!({
+                "kept": kept_id,
+                "evicted": evicted.to_string(),
+                "rule": "smaller peer id keeps a ticket redeemed twice",
+            }),
+        );
+        if evicted != self.mesh.peer_id {
+            let _ = self.swarm.disconnect_peer_id(evicted);
+            self.peers.remove(&evicted);
+        }
     }
 
     fn hello(&mut self) -> Hello {
@@ -744,11 +874,27 @@ impl EventLoop {
             }
             BehaviourEvent::Ping(ping::Event {
                 peer,
+                connection,
+                result: Err(error),
+            }) => {
+                // libp2p keeps a connection whose pings fail; a dead link would then look
+                // connected until TCP gave up (many minutes). Close it: the member is redialed.
+                let remote = self
+                    .peers
+                    .get(&peer)
+                    .and_then(|p| p.connections.get(&connection))
+                    .map(|a| a.to_string());
+                info!(%peer, ?remote, %error, "closing a connection whose ping failed");
+                self.let_go_of(peer, connection);
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
                 result: Ok(rtt),
-                ..
             }) => {
                 let mut relayed = false;
                 if let Some(p) = self.peers.get_mut(&peer) {
+                    p.alive_at.insert(connection, Instant::now());
                     p.rtt = Some(rtt);
                     relayed = p.relayed();
                 }
@@ -853,8 +999,17 @@ impl EventLoop {
         };
         let reply = match result {
             Ok(admitted) => {
-                if admitted == Admitted::New {
-                    if let Err(error) = self.mesh.persist_member(&record).await {
+                if admitted != Admitted::Known {
+                    let stored = match admitted {
+                        Admitted::Replaced { evicted } => {
+                            self.mesh.persist_replacement(&record, evicted).await
+                        }
+                        _ => self.mesh.persist_member(&record).await,
+                    };
+                    if let Admitted::Replaced { evicted } = admitted {
+                        self.ticket_conflict(&record, evicted);
+                    }
+                    if let Err(error) = stored {
                         warn!(%peer, %error, "could not store membership record; refusing the peer for now");
                         self.mesh_reject(
                             peer,
@@ -931,6 +1086,7 @@ impl EventLoop {
             .swarm
             .behaviour_mut()
             .member
+            .inner_mut()
             .send_response(channel, reply)
             .is_err()
         {
@@ -949,6 +1105,7 @@ impl EventLoop {
             .swarm
             .behaviour_mut()
             .member
+            .inner_mut()
             .send_response(channel, HelloReply::Rejected { code, reason });
         if let Some(p) = self.peers.get_mut(&peer) {
             p.verified = false;
@@ -1004,9 +1161,14 @@ impl EventLoop {
             if id == self.mesh.peer_id {
                 continue;
             }
+            let record = info.record.clone();
             match self.mesh.admit_relayed(info.record).await {
-                Ok(true) => info!(peer = %id, via = %peer, "learned of member"),
-                Ok(false) => {}
+                Ok(Admitted::New) => info!(peer = %id, via = %peer, "learned of member"),
+                Ok(Admitted::Replaced { evicted }) => {
+                    info!(peer = %id, via = %peer, "learned of member");
+                    self.ticket_conflict(&record, evicted);
+                }
+                Ok(Admitted::Known) => {}
                 Err(error) => {
                     warn!(peer = %id, via = %peer, %error, "ignored relayed membership record")
                 }
@@ -1064,14 +1226,20 @@ impl EventLoop {
                     let _ = reply.send(Err(format!("{peer} is not a connected member")));
                     return;
                 }
-                let id = self.swarm.behaviour_mut().sync.send_request(&peer, req);
-                self.sync_pending.insert(id, reply);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .inner_mut()
+                    .send_request(&peer, req);
+                self.sync_pending.insert(id, (peer, reply));
             }
             Command::SyncRespond { channel, resp } => {
                 if self
                     .swarm
                     .behaviour_mut()
                     .sync
+                    .inner_mut()
                     .send_response(channel, resp)
                     .is_err()
                 {
@@ -1083,7 +1251,7 @@ impl EventLoop {
 
     /// Keeps the state's view of members and roles up to date (the directory only grows).
     fn publish_roster(&mut self) {
-        let n = self.mesh.directory.len();
+        let n = self.mesh.directory.generation();
         if n == self.roster_len {
             return;
         }
@@ -1116,7 +1284,13 @@ impl EventLoop {
 
     /// Publishes on a gossipsub topic; having no subscribed peer yet is not an error.
     fn publish(&mut self, topic: gossipsub::IdentTopic, data: Vec<u8>, what: &str) {
-        match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .inner_mut()
+            .publish(topic, data)
+        {
             Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(error) => debug!(%error, "{what} not published"),
         }
@@ -1168,6 +1342,7 @@ impl EventLoop {
         self.swarm
             .behaviour_mut()
             .gossipsub
+            .inner_mut()
             .report_message_validation_result(&id, &via, acceptance);
         if let Some((report, from)) = verified {
             let _ = self.hyper_tx.try_send(HyperInput::Report { from, report });
@@ -1222,6 +1397,7 @@ impl EventLoop {
         self.swarm
             .behaviour_mut()
             .gossipsub
+            .inner_mut()
             .report_message_validation_result(&id, &via, acceptance);
         let (Some(digest), Some(source)) = (digest, message.source) else {
             return;
@@ -1261,14 +1437,14 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some(reply) = self.sync_pending.remove(&request_id) {
+                if let Some((_, reply)) = self.sync_pending.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
             }
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => {
-                if let Some(reply) = self.sync_pending.remove(&request_id) {
+                if let Some((_, reply)) = self.sync_pending.remove(&request_id) {
                     let _ = reply.send(Err(error.to_string()));
                 }
             }
@@ -1293,7 +1469,12 @@ impl EventLoop {
                     reason: reason.into(),
                 })
                 .inc();
-            let _ = this.swarm.behaviour_mut().sync.send_response(channel, resp);
+            let _ = this
+                .swarm
+                .behaviour_mut()
+                .sync
+                .inner_mut()
+                .send_response(channel, resp);
         };
         if !self.peers.get(&peer).is_some_and(|p| p.verified) {
             refuse(

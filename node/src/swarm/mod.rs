@@ -12,5 +12,6 @@
 pub mod behaviour;
 pub mod codec;
 pub mod event_loop;
+pub mod forget;
 
 pub use event_loop::{Command, EventLoop, InviteError, SwarmHandle, SyncParts};

@@ -42,6 +42,14 @@ fn mesh() -> (Keypair, MeshCharter, Directory) {
     (g, c, d)
 }
 
+/// A second directory of the mesh of `g` and `c` (another replica).
+fn mesh_with(g: &Keypair, c: &MeshCharter) -> (Keypair, MeshCharter, Directory) {
+    let mut d = Directory::new(c.clone());
+    let rec = MembershipRecord::genesis(g, c.clone(), NOW - 100).expect("genesis record");
+    assert_eq!(d.admit_known(rec), Ok(Admitted::New));
+    (g.clone(), c.clone(), d)
+}
+
 fn presented(key: &Keypair) -> PeerId {
     key.public().to_peer_id()
 }
@@ -142,28 +150,40 @@ fn ticket_of_another_mesh_is_rejected() {
     ));
 }
 
+/// A ticket redeemed twice (on two sides of a partition): whatever order a directory hears of
+/// the two records in, it keeps the same one (the smaller peer id) and refuses the other.
 #[test]
-fn reused_nonce_is_rejected_and_first_owner_kept() {
-    let (g, c, mut d) = mesh();
+fn a_ticket_redeemed_twice_is_kept_by_the_same_node_in_every_order() {
+    let (g, c, _) = mesh();
     let t = ticket(&g, &c, Role::Member, NOW + 60, 7);
     let a = Keypair::generate_ed25519();
     let b = Keypair::generate_ed25519();
+    let (pa, pb) = (a.public().to_peer_id(), b.public().to_peer_id());
+    let (winner, loser) = if pa.to_bytes() < pb.to_bytes() {
+        (pa, pb)
+    } else {
+        (pb, pa)
+    };
     let ra = MembershipRecord::redeem(&a, t.clone(), NOW).expect("record");
     let rb = MembershipRecord::redeem(&b, t, NOW).expect("record");
-    assert_eq!(
-        d.admit_presented(ra, presented(&a), &[], NOW),
-        Ok(Admitted::New)
-    );
-    assert!(matches!(
-        d.admit_presented(rb.clone(), presented(&b), &[], NOW),
-        Err(AdmissionError::NonceReused { .. })
-    ));
-    assert!(matches!(
-        d.admit_known(rb),
-        Err(AdmissionError::NonceReused { .. })
-    ));
-    assert!(d.contains(&a.public().to_peer_id()));
-    assert!(!d.contains(&b.public().to_peer_id()));
+    for (first, second) in [(ra.clone(), rb.clone()), (rb, ra)] {
+        let (_, _, mut d) = mesh_with(&g, &c);
+        let second_id = second.peer_id().expect("id");
+        assert_eq!(d.admit_known(first), Ok(Admitted::New));
+        let before = d.generation();
+        let outcome = d.admit_known(second);
+        if second_id == winner {
+            assert_eq!(outcome, Ok(Admitted::Replaced { evicted: loser }));
+            assert!(d.generation() > before);
+        } else {
+            assert!(
+                matches!(outcome, Err(AdmissionError::NonceReused { .. })),
+                "{outcome:?}"
+            );
+        }
+        assert!(d.contains(&winner), "the smaller id keeps the ticket");
+        assert!(!d.contains(&loser));
+    }
 }
 
 #[test]
