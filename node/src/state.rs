@@ -573,6 +573,14 @@ impl StateHandle {
     pub async fn create_zone(&self, id: &str, domain: &str) -> Result<Zone, StateError> {
         zones::check_zone_id(id)?;
         let domain = zones::normalize_name("domain", domain)?;
+        if domain.split('.').any(|label| label.contains('*')) {
+            return Err(Invalid {
+                field: "domain",
+                message: "must not contain a wildcard label (wildcards are records inside a zone)"
+                    .into(),
+            }
+            .into());
+        }
         if domain == "." {
             return Err(Invalid {
                 field: "domain",
@@ -653,6 +661,13 @@ impl StateHandle {
             let zone = zones::zone(r.doc(), &zone_id)
                 .ok_or_else(|| StateError::NotFound(format!("no zone {zone_id}")))?;
             let input = zones::check_record(&zone.domain, &input)?;
+            let existing = zones::records(r.doc(), &zone_id).unwrap_or_default();
+            zones::check_cname_rules(
+                &zone.domain,
+                &existing,
+                &input,
+                &zones::record_id(&zone_id, &input),
+            )?;
             if !zone.owners.contains(&me) {
                 return Err(StateError::Forbidden(format!(
                     "this node does not own zone {zone_id} (owners: {})",

@@ -425,11 +425,16 @@ impl Directory {
         };
         let fresh_at = if vouched { None } else { Some(now) };
         record.verify(&self.charter, fresh_at)?;
-        self.insert(node, record)
+        // A node presenting a ticket this directory knows as used is refused, whatever its id:
+        // only records admitted elsewhere (relayed) may take a ticket over.
+        self.insert(node, record, false)
     }
 
     /// Admits a record read back from storage or relayed by another member: it was admitted
     /// somewhere already, so only signatures, mesh, issuer chain and nonce ownership are checked.
+    /// When it redeemed the same ticket as a member this directory holds (each was admitted by a
+    /// member that did not know of the other), the smaller peer id keeps the ticket on every
+    /// replica ([`Admitted::Replaced`]).
     pub fn admit_known(&mut self, record: MembershipRecord) -> Result<Admitted, AdmissionError> {
         let node = record.peer_id()?;
         if let Some(known) = self.members.get(&node) {
@@ -441,13 +446,14 @@ impl Directory {
             return Ok(Admitted::Known);
         }
         record.verify(&self.charter, None)?;
-        self.insert(node, record)
+        self.insert(node, record, true)
     }
 
     fn insert(
         &mut self,
         node: PeerId,
         record: MembershipRecord,
+        may_replace: bool,
     ) -> Result<Admitted, AdmissionError> {
         if let Some(nonce) = record.nonce() {
             if let Some(owner) = self.nonces.get(&nonce).copied()
@@ -456,7 +462,7 @@ impl Directory {
                 // Two nodes redeemed one ticket, each admitted by a different member (on two
                 // sides of a partition, say). Which one keeps it must not depend on the order
                 // a replica heard of them: the smaller peer id (as bytes) wins everywhere.
-                if node.to_bytes() < owner.to_bytes() {
+                if may_replace && node.to_bytes() < owner.to_bytes() {
                     self.members.remove(&owner);
                     self.nonces.insert(nonce, node);
                     self.members.insert(node, record);

@@ -133,6 +133,67 @@ pub fn normalize_name(field: &'static str, name: &str) -> Result<String, Invalid
     Ok(n)
 }
 
+/// The CNAME rules of RFC 1034 §3.6.2 for adding `new` (already checked by [`check_record`],
+/// with id `new_id`) to a zone of `domain` holding `existing`: no CNAME at the apex, nothing else
+/// at a name that has a CNAME (and one CNAME per name), and no CNAME chain that loops back.
+pub fn check_cname_rules(
+    domain: &str,
+    existing: &[Record],
+    new: &RecordInput,
+    new_id: &str,
+) -> Result<(), Invalid> {
+    let others: Vec<&Record> = existing
+        .iter()
+        .filter(|r| r.id != new_id && r.name == new.name)
+        .collect();
+    if new.rtype == "CNAME" {
+        if new.name == domain {
+            return Err(invalid(
+                "record.name",
+                "a CNAME cannot be at the zone apex (RFC 1034 §3.6.2)",
+            ));
+        }
+        if let Some(o) = others.first() {
+            return Err(invalid(
+                "record.type",
+                format!(
+                    "{} already has a {} record; a CNAME must be the only record at its name",
+                    new.name, o.rtype
+                ),
+            ));
+        }
+        // Follow the chain from the new target inside the zone.
+        let cname_of = |name: &str| -> Option<String> {
+            if name == new.name {
+                return Some(new.value.clone());
+            }
+            existing
+                .iter()
+                .find(|r| r.rtype == "CNAME" && r.name == name)
+                .map(|r| r.value.clone())
+        };
+        let mut at = new.value.clone();
+        for _ in 0..64 {
+            if at == new.name {
+                return Err(invalid("record.value", "would make a CNAME loop"));
+            }
+            match cname_of(&at) {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+    } else if others.iter().any(|r| r.rtype == "CNAME") {
+        return Err(invalid(
+            "record.type",
+            format!(
+                "{} has a CNAME; a CNAME must be the only record at its name",
+                new.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks and normalises a record for `domain`.
 pub fn check_record(domain: &str, input: &RecordInput) -> Result<RecordInput, Invalid> {
     let rtype = input.rtype.trim().to_ascii_uppercase();
@@ -157,6 +218,13 @@ pub fn check_record(domain: &str, input: &RecordInput) -> Result<RecordInput, In
         return Err(invalid(
             "record.value",
             format!("is longer than {MAX_VALUE_LEN} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        // A newline or other control character would break the zone file (and the record).
+        return Err(invalid(
+            "record.value",
+            "must not contain control characters",
         ));
     }
     let bad = |what: &str| invalid("record.value", format!("is not {what}"));

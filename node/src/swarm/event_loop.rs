@@ -875,6 +875,17 @@ impl EventLoop {
             BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,
+                result: Err(ping::Failure::Unsupported),
+            }) => {
+                // Not a voiked (members all answer pings): no liveness to track on it; the
+                // membership handshake decides what happens to it.
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.alive_at.remove(&connection);
+                }
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
                 result: Err(error),
             }) => {
                 // libp2p keeps a connection whose pings fail; a dead link would then look

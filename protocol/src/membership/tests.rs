@@ -167,6 +167,15 @@ fn a_ticket_redeemed_twice_is_kept_by_the_same_node_in_every_order() {
     let ra = MembershipRecord::redeem(&a, t.clone(), NOW).expect("record");
     let rb = MembershipRecord::redeem(&b, t, NOW).expect("record");
     for (first, second) in [(ra.clone(), rb.clone()), (rb, ra)] {
+        // Presented to a member that knows the ticket is used: refused, whatever the id.
+        let (_, _, mut fresh) = mesh_with(&g, &c);
+        assert_eq!(fresh.admit_known(first.clone()), Ok(Admitted::New));
+        let presenter = second.peer_id().expect("id");
+        assert!(matches!(
+            fresh.admit_presented(second.clone(), presenter, &[], NOW),
+            Err(AdmissionError::NonceReused { .. })
+        ));
+        // Relayed (admitted elsewhere): the smaller id keeps it, in either order.
         let (_, _, mut d) = mesh_with(&g, &c);
         let second_id = second.peer_id().expect("id");
         assert_eq!(d.admit_known(first), Ok(Admitted::New));
