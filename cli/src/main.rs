@@ -554,6 +554,12 @@ fn run(args: Args) -> anyhow::Result<()> {
                     humantime::format_duration(Duration::from_secs(s.uptime_secs)).to_string(),
                 ],
             ];
+            let mut rows = rows;
+            // The clock against the peers' (a node beyond the skew bound has its changes refused).
+            if let Ok(h) = client.call::<serde_json::Value>("GET", "/hypermesh/status", None::<&()>)
+            {
+                rows.push(vec!["clock".into(), clock_line(&h["clock"])]);
+            }
             for row in rows {
                 let mut lines = row[1].lines();
                 println!("{:<11} {}", row[0], lines.next().unwrap_or(""));
@@ -657,6 +663,7 @@ fn mesh(client: &Client, cmd: &MeshCmd, json: bool) -> anyhow::Result<()> {
                 "mesh: {} alive, {} suspect, {} dead",
                 s["mesh"]["alive"], s["mesh"]["suspect"], s["mesh"]["dead"]
             );
+            println!("clock: {}", clock_line(&s["clock"]));
             let rows: Vec<Vec<String>> = s["peers"]
                 .as_array()
                 .cloned()
@@ -1325,4 +1332,22 @@ fn resolve(
         bail!("{qname} {rtype}: {status}");
     }
     Ok(())
+}
+
+/// `offset +3 ms from 2 peers (within 60000 ms)`, or the skew warning.
+fn clock_line(c: &serde_json::Value) -> String {
+    match c["offset_ms"].as_i64() {
+        None => "no peer reports yet".into(),
+        Some(o) => {
+            let verdict = if c["skewed"] == true {
+                format!(
+                    "SKEWED beyond {} ms: this node's changes are refused by its peers; fix its clock and restart it",
+                    c["bound_ms"]
+                )
+            } else {
+                format!("within {} ms", c["bound_ms"])
+            };
+            format!("offset {o:+} ms from {} peers ({verdict})", c["peers"])
+        }
+    }
 }

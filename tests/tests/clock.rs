@@ -92,6 +92,12 @@ fn a_member_an_hour_ahead_is_refused_and_reported_then_converges_once_corrected(
         },
     )?;
     assert!(c.metric("voike_clock_offset_ms")? > 3_000_000.0);
+    let status = voike_tests::voike(&c, &["status"])?;
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("SKEWED"),
+        "voike status says nothing of the skew: {text}"
+    );
     wait_for(Duration::from_secs(30), "A to see C's clock ahead", || {
         let s = a.get("/hypermesh/status")?.body;
         Ok(s["peers"].as_array().into_iter().flatten().any(|p| {
