@@ -107,6 +107,7 @@ async fn run_with_store(
         config.sync.max_future_skew,
     )
     .map_err(|e| anyhow::anyhow!("cannot load replicated state: {e}"))?;
+    state.set_reserved_domain(&crate::dns::lower_fqdn(&config.dns.mesh_domain));
     state.repair_orphans().await;
     let mesh = MeshState::open(
         key.clone(),

@@ -38,7 +38,7 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn lower_fqdn(s: &str) -> String {
+pub(crate) fn lower_fqdn(s: &str) -> String {
     let mut s = s.trim().to_ascii_lowercase();
     if !s.ends_with('.') {
         s.push('.');
@@ -69,7 +69,7 @@ impl Snrl {
         &self,
         query: &snrl::Query,
     ) -> Result<SignedAnswer, voike_protocol::signing::SigningError> {
-        let endpoints = self.state.endpoints();
+        let endpoints = self.state.served_endpoints();
         let health = self.hypermesh.node_health();
         let candidates = snrl::rank(&endpoints, query, &health);
         SignedAnswer::sign(&self.key, query, candidates, now_ms(), self.ttl)
@@ -199,6 +199,12 @@ fn build_snapshot(
 ) -> Snapshot {
     let mut zones: Vec<ZoneData> = Vec::new();
     for z in state.zones() {
+        // The mesh domain is the nodes' own namespace: a zone at or under it (merged from a
+        // node that did not enforce the rule) is never served.
+        if voike_protocol::zones::is_within(&z.domain, mesh_domain) {
+            debug!(zone = %z.id, domain = %z.domain, "zone inside the mesh domain not served");
+            continue;
+        }
         let records: Vec<RecordData> = state
             .records(&z.id)
             .unwrap_or_default()
@@ -216,7 +222,7 @@ fn build_snapshot(
             records,
         });
     }
-    let endpoints = state.endpoints();
+    let endpoints = state.served_endpoints();
     let node_service = format!("voiked.{mesh_domain}");
     let node_records: Vec<RecordData> = endpoints
         .iter()

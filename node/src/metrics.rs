@@ -80,6 +80,8 @@ pub struct Metrics {
     pub hm_sample_interval: Gauge<f64, AtomicU64>,
     /// This node's clock minus the median of its peers' (from their health reports), ms.
     pub clock_offset_ms: Gauge,
+    /// Endpoints not served because their node has no right to the service name.
+    pub snrl_endpoints_unserved: Gauge,
     /// Remote document changes and ledger entries stamped beyond `sync.max_future_skew`.
     pub clock_future_total: Family<ReasonLabel, Counter>,
     /// Modules accepted by `POST /vvm/modules`.
@@ -131,6 +133,7 @@ impl Metrics {
             hm_rtt: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             hm_sample_interval: Gauge::default(),
             clock_offset_ms: Gauge::default(),
+            snrl_endpoints_unserved: Gauge::default(),
             clock_future_total: Family::default(),
             vvm_modules: Counter::default(),
             vvm_module_cache_total: Family::default(),
@@ -205,6 +208,11 @@ impl Metrics {
             "voike_doc_changes_unapplied",
             "Stored document changes that could not be applied at the last rebuild, by document",
             m.doc_changes_unapplied.clone(),
+        );
+        r.register(
+            "voike_snrl_endpoints_unserved",
+            "Registered endpoints not served (DNS, SNRL) because their node does not own the zone that holds the service name",
+            m.snrl_endpoints_unserved.clone(),
         );
         r.register(
             "voike_clock_offset_ms",

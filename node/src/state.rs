@@ -131,6 +131,8 @@ struct Inner {
     /// Bumped on every durable local or merged document change (DNS rebuilds on it).
     docs_version: tokio::sync::watch::Sender<u64>,
     clock: Arc<Mutex<HlcClock>>,
+    /// The mesh domain: no zone may be created at or under it (see `set_reserved_domain`).
+    reserved_domain: Mutex<Option<String>>,
     /// Authors whose clock skew was reported (once per author and run).
     skew_reported: Mutex<HashSet<Vec<u8>>>,
     /// Held from making a change until its write is queued in the store (see `local_write`).
@@ -316,6 +318,7 @@ impl StateHandle {
                 clock: ledger.clock(),
                 write_order: tokio::sync::Mutex::new(()),
                 skew_reported: Mutex::new(HashSet::new()),
+                reserved_domain: Mutex::new(None),
                 ledger,
                 metrics,
                 roster: RwLock::new(HashMap::new()),
@@ -479,6 +482,7 @@ impl StateHandle {
                     }
                 };
                 report_unapplied(doc, &report, &self.inner.metrics);
+                replica.set_reserved_domain(lock(&self.inner.reserved_domain).clone());
                 let mut docs = self.docs();
                 docs.unapplied.insert(doc, report.unapplied);
                 docs.replicas.insert(doc, replica);
@@ -569,6 +573,42 @@ impl StateHandle {
         }
     }
 
+    /// Sets the mesh domain (`dns.mesh_domain`, normalised): no zone is created or merged at or
+    /// under it, by anyone.
+    pub fn set_reserved_domain(&self, domain: &str) {
+        *lock(&self.inner.reserved_domain) = Some(domain.to_string());
+        for doc in DocId::ALL {
+            self.docs()
+                .replica(doc)
+                .set_reserved_domain(Some(domain.to_string()));
+        }
+    }
+
+    fn own_role(&self) -> Option<Role> {
+        let me: PeerId = self.inner.node_id.parse().ok()?;
+        self.inner
+            .roster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&me)
+            .copied()
+    }
+
+    /// Endpoints that may be served: those whose node may answer for the service name (see
+    /// [`zones::may_serve_endpoint`]); the others are counted (`voike_snrl_endpoints_unserved`).
+    pub fn served_endpoints(&self) -> Vec<Endpoint> {
+        let zones = self.zones();
+        let (ok, refused): (Vec<Endpoint>, Vec<Endpoint>) = self
+            .endpoints()
+            .into_iter()
+            .partition(|e| zones::may_serve_endpoint(&zones, &e.node, &e.service));
+        self.inner
+            .metrics
+            .snrl_endpoints_unserved
+            .set(refused.len() as i64);
+        ok
+    }
+
     /// Creates zone `id` for `domain`, owned by this node.
     pub async fn create_zone(&self, id: &str, domain: &str) -> Result<Zone, StateError> {
         zones::check_zone_id(id)?;
@@ -588,6 +628,10 @@ impl StateHandle {
             }
             .into());
         }
+        let reserved = lock(&self.inner.reserved_domain).clone();
+        let is_admin = self.own_role() == Some(Role::Admin);
+        zones::zone_domain_allowed(&domain, is_admin, reserved.as_deref())
+            .map_err(StateError::Forbidden)?;
         let me = self.inner.node_id.clone();
         let id = id.to_string();
         self.local_write(DocId::Zones, "zone.create", move |r, key, hlc| {
@@ -718,6 +762,16 @@ impl StateHandle {
     pub async fn register_endpoint(&self, input: EndpointInput) -> Result<Endpoint, StateError> {
         let input = endpoints::check_endpoint(&input)?;
         let me = self.inner.node_id.clone();
+        let zones_now = self.zones();
+        if !zones::may_serve_endpoint(&zones_now, &me, &input.service) {
+            let zone = zones::zone_for(&zones_now, &input.service)
+                .map(|z| z.id.clone())
+                .unwrap_or_default();
+            return Err(StateError::Forbidden(format!(
+                "{} is inside zone {zone}, which this node does not own: only its owners may register endpoints for its names",
+                input.service
+            )));
+        }
         self.local_write(DocId::Endpoints, "endpoint.register", move |r, key, hlc| {
             let id = endpoints::endpoint_id(&me, &input);
             if let Some(old) = endpoints::find_endpoint(r.doc(), &id)

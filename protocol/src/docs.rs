@@ -308,6 +308,8 @@ pub struct Replica {
     pending: HashMap<ChangeHash, (SignedChange, Change)>,
     /// Stamp (Unix ms) of the next local change; see [`Replica::set_time`].
     time_ms: i64,
+    /// The reserved domain of the zones document (see [`crate::zones::zone_domain_allowed`]).
+    reserved_domain: Option<String>,
 }
 
 impl Replica {
@@ -319,7 +321,14 @@ impl Replica {
             objects: HashMap::new(),
             pending: HashMap::new(),
             time_ms: 0,
+            reserved_domain: None,
         }
+    }
+
+    /// Sets the domain no zone may be created in (the mesh domain); see
+    /// [`crate::zones::zone_domain_allowed`].
+    pub fn set_reserved_domain(&mut self, domain: Option<String>) {
+        self.reserved_domain = domain;
     }
 
     /// Sets the time (Unix milliseconds, this node's HLC) that the next local changes carry:
@@ -891,6 +900,22 @@ impl Replica {
                     }
                     if matches!(v, ScalarValue::Counter(_)) {
                         return Err(Reject::Schema("counters are not allowed".into()));
+                    }
+                    // A zone's domain decides which names it answers for: the namespace rules
+                    // hold for every writer, whatever its client.
+                    if self.id == DocId::Zones
+                        && parent.as_ref().is_some_and(|p| p.depth == 1)
+                        && key.as_str() == "domain"
+                    {
+                        let ScalarValue::Str(domain) = v else {
+                            return Err(Reject::Schema("a zone's domain must be a string".into()));
+                        };
+                        crate::zones::zone_domain_allowed(
+                            domain,
+                            role == Role::Admin,
+                            self.reserved_domain.as_deref(),
+                        )
+                        .map_err(not_writer)?;
                     }
                 }
                 automerge::legacy::OpType::Delete => {}

@@ -133,6 +133,61 @@ pub fn normalize_name(field: &'static str, name: &str) -> Result<String, Invalid
     Ok(n)
 }
 
+/// Whether `name` is `domain` or inside it (both normalised).
+pub fn is_within(name: &str, domain: &str) -> bool {
+    domain == "." || name == domain || name.ends_with(&format!(".{domain}"))
+}
+
+/// Who may create a zone for `domain` (normalised), checked by the API and by every replica
+/// when it merges a change: nobody at or under `reserved` (the mesh domain, whose
+/// `<node>.nodes.` names each node writes for itself through its endpoint), and only an admin
+/// for a top-level domain (`com.`: a member must not be able to answer for all of it).
+pub fn zone_domain_allowed(
+    domain: &str,
+    is_admin: bool,
+    reserved: Option<&str>,
+) -> Result<(), String> {
+    // Judged as DNS compares names (whatever spelling a crafted change uses).
+    let mut domain = domain.trim().to_ascii_lowercase();
+    if !domain.ends_with('.') {
+        domain.push('.');
+    }
+    let domain = domain.as_str();
+    if let Some(r) = reserved
+        && is_within(domain, r)
+    {
+        return Err(format!(
+            "{domain} is inside {r}, which is reserved for the mesh's node names"
+        ));
+    }
+    let labels = domain
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+        .count();
+    if labels < 2 && !is_admin {
+        return Err(format!(
+            "{domain} is a top-level domain; only an admin may create a zone for it"
+        ));
+    }
+    Ok(())
+}
+
+/// The zone that holds `name`: the one with the longest domain containing it.
+pub fn zone_for<'a>(zones: &'a [Zone], name: &str) -> Option<&'a Zone> {
+    zones
+        .iter()
+        .filter(|z| is_within(name, &z.domain))
+        .max_by_key(|z| z.domain.len())
+}
+
+/// Whether `node` may have an endpoint served for `service`: a name inside a zone belongs to
+/// that zone's owners (an endpoint never shadows records the owners did not write); a name in no
+/// zone is open to every member.
+pub fn may_serve_endpoint(zones: &[Zone], node: &str, service: &str) -> bool {
+    zone_for(zones, service).is_none_or(|z| z.owners.iter().any(|o| o == node))
+}
+
 /// The CNAME rules of RFC 1034 §3.6.2 for adding `new` (already checked by [`check_record`],
 /// with id `new_id`) to a zone of `domain` holding `existing`: no CNAME at the apex, nothing else
 /// at a name that has a CNAME (and one CNAME per name), and no CNAME chain that loops back.

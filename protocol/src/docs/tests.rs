@@ -381,3 +381,46 @@ fn stored_changes_apply_whatever_their_stored_order() {
     assert!(report.unapplied.is_empty());
     assert_eq!(loaded.heads(), ra.heads());
 }
+
+/// The namespace rules hold at merge, whatever client made the change: a member's zone for a
+/// top-level domain, anyone's zone inside the reserved mesh domain.
+#[test]
+fn zones_for_top_level_or_reserved_domains_are_refused_when_merged() {
+    let (a, b) = (node(), node());
+    let ros = roster(&[(&a, Role::Admin), (&b, Role::Member)]);
+    let mut rb = Replica::new(DocId::Zones);
+    let tld = rb
+        .change(&b.key, |tx| {
+            zones::create_zone(tx, "tld", "COM", &b.id, hlc(0))
+        })
+        .expect("change")
+        .expect("not empty");
+    let mut rb2 = Replica::new(DocId::Zones);
+    let reserved = rb2
+        .change(&b.key, |tx| {
+            zones::create_zone(tx, "n", "nodes.voike.internal.", &b.id, hlc(0))
+        })
+        .expect("change")
+        .expect("not empty");
+    let mut ra = Replica::new(DocId::Zones);
+    ra.set_reserved_domain(Some("voike.internal.".into()));
+    for bad in [tld, reserved] {
+        let out = ra.receive(vec![bad], &ros).expect("receive");
+        assert!(out.applied.is_empty(), "{out:?}");
+        assert!(
+            matches!(out.rejected[0].1, Reject::NotWriter { .. }),
+            "{out:?}"
+        );
+    }
+    assert!(zones::zones(ra.doc()).is_empty());
+    // An admin may create a zone for a top-level domain, not inside the reserved one.
+    let mut ra2 = Replica::new(DocId::Zones);
+    let ok = ra2
+        .change(&a.key, |tx| {
+            zones::create_zone(tx, "t", "test.", &a.id, hlc(0))
+        })
+        .expect("change")
+        .expect("not empty");
+    let out = ra.receive(vec![ok], &ros).expect("receive");
+    assert_eq!(out.applied.len(), 1, "{out:?}");
+}
