@@ -117,7 +117,7 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("VOIKED_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,libp2p=warn,libp2p_kad=error"));
+        .unwrap_or_else(|_| EnvFilter::new("info,libp2p=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

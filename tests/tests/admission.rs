@@ -128,3 +128,51 @@ fn garbage_ticket_is_a_clear_error() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Refused peers share one ledger budget, whatever keys they use: fourteen non-members with
+/// fresh keys give at most ten `trust.peer_refused` entries, and the rest of the minute's
+/// refusals are written as one `trust.peers_refused` entry with their count.
+#[test]
+fn refusals_of_many_fresh_keys_share_one_ledger_budget() -> anyhow::Result<()> {
+    let genesis = TestNode::genesis("budget")?;
+    let mut other = TestNode::genesis("budget-other")?;
+    let other_ticket = other.invite("10m")?;
+    other.stop()?;
+    let bootstrap = genesis.dial_addrs()?;
+    for i in 0..14 {
+        refused_node(
+            &format!("intruder{i}"),
+            &["--join", &other_ticket, "--bootstrap", &bootstrap[0]],
+        )?;
+    }
+    let kinds = || -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+        Ok(genesis.get("/ledger/recent?limit=1000")?.body["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| Some((e["kind"].as_str()?.to_string(), e["body"].clone())))
+            .collect())
+    };
+    wait_for(
+        Duration::from_secs(90),
+        "the minute's count in the ledger",
+        || Ok(kinds()?.iter().any(|(k, _)| k == "trust.peers_refused")),
+    )?;
+    let entries = kinds()?;
+    let one_by_one = entries
+        .iter()
+        .filter(|(k, _)| k == "trust.peer_refused")
+        .count();
+    assert!(one_by_one <= 10, "{one_by_one} individual refusal entries");
+    let counted: u64 = entries
+        .iter()
+        .filter(|(k, _)| k == "trust.peers_refused")
+        .filter_map(|(_, b)| b["count"].as_u64())
+        .sum();
+    assert!(
+        one_by_one as u64 + counted >= 14,
+        "{one_by_one} recorded + {counted} counted < 14 refusals"
+    );
+    Ok(())
+}

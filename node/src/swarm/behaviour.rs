@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, autonat, dcutr, gossipsub, identify, identity::Keypair,
-    kad, noise, ping, relay, request_response, tcp, tls, yamux,
+    StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, gossipsub, identify,
+    identity::Keypair, noise, ping, relay, request_response, tcp, tls, yamux,
 };
 use voike_protocol::sync::{MAX_DIGEST_BYTES, SYNC_PROTOCOL};
 use voike_protocol::wire::{self, Hello, HelloReply};
@@ -15,8 +15,12 @@ use super::codec::SyncCodec;
 use super::forget::Forgetful;
 use crate::metrics::Metrics;
 
-/// Protocol of the mesh's private Kademlia DHT (kept apart from public DHTs).
-pub const KAD_PROTOCOL: &str = "/voike/kad/1.0.0";
+/// Connections being set up from outside at once (a flood of handshakes waits its turn).
+pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Established connections from outside (members' and not-yet-verified peers').
+pub const MAX_ESTABLISHED_INCOMING: u32 = 512;
+/// Connections per peer (TCP and QUIC, plus a dead one still closing, with room to spare).
+pub const MAX_PER_PEER: u32 = 8;
 /// identify protocol version string (informational: membership proofs decide who is meshed with).
 pub const IDENTIFY_PROTOCOL: &str = "/voike/1.0.0";
 
@@ -27,11 +31,13 @@ pub const IDENTIFY_PROTOCOL: &str = "/voike/1.0.0";
 )]
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First, so that a connection over the limits is refused before any other behaviour
+    /// spends anything on it.
+    pub limits: connection_limits::Behaviour,
     pub relay: relay::client::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub member: Forgetful<request_response::cbor::Behaviour<Hello, HelloReply>>,
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub autonat: autonat::Behaviour,
     pub dcutr: dcutr::Behaviour,
     pub gossipsub: Forgetful<gossipsub::Behaviour>,
@@ -93,11 +99,6 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
                 )],
                 request_response::Config::default().with_request_timeout(handshake_timeout),
             );
-            let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
-            kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(10 * 60)));
-            let mut kad =
-                kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
-            kad.set_mode(Some(kad::Mode::Server));
             let autonat = autonat::Behaviour::new(peer, autonat::Config::default());
             let dcutr = dcutr::Behaviour::new(peer);
             // Digests are small and published to every subscribed peer (flood publish); the
@@ -124,12 +125,18 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
                     .with_request_timeout(sync_timeout)
                     .with_max_concurrent_streams(64),
             );
+            let limits = connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                    .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+                    .with_max_established_per_peer(Some(MAX_PER_PEER)),
+            );
             Ok(Behaviour {
+                limits,
                 relay,
                 identify,
                 ping,
                 member: Forgetful::new(member),
-                kad,
                 autonat,
                 dcutr,
                 gossipsub: Forgetful::new(gossipsub),

@@ -55,8 +55,11 @@ const RECENT_LINK: Duration = Duration::from_secs(600);
 /// How long a rejected peer keeps its connection, so that the rejection reaches it.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
 const COMMAND_QUEUE: usize = 64;
-/// Peers whose refusal time is remembered (for rate-limiting trust events).
-const MAX_REFUSALS_TRACKED: usize = 1024;
+/// Refused peers written to the ledger one by one per [`REFUSAL_WINDOW`]; the rest of the
+/// window's refusals are written as one `trust.peers_refused` entry with their count, so that
+/// non-members with fresh keys cannot grow every member's ledger.
+const REFUSALS_PER_WINDOW: u32 = 10;
+const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 /// Local changes within this window are announced together.
 const ANNOUNCE_DELAY: Duration = Duration::from_millis(5);
 
@@ -212,8 +215,9 @@ pub struct EventLoop {
     listen_addrs: Vec<Multiaddr>,
     /// Listeners that have not reported an address yet (readiness waits for them).
     listeners_pending: HashSet<ListenerId>,
-    /// When a refusal of each peer was last written to the ledger.
-    refusals_recorded: HashMap<PeerId, Instant>,
+    /// The current refusal window: its start, refusals written one by one, and refusals only
+    /// counted (written as one entry when the window ends).
+    refusals: (Instant, u32, u64),
     /// Welcomes received before the sender's own hello was checked.
     held_welcomes: HashMap<PeerId, HeldWelcome>,
     api_addr: String,
@@ -425,7 +429,7 @@ impl EventLoop {
                 listen_addrs: Vec::new(),
                 listeners_pending,
                 held_welcomes: HashMap::new(),
-                refusals_recorded: HashMap::new(),
+                refusals: (Instant::now(), 0, 0),
                 api_addr,
                 started: now,
                 state: sync_parts.state,
@@ -553,6 +557,15 @@ impl EventLoop {
             }
         }
 
+        if self.refusals.2 > 0 {
+            // Work waiting: the count of this window's refusals goes to the ledger when it ends.
+            let end = self.refusals.0 + REFUSAL_WINDOW;
+            if end <= now {
+                self.flush_refusals(now);
+            } else {
+                next = next.min(end);
+            }
+        }
         if let Some(at) = self.announce_at {
             if at <= now {
                 self.announce_at = None;
@@ -833,6 +846,24 @@ impl EventLoop {
         }
     }
 
+    /// Ends the refusal window if it is over, writing the count of refusals it only counted.
+    fn flush_refusals(&mut self, now: Instant) {
+        if now.duration_since(self.refusals.0) < REFUSAL_WINDOW {
+            return;
+        }
+        if self.refusals.2 > 0 {
+            self.mesh.ledger.record(
+                "trust.peers_refused",
+                serde_json::json!({
+                    "count": self.refusals.2,
+                    "window_s": REFUSAL_WINDOW.as_secs(),
+                    "also_recorded_one_by_one": self.refusals.1,
+                }),
+            );
+        }
+        self.refusals = (now, 0, 0);
+    }
+
     fn hello(&mut self) -> Hello {
         if let Err(error) = self.mesh.refresh_pending_record() {
             warn!(%error, "could not re-sign the joining record");
@@ -950,9 +981,6 @@ impl EventLoop {
         // are stored once it has.
         if is_member && p.stored_addrs != merged {
             p.stored_addrs = merged.clone();
-            for a in &merged {
-                self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
-            }
             let text: Vec<String> = merged.iter().map(|a| a.to_string()).collect();
             if let Err(error) = self.mesh.persist_addrs(&peer, &text).await {
                 warn!(%peer, %error, "could not store peer addresses");
@@ -1072,22 +1100,19 @@ impl EventLoop {
             }
             Err(error) => {
                 warn!(%peer, %error, "refused peer: not a member of this mesh");
-                // One trust event per refused peer per hour: a non-member that keeps redialing
-                // must not grow the ledger without bound.
-                let now = Instant::now();
-                let recorded_recently = self
-                    .refusals_recorded
-                    .get(&peer)
-                    .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(3600));
-                if self.refusals_recorded.len() >= MAX_REFUSALS_TRACKED {
-                    self.refusals_recorded.clear();
-                }
-                if self.mesh.is_member() && !recorded_recently {
-                    self.refusals_recorded.insert(peer, now);
-                    self.mesh.ledger.record(
-                        "trust.peer_refused",
-                        serde_json::json!({ "peer": peer.to_string(), "reason": error.to_string() }),
-                    );
+                // One budget for every refused peer, however many keys they use: the first
+                // few of a window one by one, the rest as a count.
+                if self.mesh.is_member() {
+                    self.flush_refusals(Instant::now());
+                    if self.refusals.1 < REFUSALS_PER_WINDOW {
+                        self.refusals.1 += 1;
+                        self.mesh.ledger.record(
+                            "trust.peer_refused",
+                            serde_json::json!({ "peer": peer.to_string(), "reason": error.to_string() }),
+                        );
+                    } else {
+                        self.refusals.2 += 1;
+                    }
                 }
                 self.mesh_reject(peer, channel, RejectCode::of(&error), error.to_string());
                 return;
