@@ -5,9 +5,14 @@
 //! dropped, except every `slip`-th, which is sent truncated (TC=1) so a real client retries over
 //! TCP while a spoofed victim gets no amplification. `slip = 0` never slips, `1` always slips.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::time::Instant;
+
+use lru::LruCache;
+
+/// Prefixes whose buckets are kept (about 64 bytes each).
+pub const MAX_PREFIXES: usize = 65_536;
 
 /// What to do with a response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,8 +36,10 @@ pub struct Rrl {
     slip: u32,
     v4_prefix: u8,
     v6_prefix: u8,
-    table: HashMap<(bool, u128), Bucket>,
-    max_entries: usize,
+    /// Buckets of the most recently seen prefixes. When full, the least recently seen one is
+    /// forgotten (it comes back with a full bucket): a flood of spoofed prefixes pushes out
+    /// quiet ones, never the ones being limited, and never switches limiting off.
+    table: LruCache<(bool, u128), Bucket>,
 }
 
 impl Rrl {
@@ -43,8 +50,7 @@ impl Rrl {
             slip,
             v4_prefix: v4_prefix.min(32),
             v6_prefix: v6_prefix.min(128),
-            table: HashMap::new(),
-            max_entries: 65_536,
+            table: LruCache::new(NonZeroUsize::new(MAX_PREFIXES).unwrap_or(NonZeroUsize::MIN)),
         }
     }
 
@@ -70,16 +76,8 @@ impl Rrl {
     /// Decides for one response to `ip` at `now`.
     pub fn check(&mut self, ip: IpAddr, now: Instant) -> Action {
         let key = self.prefix(ip);
-        if self.table.len() >= self.max_entries && !self.table.contains_key(&key) {
-            // Forget prefixes that have been quiet for a second (their buckets are full again).
-            self.table
-                .retain(|_, b| now.saturating_duration_since(b.last).as_secs_f64() < 1.0);
-            if self.table.len() >= self.max_entries {
-                self.table.clear();
-            }
-        }
         let rate = self.rate;
-        let b = self.table.entry(key).or_insert(Bucket {
+        let b = self.table.get_or_insert_mut(key, || Bucket {
             tokens: rate,
             last: now,
             limited: 0,
@@ -104,6 +102,33 @@ impl Rrl {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A flood from more spoofed /24s than the table holds does not switch limiting off for
+    /// the prefix being limited (the table used to clear itself when full).
+    #[test]
+    fn a_flood_of_spoofed_prefixes_keeps_the_limited_prefix_limited() {
+        let t0 = Instant::now();
+        let mut rrl = Rrl::new(10, 0, 24, 56);
+        let attacker: IpAddr = "192.0.2.1".parse().expect("ip");
+        for _ in 0..10 {
+            assert_eq!(rrl.check(attacker, t0), Action::Send);
+        }
+        assert_eq!(rrl.check(attacker, t0), Action::Drop);
+        for i in 0..(MAX_PREFIXES as u32 * 2) {
+            let spoofed = IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + (i << 8)));
+            let _ = rrl.check(spoofed, t0);
+            if i % 1000 == 0 {
+                // The victim prefix keeps being queried (and limited) during the flood.
+                assert_eq!(
+                    rrl.check(attacker, t0),
+                    Action::Drop,
+                    "after {i} spoofed prefixes"
+                );
+            }
+        }
+        assert_eq!(rrl.check(attacker, t0), Action::Drop);
+        assert!(rrl.table.len() <= MAX_PREFIXES);
+    }
 
     #[test]
     fn limits_per_prefix_with_slip_and_refills() {

@@ -1,0 +1,77 @@
+//! One DNS client cannot lock the others out (issue 12, item 5): a client holding as many idle
+//! TCP and DoH connections as it can (from 127.0.0.2) gets at most its share of the cap, and a
+//! probe from another address keeps being answered over TCP and DoH.
+
+use std::time::Duration;
+
+use voike_tests::TestNode;
+use voike_tests::dns::{self, RecordType, answers};
+
+async fn hold(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let Ok(s) = tokio::net::TcpSocket::new_v4() else {
+            break;
+        };
+        if s.bind("127.0.0.2:0".parse().expect("addr")).is_err() {
+            break;
+        }
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), s.connect(addr)).await {
+            held.push(c);
+        }
+    }
+    held
+}
+
+/// How many of `held` the server has closed (read returns 0 or an error at once).
+async fn closed(held: &mut [tokio::net::TcpStream]) -> usize {
+    use tokio::io::AsyncReadExt;
+    let mut n = 0;
+    for c in held.iter_mut() {
+        let mut one = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(200), c.read(&mut one)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+#[test]
+fn a_client_holding_connections_gets_its_share_and_others_are_served() -> anyhow::Result<()> {
+    let node = TestNode::spawn_with_env(
+        "dns-fair",
+        &[],
+        &[
+            ("VOIKED_DNS__TCP_MAX_CONNECTIONS", "64"),
+            ("VOIKED_DNS__DOH_MAX_CONNECTIONS", "64"),
+            ("VOIKED_DNS__TCP_IDLE_TIMEOUT", "60s"),
+            ("VOIKED_DNS__DOH_IDLE_TIMEOUT", "60s"),
+        ],
+    )?;
+    node.create_zone("demo", "demo.mesh.")?;
+    node.add_a("demo", "www.demo.mesh.", "10.0.0.7")?;
+    let (addr, doh) = (node.dns_addr()?, node.doh_addr()?);
+    let rt = tokio::runtime::Runtime::new()?;
+    // 64 of each from one address: 8 (an eighth of the cap) are kept, the rest closed at once.
+    let (mut tcp_held, mut doh_held) =
+        rt.block_on(async { (hold(addr, 64).await, hold(doh, 64).await) });
+    let (tcp_closed, doh_closed) =
+        rt.block_on(async { (closed(&mut tcp_held).await, closed(&mut doh_held).await) });
+    assert!(tcp_closed >= 64 - 8, "TCP: only {tcp_closed} of 64 refused");
+    assert!(doh_closed >= 64 - 8, "DoH: only {doh_closed} of 64 refused");
+    assert!(node.metric("voike_dns_refused_connections_total")? >= 100.0);
+    // Others are still served while those are held.
+    for _ in 0..10 {
+        assert_eq!(
+            answers(&dns::tcp(addr, "www.demo.mesh.", RecordType::A)?),
+            ["A 10.0.0.7"]
+        );
+        assert_eq!(
+            answers(&dns::doh_get(doh, "www.demo.mesh.", RecordType::A)?),
+            ["A 10.0.0.7"]
+        );
+    }
+    drop((tcp_held, doh_held));
+    Ok(())
+}
