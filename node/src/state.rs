@@ -131,6 +131,9 @@ struct Inner {
     /// Bumped on every durable local or merged document change (DNS rebuilds on it).
     docs_version: tokio::sync::watch::Sender<u64>,
     clock: Arc<Mutex<HlcClock>>,
+    /// The records of the zone last written to, as of the zones document's heads (for the CNAME
+    /// rules; rebuilt when the heads moved by anything but this node's own record writes).
+    zone_index: Arc<Mutex<(Vec<ChangeHash>, String, Vec<Record>)>>,
     /// The mesh domain: no zone may be created at or under it (see `set_reserved_domain`).
     reserved_domain: Mutex<Option<String>>,
     /// Authors whose clock skew was reported (once per author and run).
@@ -319,6 +322,7 @@ impl StateHandle {
                 write_order: tokio::sync::Mutex::new(()),
                 skew_reported: Mutex::new(HashSet::new()),
                 reserved_domain: Mutex::new(None),
+                zone_index: Arc::new(Mutex::new((Vec::new(), String::new(), Vec::new()))),
                 ledger,
                 metrics,
                 roster: RwLock::new(HashMap::new()),
@@ -701,17 +705,26 @@ impl StateHandle {
     ) -> Result<Record, StateError> {
         let me = self.inner.node_id.clone();
         let zone_id = zone_id.to_string();
+        let names = self.inner.zone_index.clone();
         self.local_write(DocId::Zones, "record.add", move |r, key, hlc| {
             let zone = zones::zone(r.doc(), &zone_id)
                 .ok_or_else(|| StateError::NotFound(format!("no zone {zone_id}")))?;
             let input = zones::check_record(&zone.domain, &input)?;
-            let existing = zones::records(r.doc(), &zone_id).unwrap_or_default();
-            zones::check_cname_rules(
-                &zone.domain,
-                &existing,
-                &input,
-                &zones::record_id(&zone_id, &input),
-            )?;
+            let new_id = zones::record_id(&zone_id, &input);
+            {
+                // The zone's records as of the document's heads, kept between local writes so
+                // that a write does not read every record of the zone again.
+                let mut index = lock(&names);
+                let heads = r.heads();
+                if index.0 != heads || index.1 != zone_id {
+                    *index = (
+                        heads,
+                        zone_id.clone(),
+                        zones::records(r.doc(), &zone_id).unwrap_or_default(),
+                    );
+                }
+                zones::check_cname_rules(&zone.domain, &index.2, &input, &new_id)?;
+            }
             if !zone.owners.contains(&me) {
                 return Err(StateError::Forbidden(format!(
                     "this node does not own zone {zone_id} (owners: {})",
@@ -726,6 +739,12 @@ impl StateHandle {
                 Ok(())
             })?;
             let record = record.ok_or_else(|| StateError::Internal("no record".into()))?;
+            {
+                let mut index = lock(&names);
+                index.2.retain(|x| x.id != record.id);
+                index.2.push(record.clone());
+                index.0 = r.heads();
+            }
             let body = json!({
                 "zone": zone_id, "record": record.id, "type": record.rtype,
                 "name": record.name, "value": record.value, "ttl": record.ttl,
