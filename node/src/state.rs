@@ -117,6 +117,9 @@ impl Rejected {
     }
 }
 
+/// Heads of the zones document, the zone id, and that zone's records as of those heads.
+type ZoneIndex = (Vec<ChangeHash>, String, Vec<Record>);
+
 struct Inner {
     key: Keypair,
     node_id: String,
@@ -133,7 +136,7 @@ struct Inner {
     clock: Arc<Mutex<HlcClock>>,
     /// The records of the zone last written to, as of the zones document's heads (for the CNAME
     /// rules; rebuilt when the heads moved by anything but this node's own record writes).
-    zone_index: Arc<Mutex<(Vec<ChangeHash>, String, Vec<Record>)>>,
+    zone_index: Arc<Mutex<ZoneIndex>>,
     /// The mesh domain: no zone may be created at or under it (see `set_reserved_domain`).
     reserved_domain: Mutex<Option<String>>,
     /// Authors whose clock skew was reported (once per author and run).
