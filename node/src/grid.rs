@@ -39,6 +39,50 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes of compiled code the module cache holds at most; a module larger than this is used
+/// and not kept.
+pub const MODULE_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Compiled modules by hash, least recently used evicted first, bounded by compiled size, so
+/// that members naming many (or huge) modules cannot grow a runner's memory without bound.
+struct ModuleCache {
+    lru: lru::LruCache<String, Arc<Module>>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl ModuleCache {
+    fn new(max_bytes: usize) -> Self {
+        ModuleCache {
+            lru: lru::LruCache::unbounded(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    fn get(&mut self, hash: &str) -> Option<Arc<Module>> {
+        self.lru.get(hash).cloned()
+    }
+
+    fn insert(&mut self, hash: String, module: Arc<Module>) {
+        let size = module.code_bytes();
+        if size > self.max_bytes {
+            tracing::info!(%hash, size, max = self.max_bytes, "compiled module larger than the cache; not kept");
+            return;
+        }
+        if let Some(old) = self.lru.put(hash, module) {
+            self.bytes = self.bytes.saturating_sub(old.code_bytes());
+        }
+        self.bytes += size;
+        while self.bytes > self.max_bytes {
+            let Some((_, evicted)) = self.lru.pop_lru() else {
+                break;
+            };
+            self.bytes = self.bytes.saturating_sub(evicted.code_bytes());
+        }
+    }
+}
+
 /// Settings of the grid.
 #[derive(Clone, Debug)]
 pub struct GridConfig {
@@ -83,7 +127,8 @@ pub struct Grid {
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     config: GridConfig,
-    compiled: Mutex<HashMap<String, Arc<Module>>>,
+    /// Compiled modules, least recently used first out, bounded in bytes of compiled code.
+    compiled: Mutex<ModuleCache>,
     /// Segments this node is running: (job, segment).
     running: Mutex<HashSet<(String, u32)>>,
     /// Segments this node gave up on for now (module not found), with when to retry.
@@ -143,7 +188,7 @@ impl Grid {
             runtime: Arc::new(runtime),
             metrics,
             config,
-            compiled: Mutex::new(HashMap::new()),
+            compiled: Mutex::new(ModuleCache::new(MODULE_CACHE_BYTES)),
             running: Mutex::new(HashSet::new()),
             backoff: Mutex::new(HashMap::new()),
             cancel,
@@ -210,7 +255,6 @@ impl Grid {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(hash)
-            .cloned()
         {
             self.metrics.vvm_module_cache("hit");
             return Ok(m);

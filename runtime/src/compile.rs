@@ -89,6 +89,13 @@ impl Module {
         self.entries.iter().map(|e| e.name.clone()).collect()
     }
 
+    /// Bytes of compiled code and data this module holds in memory (what a cache of compiled
+    /// modules is bounded by).
+    pub fn code_bytes(&self) -> usize {
+        let r = self.pre.module().image_range();
+        (r.end as usize).saturating_sub(r.start as usize)
+    }
+
     /// Whether the module imports WASI (and so gets a WASI context when it runs).
     pub fn uses_wasi(&self) -> bool {
         self.uses_wasi
