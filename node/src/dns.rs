@@ -38,6 +38,10 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// How long after a document change the DNS snapshot is rebuilt, so that a burst of changes
+/// makes one snapshot.
+const SNAPSHOT_COALESCE: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub(crate) fn lower_fqdn(s: &str) -> String {
     let mut s = s.trim().to_ascii_lowercase();
     if !s.ends_with('.') {
@@ -160,6 +164,8 @@ pub struct NodeDns {
     mesh_domain: String,
     nameserver: String,
     node_id: String,
+    /// The document version the served snapshot was built from.
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 impl NodeDns {
@@ -173,7 +179,15 @@ impl NodeDns {
     }
 
     /// BIND text of the zone with id or domain `zone`.
-    pub fn export(&self, state: &StateHandle, zone: &str) -> Option<String> {
+    pub async fn export(&self, state: &StateHandle, zone: &str) -> Option<String> {
+        // Read your writes: wait (briefly) for the snapshot of the current documents.
+        let want = *state.watch_docs().borrow();
+        let mut rx = self.published.subscribe();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            rx.wait_for(|v| *v >= want),
+        )
+        .await;
         let wanted = lower_fqdn(zone);
         let domain = match state.zone(zone) {
             Some(z) => z.domain,
@@ -311,6 +325,9 @@ pub async fn start(
     let dns_metrics = Arc::new(voike_dns::Metrics::default());
     metrics.register_with(|r| dns_metrics.register(r));
     let mut serials = Serials::default();
+    // Subscribed before the first build, so that a change made while it builds is rebuilt.
+    let mut docs_rx = state.watch_docs();
+    let first_version = *docs_rx.borrow_and_update();
     let first = build_snapshot(1, &state, &mesh_domain, &nameserver, &mut serials);
     let engine = Arc::new(Engine::new(first, snrl.clone(), forward, dns_metrics));
     let server = DnsServer::start(
@@ -341,23 +358,48 @@ pub async fn start(
         )
     })?;
     info!(dns = %server.dns_addr, doh = ?server.doh_addr, "DNS listening");
+    let published = tokio::sync::watch::Sender::new(first_version);
     tracker.spawn({
         let engine = engine.clone();
         let state = state.clone();
         let mesh_domain = mesh_domain.clone();
         let nameserver = nameserver.clone();
-        let mut rx = state.watch_docs();
+        let mut rx = docs_rx;
+        let published = published.clone();
         async move {
             let mut generation = 1;
+            let mut last_build = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     changed = rx.changed() => if changed.is_err() { break },
                 }
+                // A burst of changes makes one snapshot: building one reads every record (it
+                // holds the documents' lock while it reads), so building one per write made
+                // every write wait for a full read of the zones. A change after a quiet spell
+                // is served at once; within a burst, changes wait SNAPSHOT_COALESCE and are
+                // built together. The delay runs only after a change.
+                if last_build.elapsed() < SNAPSHOT_COALESCE * 4 {
+                    tokio::time::sleep(SNAPSHOT_COALESCE).await;
+                }
+                let version = *rx.borrow_and_update();
                 generation += 1;
-                let snapshot =
-                    build_snapshot(generation, &state, &mesh_domain, &nameserver, &mut serials);
-                engine.publish(snapshot);
+                let (s, m, n) = (state.clone(), mesh_domain.clone(), nameserver.clone());
+                let mut taken = std::mem::take(&mut serials);
+                let built = tokio::task::spawn_blocking(move || {
+                    let snapshot = build_snapshot(generation, &s, &m, &n, &mut taken);
+                    (snapshot, taken)
+                })
+                .await;
+                match built {
+                    Ok((snapshot, back)) => {
+                        serials = back;
+                        engine.publish(snapshot);
+                        published.send_replace(version);
+                        last_build = tokio::time::Instant::now();
+                    }
+                    Err(e) => warn!(error = %e, "building the DNS snapshot failed"),
+                }
             }
         }
     });
@@ -367,6 +409,7 @@ pub async fn start(
         mesh_domain,
         nameserver,
         node_id,
+        published,
     })
 }
 

@@ -101,7 +101,7 @@ pub async fn export_zone(
     State(state): State<ApiState>,
     Path(zone): Path<String>,
 ) -> Result<Response, ApiError> {
-    match state.dns.export(&state.state, &zone) {
+    match state.dns.export(&state.state, &zone).await {
         Some(text) => Ok((
             [(axum::http::header::CONTENT_TYPE, "text/dns; charset=utf-8")],
             text,
