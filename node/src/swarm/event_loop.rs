@@ -702,7 +702,6 @@ impl EventLoop {
                 peer_id,
                 connection_id,
                 endpoint,
-                num_established,
                 ..
             } => {
                 let remote = match &endpoint {
@@ -715,7 +714,6 @@ impl EventLoop {
                 p.alive_at.insert(connection_id, Instant::now());
                 // The first live connection (a dead one may still be closing: the swarm counts
                 // it in `num_established`, this node does not) starts the membership check.
-                let _ = num_established;
                 if p.connections.len() == 1 {
                     p.connected_since = Some(Instant::now());
                     p.verified = false;
@@ -733,12 +731,10 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 connection_id,
-                num_established,
                 cause,
                 ..
             } => {
                 let is_member = self.mesh.directory.contains(&peer_id);
-                let _ = num_established;
                 if let Some(p) = self.peers.get_mut(&peer_id) {
                     let was_live = p.connections.remove(&connection_id).is_some();
                     p.alive_at.remove(&connection_id);
