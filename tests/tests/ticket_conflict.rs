@@ -1,7 +1,7 @@
 //! One one-time ticket redeemed twice, on two sides of a partition: X joins through A while B
 //! is down, Y joins through B (with the same ticket) while A and X are down. When everyone meets
 //! again, every member keeps the same one of the two — the smaller peer id — records the decision
-//! (`member.ticket_conflict`), and lists the same member set; no permanent split.
+//! (`trust.ticket_conflict`), and lists the same member set; no permanent split.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -99,7 +99,7 @@ fn a_ticket_redeemed_on_both_sides_of_a_partition_ends_with_one_member_set() -> 
     let recorded = ledger_kinds(&a)?
         .into_iter()
         .chain(ledger_kinds(&b)?)
-        .any(|k| k == "member.ticket_conflict");
+        .any(|k| k == "trust.ticket_conflict");
     assert!(recorded, "the decision is recorded in the ledger");
     // Restarts do not change the decision.
     a.stop()?;

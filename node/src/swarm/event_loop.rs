@@ -829,7 +829,7 @@ impl EventLoop {
             warn!(%evicted, kept = %kept_id, "two nodes redeemed one ticket; the one with the smaller id keeps it, the other is no longer a member");
         }
         self.mesh.ledger.record(
-            "member.ticket_conflict",
+            "trust.ticket_conflict",
             serde_json::json!({
                 "kept": kept_id,
                 "evicted": evicted.to_string(),
