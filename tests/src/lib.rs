@@ -333,20 +333,25 @@ impl TestNode {
         c
     }
 
-    /// Starts the process and waits until its admin API answers.
-    pub fn start(&mut self) -> anyhow::Result<()> {
+    /// Spawns the daemon with its output appended to the node's log (a stale `api.addr` removed
+    /// first, so that waiting for it waits for this process).
+    fn spawn_logged(&self) -> anyhow::Result<Child> {
         let _ = fs::remove_file(self.dir.join("api.addr"));
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = self
-            .command()
+        self.command()
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("spawning voiked")?;
+            .context("spawning voiked")
+    }
+
+    /// Starts the process and waits until its admin API answers.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let child = self.spawn_logged()?;
         self.child = Some(child);
         let addr_file = self.dir.join("api.addr");
         wait_for(
@@ -620,18 +625,7 @@ impl TestNode {
     /// Starts the process and SIGKILLs it after `after`, wherever its start-up is then (a
     /// crash during start-up); the next [`TestNode::start`] finds the data directory as left.
     pub fn start_and_kill(&mut self, after: Duration) -> anyhow::Result<()> {
-        let _ = fs::remove_file(self.dir.join("api.addr"));
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
-        let mut child = self
-            .command()
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning voiked")?;
+        let mut child = self.spawn_logged()?;
         std::thread::sleep(after);
         let _ = child.kill();
         let _ = child.wait();
@@ -736,4 +730,16 @@ pub fn proc_sample(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs `named-checkzone ORIGIN FILE` (Debian's bind9-utils) on `text`; an error only when it
+/// cannot be run.
+pub fn named_checkzone(origin: &str, text: &str) -> anyhow::Result<Output> {
+    let file = tempfile::NamedTempFile::new()?;
+    fs::write(file.path(), text)?;
+    Command::new("named-checkzone")
+        .arg(origin)
+        .arg(file.path())
+        .output()
+        .map_err(|e| anyhow::anyhow!("named-checkzone (apt-get install bind9-utils): {e}"))
 }

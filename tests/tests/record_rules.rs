@@ -50,13 +50,7 @@ fn records_named_checkzone_would_refuse_are_refused_at_the_api() -> anyhow::Resu
     assert_eq!(r.status, 400, "wildcard zone domain: {}", r.body);
 
     let text = node.get_text("/vdns/zones/demo/export")?;
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), &text)?;
-    let out = std::process::Command::new("named-checkzone")
-        .arg("demo.mesh")
-        .arg(file.path())
-        .output()
-        .map_err(|e| anyhow::anyhow!("named-checkzone (apt-get install bind9-utils): {e}"))?;
+    let out = voike_tests::named_checkzone("demo.mesh", &text)?;
     assert!(
         out.status.success(),
         "named-checkzone refused the export:\n{}\n{text}",
