@@ -172,6 +172,17 @@ struct Peer {
 }
 
 impl Peer {
+    /// The peer's last live connection is gone: it must prove membership again, and is due
+    /// for a redial soon.
+    fn mark_disconnected(&mut self) {
+        self.verified = false;
+        self.connected_since = None;
+        self.disconnect_at = None;
+        self.rtt = None;
+        self.backoff = INITIAL_BACKOFF;
+        self.next_dial = Some(Instant::now() + jitter(INITIAL_BACKOFF));
+    }
+
     fn connected(&self) -> bool {
         !self.connections.is_empty()
     }
@@ -746,12 +757,7 @@ impl EventLoop {
                             info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "member disconnected");
                             p.lost_at = Some(Instant::now());
                         }
-                        p.verified = false;
-                        p.connected_since = None;
-                        p.disconnect_at = None;
-                        p.rtt = None;
-                        p.backoff = INITIAL_BACKOFF;
-                        p.next_dial = Some(Instant::now() + jitter(INITIAL_BACKOFF));
+                        p.mark_disconnected();
                         if !is_member && p.addrs.is_empty() {
                             self.peers.remove(&peer_id);
                         }
@@ -806,12 +812,7 @@ impl EventLoop {
         }
         self.held_welcomes.remove(&peer);
         self.sync_buckets.remove(&peer);
-        p.verified = false;
-        p.connected_since = None;
-        p.disconnect_at = None;
-        p.rtt = None;
-        p.backoff = INITIAL_BACKOFF;
-        p.next_dial = Some(Instant::now() + jitter(INITIAL_BACKOFF));
+        p.mark_disconnected();
     }
 
     /// `kept` and `evicted` redeemed the same one-time ticket; every replica keeps `kept` (see
