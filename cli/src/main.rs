@@ -18,6 +18,7 @@
 
 mod dns;
 mod job;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,6 +105,64 @@ enum Cmd {
     /// Grid jobs: run WebAssembly on the mesh, list, show, logs.
     #[command(subcommand)]
     Job(JobCmd),
+    /// Admin grants of the namespace: who may create zones for which domains.
+    #[command(subcommand)]
+    Grant(GrantCmd),
+    /// Members: revoke one (admins only), list the revoked.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Trust: revocations, refusals and other trust events, ledger anchors, live sessions.
+    #[command(subcommand)]
+    Trust(TrustCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum GrantCmd {
+    /// Let NODE_ID create zones at or under DOMAIN (admins only).
+    Add {
+        domain: String,
+        #[arg(value_name = "NODE_ID")]
+        node: String,
+    },
+    /// Withdraw a grant (zones already created under it stay with their owners).
+    Rm {
+        domain: String,
+        #[arg(value_name = "NODE_ID")]
+        node: String,
+    },
+    /// Every grant.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCmd {
+    /// Revoke NODE_ID: its links are closed and refused, its later changes refused everywhere,
+    /// tickets it issued admit no one, its names and endpoints are no longer served.
+    Revoke {
+        #[arg(value_name = "NODE_ID")]
+        node: String,
+        /// Why (kept in the members document and the ledger).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The revoked members.
+    Revoked,
+}
+
+#[derive(Debug, Subcommand)]
+enum TrustCmd {
+    /// Revocations, grants, trust-event counts, unapplied changes, sessions.
+    Status,
+    /// Recent trust events (refusals, revocations, skew, forged input).
+    Events {
+        /// How many (1-1000).
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Every live link: peer, transport, security and key exchange.
+    Sessions,
+    /// This node's chain heads and a signed anchor over them.
+    Anchors,
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,12 +261,32 @@ enum ZoneCmd {
     /// The nodes allowed to write a zone's records.
     #[command(subcommand)]
     Owner(OwnerCmd),
+    /// Let NODE_ID create zones at or under DOMAIN inside ZONE, and register endpoints there.
+    Delegate {
+        zone: String,
+        domain: String,
+        #[arg(value_name = "NODE_ID")]
+        node: String,
+    },
+    /// Withdraw a delegation.
+    Undelegate {
+        zone: String,
+        domain: String,
+        #[arg(value_name = "NODE_ID")]
+        node: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum OwnerCmd {
     /// Let NODE_ID write the records of ZONE.
     Add {
+        zone: String,
+        #[arg(value_name = "NODE_ID")]
+        node: String,
+    },
+    /// Stop NODE_ID writing ZONE (an owner or an admin; the last owner stays).
+    Rm {
         zone: String,
         #[arg(value_name = "NODE_ID")]
         node: String,
@@ -383,6 +462,12 @@ impl Client {
         let auth = format!("Bearer {}", self.token);
         let sent = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", Some(b)) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .force_send_body()
+                .send_json(b),
             ("DELETE", _) => self
                 .agent
                 .delete(&url)
@@ -613,6 +698,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Record(cmd) => record(&client, cmd, args.json)?,
         Cmd::Snrl(cmd) => snrl(&client, cmd, args.json)?,
         Cmd::Job(cmd) => job::job(&client, cmd, args.json)?,
+        Cmd::Grant(cmd) => trust::grant(&client, cmd, args.json)?,
+        Cmd::Member(cmd) => trust::member(&client, cmd, args.json)?,
+        Cmd::Trust(cmd) => trust::trust(&client, cmd, args.json)?,
         Cmd::Resolve { .. } => unreachable!("handled above"),
     }
     Ok(())
@@ -963,6 +1051,39 @@ fn zone(client: &Client, cmd: &ZoneCmd, json: bool) -> anyhow::Result<()> {
             if !text.ends_with('\n') {
                 println!();
             }
+        }
+        ZoneCmd::Owner(OwnerCmd::Rm { zone, node }) => {
+            let r: ZoneBody = client.call(
+                "DELETE",
+                &format!("/vdns/zones/{}/owners/{}", url_part(zone), url_part(node)),
+                None::<&()>,
+            )?;
+            if json {
+                return print_json(&r);
+            }
+            zone_table(std::slice::from_ref(&r.zone));
+        }
+        ZoneCmd::Delegate { zone, domain, node } | ZoneCmd::Undelegate { zone, domain, node } => {
+            let method = if matches!(cmd, ZoneCmd::Delegate { .. }) {
+                "POST"
+            } else {
+                "DELETE"
+            };
+            let r: ZoneBody = client.call(
+                method,
+                &format!("/vdns/zones/{}/delegations", url_part(zone)),
+                Some(&serde_json::json!({ "domain": domain, "node": node })),
+            )?;
+            if json {
+                return print_json(&r);
+            }
+            let rows: Vec<Vec<String>> = r
+                .zone
+                .delegations
+                .iter()
+                .map(|(d, nodes)| vec![d.clone(), nodes.join(",")])
+                .collect();
+            table(&["DELEGATED", "NODES"], &rows);
         }
         ZoneCmd::Owner(OwnerCmd::Add { zone, node }) => {
             let r: ZoneBody = client.call(

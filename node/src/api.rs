@@ -28,6 +28,7 @@ use crate::swarm::{InviteError, SwarmHandle};
 mod grid;
 mod hypermesh;
 mod snrl;
+mod trust;
 mod vdns;
 
 /// Largest request body accepted.
@@ -69,7 +70,7 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
-    fn unavailable() -> Self {
+    pub(crate) fn unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
@@ -106,6 +107,25 @@ pub fn router(state: ApiState) -> Router {
         .route("/hypermesh/agents", get(hypermesh::agents))
         .route("/vdns/zones", get(vdns::list_zones).post(vdns::create_zone))
         .route("/vdns/zones/{zone}/owners", post(vdns::add_owner))
+        .route(
+            "/vdns/zones/{zone}/owners/{node}",
+            axum::routing::delete(vdns::remove_owner),
+        )
+        .route(
+            "/vdns/zones/{zone}/delegations",
+            post(vdns::add_delegation).delete(vdns::remove_delegation),
+        )
+        .route(
+            "/mesh/grants",
+            get(trust::grants)
+                .post(trust::add_grant)
+                .delete(trust::remove_grant),
+        )
+        .route("/mesh/members/{node}/revoke", post(trust::revoke))
+        .route("/trust/status", get(trust::status))
+        .route("/trust/events", get(trust::events))
+        .route("/trust/anchors", get(trust::anchors))
+        .route("/trust/sessions", get(trust::sessions))
         .route("/vdns/zones/{zone}/export", get(vdns::export_zone))
         .route(
             "/snrl/endpoints",

@@ -82,6 +82,7 @@ pub struct Metrics {
     pub clock_offset_ms: Gauge,
     /// Endpoints not served because their node has no right to the service name.
     pub snrl_endpoints_unserved: Gauge,
+    pub members_revoked: Gauge,
     /// Remote document changes and ledger entries stamped beyond `sync.max_future_skew`.
     pub clock_future_total: Family<ReasonLabel, Counter>,
     /// Modules accepted by `POST /vvm/modules`.
@@ -134,6 +135,7 @@ impl Metrics {
             hm_sample_interval: Gauge::default(),
             clock_offset_ms: Gauge::default(),
             snrl_endpoints_unserved: Gauge::default(),
+            members_revoked: Gauge::default(),
             clock_future_total: Family::default(),
             vvm_modules: Counter::default(),
             vvm_module_cache_total: Family::default(),
@@ -213,6 +215,11 @@ impl Metrics {
             "voike_snrl_endpoints_unserved",
             "Registered endpoints not served (DNS, SNRL) because their node does not own the zone that holds the service name",
             m.snrl_endpoints_unserved.clone(),
+        );
+        r.register(
+            "voike_members_revoked",
+            "Members revoked by an admin (in the members document this node holds)",
+            m.members_revoked.clone(),
         );
         r.register(
             "voike_clock_offset_ms",

@@ -17,6 +17,7 @@ use libp2p::identity::Keypair;
 use serde_json::json;
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
+use voike_protocol::authority::{self, Authority, Revocation};
 use voike_protocol::docs::{
     DocId, LoadReport, Outcome, Reject, Replica, SignedChange, Unapplied, heads_to_bytes,
 };
@@ -139,6 +140,10 @@ struct Inner {
     zone_index: Arc<Mutex<ZoneIndex>>,
     /// The mesh domain: no zone may be created at or under it (see `set_reserved_domain`).
     reserved_domain: Mutex<Option<String>>,
+    /// Grants and revocations, read from the members document (see `refresh_authority`).
+    authority: RwLock<Arc<Authority>>,
+    /// Bumped whenever `authority` changes (the swarm closes revoked links on it).
+    authority_version: tokio::sync::watch::Sender<u64>,
     /// Authors whose clock skew was reported (once per author and run).
     skew_reported: Mutex<HashSet<Vec<u8>>>,
     /// Held from making a change until its write is queued in the store (see `local_write`).
@@ -191,14 +196,24 @@ fn repaired_set(store: &Store, doc: DocId) -> Result<HashSet<ChangeHash>, StoreE
 /// replacements), and this node's own changes stamped more than the skew bound ahead of the
 /// wall clock (made while its clock was wrong: peers refuse them; they are written again with
 /// the corrected clock by `repair_orphans`).
+/// Also left out: changes of a revoked member after its cutoff for that document (`cut`, by
+/// actor), which this node may have merged before the revocation reached it.
 fn exclude_at_load(
     c: &automerge::Change,
     own_actor: &Option<automerge::ActorId>,
     repaired: &HashSet<ChangeHash>,
     max_future_ms: u64,
+    cut: &HashMap<automerge::ActorId, u64>,
 ) -> Option<String> {
     if repaired.contains(&c.hash()) {
         return Some("written again by an earlier repair".into());
+    }
+    if let Some(&last) = cut.get(c.actor_id())
+        && c.seq() > last
+    {
+        return Some(format!(
+            "made by a revoked member after the last change kept ({last})"
+        ));
     }
     let stamp = u64::try_from(c.timestamp()).unwrap_or(0);
     let now = now_ms();
@@ -209,6 +224,22 @@ fn exclude_at_load(
         ));
     }
     None
+}
+
+/// The revoked members' actors and the last change of `doc` kept for each.
+fn revoked_cut(auth: &Authority, doc: DocId) -> HashMap<automerge::ActorId, u64> {
+    if doc == DocId::Members {
+        // Revocations live here; an admin revoked later keeps its earlier ones.
+        return HashMap::new();
+    }
+    auth.revoked
+        .keys()
+        .filter_map(|node| {
+            let peer: PeerId = node.parse().ok()?;
+            let actor = voike_protocol::docs::actor_of_peer(&peer)?;
+            Some((actor, auth.cutoff(node, doc.as_str()).unwrap_or(0)))
+        })
+        .collect()
 }
 
 /// The marker of an orphaned stored change that `repair_orphans` wrote again.
@@ -298,14 +329,21 @@ impl StateHandle {
         };
         let max_future_ms = max_future_skew.as_millis() as u64;
         let own_actor = voike_protocol::docs::actor_of(&key.public());
+        let mut auth = Authority::default();
         for doc in DocId::ALL {
             let started = Instant::now();
             let (changes, next) = store.doc_changes(doc)?;
             let mut replica = Replica::new(doc);
             let repaired = repaired_set(&store, doc)?;
+            // The members document comes first: its revocations decide what of the others
+            // is left out.
+            let cut = revoked_cut(&auth, doc);
             let report = replica.load_excluding(changes, |c| {
-                exclude_at_load(c, &own_actor, &repaired, max_future_ms)
+                exclude_at_load(c, &own_actor, &repaired, max_future_ms, &cut)
             })?;
+            if doc == DocId::Members {
+                auth = Authority::from_members(replica.doc(), None);
+            }
             if report.applied > 0 {
                 info!(doc = doc.as_str(), changes = report.applied, took = ?started.elapsed(), "loaded document");
             }
@@ -314,7 +352,7 @@ impl StateHandle {
             docs.replicas.insert(doc, replica);
             docs.next.insert(doc, next);
         }
-        Ok(StateHandle {
+        let handle = StateHandle {
             inner: Arc::new(Inner {
                 node_id: key.public().to_peer_id().to_string(),
                 own_author: key.public().encode_protobuf(),
@@ -325,6 +363,8 @@ impl StateHandle {
                 write_order: tokio::sync::Mutex::new(()),
                 skew_reported: Mutex::new(HashSet::new()),
                 reserved_domain: Mutex::new(None),
+                authority: RwLock::new(Arc::new(Authority::default())),
+                authority_version: tokio::sync::watch::Sender::new(0),
                 zone_index: Arc::new(Mutex::new((Vec::new(), String::new(), Vec::new()))),
                 ledger,
                 metrics,
@@ -336,7 +376,120 @@ impl StateHandle {
                 reported: Mutex::new(Rejected::default()),
                 trust_budget: Mutex::new((Instant::now(), 0)),
             }),
-        })
+        };
+        handle.refresh_authority();
+        Ok(handle)
+    }
+
+    /// Reads the grants and revocations from the members document and hands them to every
+    /// replica; bumps `authority_version` when they changed. A document holding changes that a
+    /// new revocation does not keep (merged before the revocation arrived) is rebuilt without
+    /// them, in the background (`drop_revoked_changes`).
+    fn refresh_authority(&self) {
+        let reserved = lock(&self.inner.reserved_domain).clone();
+        let mut docs = self.docs();
+        let mut fresh = Authority::from_members(docs.replica(DocId::Members).doc(), reserved);
+        fresh.admins = self
+            .inner
+            .roster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, r)| **r == Role::Admin)
+            .map(|(p, _)| p.to_string())
+            .collect();
+        let current = self.authority();
+        if *current == fresh {
+            return;
+        }
+        let fresh = Arc::new(fresh);
+        for doc in DocId::ALL {
+            docs.replica(doc).set_authority(fresh.clone());
+        }
+        let newly: Vec<&String> = fresh
+            .revoked
+            .keys()
+            .filter(|n| !current.revoked.contains_key(*n))
+            .collect();
+        let mut rebuild = Vec::new();
+        for node in &newly {
+            warn!(%node, by = %fresh.revoked[*node].by, reason = %fresh.revoked[*node].reason, "member revoked");
+            let Ok(peer) = node.parse::<PeerId>() else {
+                continue;
+            };
+            for doc in DocId::ALL {
+                let cutoff = fresh.cutoff(node, doc.as_str()).unwrap_or(0);
+                if doc != DocId::Members
+                    && docs.replica(doc).max_seq_of(&peer) > cutoff
+                    && !rebuild.contains(&doc)
+                {
+                    rebuild.push(doc);
+                }
+            }
+        }
+        drop(docs);
+        self.inner
+            .metrics
+            .members_revoked
+            .set(fresh.revoked.len() as i64);
+        *self
+            .inner
+            .authority
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.inner.authority_version.send_modify(|v| *v += 1);
+        if !rebuild.is_empty()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let me = self.clone();
+            rt.spawn(async move { me.drop_revoked_changes(rebuild).await });
+        }
+    }
+
+    /// Rebuilds `docs` from the store without the changes revocations do not keep, then
+    /// writes again this node's own changes that depended on them (`repair_orphans`).
+    async fn drop_revoked_changes(&self, docs: Vec<DocId>) {
+        {
+            // No change is made while the documents are rebuilt, and every write queued before
+            // is committed first (the store commits in order), so the rebuild reads them all.
+            let _order = self.inner.write_order.lock().await;
+            match self.inner.store.submit(Vec::new()).await {
+                Ok(p) => {
+                    if let Err(e) = p.wait().await {
+                        error!(error = %e, "cannot flush the store before dropping revoked changes");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot flush the store before dropping revoked changes");
+                    return;
+                }
+            }
+            for doc in &docs {
+                info!(
+                    doc = doc.as_str(),
+                    "rebuilding the document without a revoked member's later changes"
+                );
+                self.reload(*doc);
+            }
+        }
+        self.repair_orphans().await;
+        self.inner.changed.notify_one();
+        self.inner.docs_version.send_modify(|v| *v += 1);
+    }
+
+    /// The grants and revocations in force.
+    pub fn authority(&self) -> Arc<Authority> {
+        self.inner
+            .authority
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes whenever grants or revocations change.
+    pub fn watch_authority(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.authority_version.subscribe()
     }
 
     pub fn node_id(&self) -> &str {
@@ -354,6 +507,8 @@ impl StateHandle {
     /// Replaces the set of known members and their roles.
     pub fn set_roster(&self, roster: HashMap<PeerId, Role>) {
         *self.inner.roster.write().unwrap_or_else(|e| e.into_inner()) = roster;
+        // Admins rank first among concurrent zone claims.
+        self.refresh_authority();
     }
 
     /// A copy of the current members and roles.
@@ -458,6 +613,9 @@ impl StateHandle {
                         doc: doc.as_str().into(),
                     })
                     .inc();
+                if doc == DocId::Members {
+                    self.refresh_authority();
+                }
                 self.inner.changed.notify_one();
                 self.inner.docs_version.send_modify(|v| *v += 1);
                 Ok(value)
@@ -479,8 +637,9 @@ impl StateHandle {
                 let own_actor = voike_protocol::docs::actor_of(&self.inner.key.public());
                 let repaired = repaired_set(&self.inner.store, doc).unwrap_or_default();
                 let max_future_ms = self.inner.max_future_ms;
+                let cut = revoked_cut(&self.authority(), doc);
                 let report = match replica.load_excluding(changes, |c| {
-                    exclude_at_load(c, &own_actor, &repaired, max_future_ms)
+                    exclude_at_load(c, &own_actor, &repaired, max_future_ms, &cut)
                 }) {
                     Ok(r) => r,
                     Err(e) => {
@@ -489,7 +648,7 @@ impl StateHandle {
                     }
                 };
                 report_unapplied(doc, &report, &self.inner.metrics);
-                replica.set_reserved_domain(lock(&self.inner.reserved_domain).clone());
+                replica.set_authority(self.authority());
                 let mut docs = self.docs();
                 docs.unapplied.insert(doc, report.unapplied);
                 docs.replicas.insert(doc, replica);
@@ -584,11 +743,7 @@ impl StateHandle {
     /// under it, by anyone.
     pub fn set_reserved_domain(&self, domain: &str) {
         *lock(&self.inner.reserved_domain) = Some(domain.to_string());
-        for doc in DocId::ALL {
-            self.docs()
-                .replica(doc)
-                .set_reserved_domain(Some(domain.to_string()));
-        }
+        self.refresh_authority();
     }
 
     fn own_role(&self) -> Option<Role> {
@@ -602,18 +757,30 @@ impl StateHandle {
     }
 
     /// Endpoints that may be served: those whose node may answer for the service name (see
-    /// [`zones::may_serve_endpoint`]); the others are counted (`voike_snrl_endpoints_unserved`).
+    /// [`authority::may_serve_endpoint`]); the others are counted (`voike_snrl_endpoints_unserved`).
     pub fn served_endpoints(&self) -> Vec<Endpoint> {
+        // Every zone, served or not, keeps its names from others.
         let zones = self.zones();
+        let auth = self.authority();
         let (ok, refused): (Vec<Endpoint>, Vec<Endpoint>) = self
             .endpoints()
             .into_iter()
-            .partition(|e| zones::may_serve_endpoint(&zones, &e.node, &e.service));
+            .partition(|e| authority::may_serve_endpoint(&auth, &zones, &e.node, &e.service));
         self.inner
             .metrics
             .snrl_endpoints_unserved
             .set(refused.len() as i64);
         ok
+    }
+
+    /// Zones that may be served: those with an owner that is not revoked (a revoked member's
+    /// zones stop answering; an admin can add an owner to recover one).
+    pub fn served_zones(&self) -> Vec<Zone> {
+        let auth = self.authority();
+        self.zones()
+            .into_iter()
+            .filter(|z| z.owners.iter().any(|o| !auth.is_revoked(o)))
+            .collect()
     }
 
     /// Creates zone `id` for `domain`, owned by this node.
@@ -635,27 +802,25 @@ impl StateHandle {
             }
             .into());
         }
-        let reserved = lock(&self.inner.reserved_domain).clone();
         let is_admin = self.own_role() == Some(Role::Admin);
-        zones::zone_domain_allowed(&domain, is_admin, reserved.as_deref())
-            .map_err(StateError::Forbidden)?;
+        let auth = self.authority();
         let me = self.inner.node_id.clone();
         let id = id.to_string();
         self.local_write(DocId::Zones, "zone.create", move |r, key, hlc| {
-            if zones::zone_obj(r.doc(), &id).is_some() {
+            if zones::zone_obj(&r.ranked(), &id).is_some() {
                 return Err(StateError::Conflict(format!("zone {id} already exists")));
             }
-            if let Some(z) = zones::zones(r.doc())
-                .into_iter()
-                .find(|z| z.domain == domain)
-            {
+            let all = zones::zones(&r.ranked());
+            if let Some(z) = all.iter().find(|z| z.domain == domain) {
                 return Err(StateError::Conflict(format!(
                     "domain {domain} is already served by zone {}",
                     z.id
                 )));
             }
+            authority::may_create_zone(&auth, &all, &id, &domain, &me, is_admin)
+                .map_err(|d| StateError::Forbidden(d.message().to_string()))?;
             let change = r.change(key, |tx| zones::create_zone(tx, &id, &domain, &me, hlc))?;
-            let zone = zones::zone(r.doc(), &id)
+            let zone = zones::zone(&r.ranked(), &id)
                 .ok_or_else(|| StateError::Internal("zone vanished".into()))?;
             Ok((change, zone, json!({ "zone": id, "domain": domain })))
         })
@@ -684,18 +849,238 @@ impl StateHandle {
         let me = self.inner.node_id.clone();
         let id = id.to_string();
         let node = peer.to_string();
+        let is_admin = self.own_role() == Some(Role::Admin);
         self.local_write(DocId::Zones, "zone.owner_add", move |r, key, _| {
-            let obj = zones::zone_obj(r.doc(), &id)
+            let obj = zones::zone_obj(&r.ranked(), &id)
                 .ok_or_else(|| StateError::NotFound(format!("no zone {id}")))?;
-            if !zones::is_owner(r.doc(), &id, &me) {
+            if !is_admin && !zones::is_owner(&r.ranked(), &id, &me) {
                 return Err(StateError::Forbidden(format!(
                     "this node does not own zone {id}"
                 )));
             }
             let change = r.change(key, |tx| zones::add_owner(tx, &obj, &node))?;
-            let zone = zones::zone(r.doc(), &id)
+            let zone = zones::zone(&r.ranked(), &id)
                 .ok_or_else(|| StateError::Internal("zone vanished".into()))?;
             Ok((change, zone, json!({ "zone": id, "owner": node })))
+        })
+        .await
+    }
+
+    /// Removes `node` from the owners of zone `id` (an owner or an admin may; the last owner
+    /// is kept, so that a zone always has someone who may write it).
+    pub async fn remove_owner(&self, id: &str, node: &str) -> Result<Zone, StateError> {
+        let me = self.inner.node_id.clone();
+        let id = id.to_string();
+        let node = node.to_string();
+        let is_admin = self.own_role() == Some(Role::Admin);
+        self.local_write(DocId::Zones, "zone.owner_remove", move |r, key, _| {
+            let obj = zones::zone_obj(&r.ranked(), &id)
+                .ok_or_else(|| StateError::NotFound(format!("no zone {id}")))?;
+            let zone = zones::zone(&r.ranked(), &id)
+                .ok_or_else(|| StateError::Internal("zone vanished".into()))?;
+            if !is_admin && !zone.owners.contains(&me) {
+                return Err(StateError::Forbidden(format!(
+                    "this node does not own zone {id}"
+                )));
+            }
+            if !zone.owners.contains(&node) {
+                return Err(StateError::NotFound(format!(
+                    "{node} does not own zone {id}"
+                )));
+            }
+            if zone.owners.len() == 1 {
+                return Err(StateError::Conflict(format!(
+                    "{node} is the last owner of zone {id}; add another owner first"
+                )));
+            }
+            let change = r.change(key, |tx| zones::remove_owner(tx, &obj, &node).map(|_| ()))?;
+            let zone = zones::zone(&r.ranked(), &id)
+                .ok_or_else(|| StateError::Internal("zone vanished".into()))?;
+            Ok((change, zone, json!({ "zone": id, "owner": node })))
+        })
+        .await
+    }
+
+    /// Delegates `domain` inside zone `id` to `node` (`on`), or withdraws the delegation: the
+    /// node may then create zones at or under `domain` and register endpoints for its names.
+    pub async fn delegate(
+        &self,
+        id: &str,
+        domain: &str,
+        node: &str,
+        on: bool,
+    ) -> Result<Zone, StateError> {
+        let peer: PeerId = node.parse().map_err(|_| Invalid {
+            field: "node",
+            message: "is not a node id".into(),
+        })?;
+        let domain = zones::normalize_name("domain", domain)?;
+        let me = self.inner.node_id.clone();
+        let id = id.to_string();
+        let node = peer.to_string();
+        let is_admin = self.own_role() == Some(Role::Admin);
+        let kind = if on {
+            "zone.delegate"
+        } else {
+            "zone.undelegate"
+        };
+        self.local_write(DocId::Zones, kind, move |r, key, _| {
+            let obj = zones::zone_obj(&r.ranked(), &id)
+                .ok_or_else(|| StateError::NotFound(format!("no zone {id}")))?;
+            let zone = zones::zone(&r.ranked(), &id)
+                .ok_or_else(|| StateError::Internal("zone vanished".into()))?;
+            if !is_admin && !zone.owners.contains(&me) {
+                return Err(StateError::Forbidden(format!(
+                    "this node does not own zone {id}"
+                )));
+            }
+            if domain == zone.domain || !zones::is_within(&domain, &zone.domain) {
+                return Err(Invalid {
+                    field: "domain",
+                    message: format!("must be a name inside {} (below its apex)", zone.domain),
+                }
+                .into());
+            }
+            let change = r.change(key, |tx| {
+                zones::set_delegation(tx, &obj, &domain, &node, on)
+            })?;
+            let zone = zones::zone(&r.ranked(), &id)
+                .ok_or_else(|| StateError::Internal("zone vanished".into()))?;
+            Ok((
+                change,
+                zone,
+                json!({ "zone": id, "domain": domain, "node": node, "on": on }),
+            ))
+        })
+        .await
+    }
+
+    fn require_admin(&self) -> Result<(), StateError> {
+        if self.own_role() != Some(Role::Admin) {
+            return Err(StateError::Forbidden(
+                "only an admin may change grants and revocations".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn known_member(&self, node: &str) -> Result<PeerId, StateError> {
+        let peer: PeerId = node.parse().map_err(|_| Invalid {
+            field: "node",
+            message: "is not a node id".into(),
+        })?;
+        if !self
+            .inner
+            .roster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&peer)
+        {
+            return Err(Invalid {
+                field: "node",
+                message: format!("{peer} is not a member this node knows"),
+            }
+            .into());
+        }
+        Ok(peer)
+    }
+
+    /// Grants (`on`) or withdraws an admin grant: `node` may create zones at or under `domain`.
+    pub async fn grant(&self, domain: &str, node: &str, on: bool) -> Result<(), StateError> {
+        self.require_admin()?;
+        let peer = self.known_member(node)?;
+        let domain = zones::normalize_name("domain", domain)?;
+        if domain == "." {
+            return Err(Invalid {
+                field: "domain",
+                message: "must not be the root".into(),
+            }
+            .into());
+        }
+        if let Some(m) = lock(&self.inner.reserved_domain).clone()
+            && zones::is_within(&domain, &m)
+        {
+            return Err(StateError::Forbidden(format!(
+                "{domain} is inside {m}, which is reserved for the mesh's node names"
+            )));
+        }
+        let node = peer.to_string();
+        let kind = if on { "member.grant" } else { "member.ungrant" };
+        self.local_write(DocId::Members, kind, move |r, key, _| {
+            let change = if on {
+                r.change(key, |tx| authority::put_grant(tx, &domain, &node))?
+            } else {
+                let mut found = false;
+                let c = r.change(key, |tx| {
+                    found = authority::delete_grant(tx, &domain, &node)?;
+                    Ok(())
+                })?;
+                if !found {
+                    return Err(StateError::NotFound(format!(
+                        "no grant of {domain} to {node}"
+                    )));
+                }
+                c
+            };
+            Ok((change, (), json!({ "domain": domain, "node": node })))
+        })
+        .await
+    }
+
+    /// Revokes member `node` (admins only): its changes after the ones this node holds are
+    /// refused everywhere, its links closed and refused, its names and endpoints not served.
+    pub async fn revoke(&self, node: &str, reason: &str) -> Result<Revocation, StateError> {
+        self.require_admin()?;
+        let peer = self.known_member(node)?;
+        let node = peer.to_string();
+        if node == self.inner.node_id {
+            return Err(StateError::Conflict(
+                "a node cannot revoke itself; ask another admin".into(),
+            ));
+        }
+        if reason.len() > 512 || reason.chars().any(char::is_control) {
+            return Err(Invalid {
+                field: "reason",
+                message: "must be at most 512 characters, without control characters".into(),
+            }
+            .into());
+        }
+        if let Some(r) = self.authority().revoked.get(&node) {
+            return Ok(r.clone());
+        }
+        // What is kept: the node's changes and ledger entries this node holds now.
+        let ledger_seq = self
+            .inner
+            .store
+            .ledger_heads()?
+            .into_iter()
+            .find(|h| voike_protocol::signing::peer_id_of(&h.author).is_ok_and(|p| p == peer))
+            .map_or(0, |h| h.head.seq);
+        let me = self.inner.node_id.clone();
+        let reason = reason.to_string();
+        let mut cutoff = std::collections::BTreeMap::from([("ledger".to_string(), ledger_seq)]);
+        {
+            let mut docs = self.docs();
+            for doc in DocId::ALL {
+                cutoff.insert(
+                    doc.as_str().to_string(),
+                    docs.replica(doc).max_seq_of(&peer),
+                );
+            }
+        }
+        self.local_write(DocId::Members, "member.revoke", move |r, key, hlc| {
+            let rev = Revocation {
+                by: me,
+                reason,
+                hlc: zones::pack_hlc(hlc),
+                cutoff,
+            };
+            let change = r.change(key, |tx| authority::put_revocation(tx, &node, &rev))?;
+            Ok((
+                change,
+                rev.clone(),
+                json!({ "node": node, "reason": rev.reason, "cutoff": rev.cutoff }),
+            ))
         })
         .await
     }
@@ -710,7 +1095,7 @@ impl StateHandle {
         let zone_id = zone_id.to_string();
         let names = self.inner.zone_index.clone();
         self.local_write(DocId::Zones, "record.add", move |r, key, hlc| {
-            let zone = zones::zone(r.doc(), &zone_id)
+            let zone = zones::zone(&r.ranked(), &zone_id)
                 .ok_or_else(|| StateError::NotFound(format!("no zone {zone_id}")))?;
             let input = zones::check_record(&zone.domain, &input)?;
             let new_id = zones::record_id(&zone_id, &input);
@@ -723,7 +1108,7 @@ impl StateHandle {
                     *index = (
                         heads,
                         zone_id.clone(),
-                        zones::records(r.doc(), &zone_id).unwrap_or_default(),
+                        zones::records(&r.ranked(), &zone_id).unwrap_or_default(),
                     );
                 }
                 zones::check_cname_rules(&zone.domain, &index.2, &input, &new_id)?;
@@ -734,7 +1119,7 @@ impl StateHandle {
                     zone.owners.join(", ")
                 )));
             }
-            let obj = zones::zone_obj(r.doc(), &zone_id)
+            let obj = zones::zone_obj(&r.ranked(), &zone_id)
                 .ok_or_else(|| StateError::NotFound(format!("no zone {zone_id}")))?;
             let mut record = None;
             let change = r.change(key, |tx| {
@@ -762,15 +1147,15 @@ impl StateHandle {
         let me = self.inner.node_id.clone();
         let id = id.to_string();
         self.local_write(DocId::Zones, "record.delete", move |r, key, _| {
-            let record = zones::find_record(r.doc(), &id)
+            let record = zones::find_record(&r.ranked(), &id)
                 .ok_or_else(|| StateError::NotFound(format!("no record {id}")))?;
-            if !zones::is_owner(r.doc(), &record.zone_id, &me) {
+            if !zones::is_owner(&r.ranked(), &record.zone_id, &me) {
                 return Err(StateError::Forbidden(format!(
                     "this node does not own zone {}",
                     record.zone_id
                 )));
             }
-            let obj = zones::zone_obj(r.doc(), &record.zone_id)
+            let obj = zones::zone_obj(&r.ranked(), &record.zone_id)
                 .ok_or_else(|| StateError::NotFound(format!("no zone {}", record.zone_id)))?;
             let change = r.change(key, |tx| zones::delete_record(tx, &obj, &id).map(|_| ()))?;
             let body = json!({ "zone": record.zone_id, "record": id });
@@ -785,12 +1170,14 @@ impl StateHandle {
         let input = endpoints::check_endpoint(&input)?;
         let me = self.inner.node_id.clone();
         let zones_now = self.zones();
-        if !zones::may_serve_endpoint(&zones_now, &me, &input.service) {
-            let zone = zones::zone_for(&zones_now, &input.service)
+        if !authority::may_serve_endpoint(&self.authority(), &zones_now, &me, &input.service) {
+            let zone = zones::zone_for(&zones_now, &authority::norm(&input.service))
                 .map(|z| z.id.clone())
                 .unwrap_or_default();
             return Err(StateError::Forbidden(format!(
-                "{} is inside zone {zone}, which this node does not own: only its owners may register endpoints for its names",
+                "{} is inside zone {zone}, which this node does not own: only its owners (or a \
+                 node they delegated the name to: voike zone delegate) may register endpoints \
+                 for its names",
                 input.service
             )));
         }
@@ -922,15 +1309,15 @@ impl StateHandle {
     }
 
     pub fn zones(&self) -> Vec<Zone> {
-        zones::zones(self.docs().replica(DocId::Zones).doc())
+        zones::zones(&self.docs().replica(DocId::Zones).ranked())
     }
 
     pub fn zone(&self, id: &str) -> Option<Zone> {
-        zones::zone(self.docs().replica(DocId::Zones).doc(), id)
+        zones::zone(&self.docs().replica(DocId::Zones).ranked(), id)
     }
 
     pub fn records(&self, zone_id: &str) -> Option<Vec<Record>> {
-        zones::records(self.docs().replica(DocId::Zones).doc(), zone_id)
+        zones::records(&self.docs().replica(DocId::Zones).ranked(), zone_id)
     }
 
     /// Checks that every document change this node's own ledger chain records is stored and
@@ -1185,6 +1572,9 @@ impl StateHandle {
                 doc: doc.as_str().into(),
             })
             .inc_by(n as u64);
+        if doc == DocId::Members {
+            self.refresh_authority();
+        }
         self.inner.changed.notify_one();
         self.inner.docs_version.send_modify(|v| *v += 1);
         debug!(%from, doc = doc.as_str(), merged = n, pending = outcome.pending, "merged changes");
@@ -1295,6 +1685,7 @@ impl StateHandle {
         entries: Vec<Entry>,
     ) -> Result<(usize, Vec<Vec<u8>>), StateError> {
         let roster = self.roster();
+        let auth = self.authority();
         let now = now_ms();
         let mut ops = Vec::new();
         let mut heads: HashMap<Vec<u8>, voike_protocol::ledger::Head> = HashMap::new();
@@ -1322,6 +1713,16 @@ impl StateHandle {
             };
             if !roster.contains_key(&peer) {
                 debug!(%from, author = %peer, "ledger entries of an unknown author deferred");
+                broken.insert(author);
+                continue;
+            }
+            if let Some(cutoff) = auth.cutoff(&peer.to_string(), "ledger")
+                && e.body.seq > cutoff
+            {
+                reject(
+                    "revoked",
+                    format!("{peer} was revoked; entries after {cutoff} are refused"),
+                );
                 broken.insert(author);
                 continue;
             }

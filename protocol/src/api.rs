@@ -48,6 +48,9 @@ pub struct NodeInfo {
     pub roles: Vec<String>,
     pub joined_at: u64,
     pub is_self: bool,
+    /// An admin revoked this member (`voike member revoke`).
+    #[serde(default)]
+    pub revoked: bool,
 }
 
 /// `GET /mesh/nodes`.

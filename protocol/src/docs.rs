@@ -27,6 +27,7 @@ use automerge::{
 use libp2p_identity::{Keypair, PeerId, PublicKey, ed25519};
 use serde::{Deserialize, Serialize};
 
+use crate::authority::{Authority, Denied};
 use crate::mesh::Role;
 use crate::signing::{self, SigningError};
 
@@ -133,6 +134,16 @@ pub enum Reject {
         "change is stamped {ahead_ms} ms ahead of this node's clock (at most {max_ms} allowed)"
     )]
     Future { ahead_ms: u64, max_ms: u64 },
+    #[error(
+        "author {author} was revoked; its change {seq} comes after the last one kept ({cutoff})"
+    )]
+    Revoked {
+        author: String,
+        seq: u64,
+        cutoff: u64,
+    },
+    #[error("{0}")]
+    NoGrant(String),
 }
 
 impl Reject {
@@ -147,6 +158,8 @@ impl Reject {
             Reject::Schema(_) => "schema",
             Reject::Backlog => "backlog",
             Reject::Future { .. } => "future",
+            Reject::Revoked { .. } => "revoked",
+            Reject::NoGrant(_) => "no_grant",
         }
     }
 
@@ -154,7 +167,7 @@ impl Reject {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Reject::UnknownAuthor(_) | Reject::Backlog | Reject::Future { .. }
+            Reject::UnknownAuthor(_) | Reject::Backlog | Reject::Future { .. } | Reject::NoGrant(_)
         )
     }
 
@@ -162,7 +175,10 @@ impl Reject {
     /// verdicts on the change's content (which its hash covers), false for verdicts on what
     /// travels beside it (the signature) or on this node's situation.
     pub fn holds_for_hash(&self) -> bool {
-        matches!(self, Reject::NotWriter { .. } | Reject::Schema(_))
+        matches!(
+            self,
+            Reject::NotWriter { .. } | Reject::Schema(_) | Reject::Revoked { .. }
+        )
     }
 }
 
@@ -191,6 +207,28 @@ pub fn peer_of_actor(actor: &ActorId) -> Option<(PublicKey, PeerId)> {
     let key = PublicKey::from(key);
     let peer = key.to_peer_id();
     Some((key, peer))
+}
+
+/// The Automerge actor of the node `peer` (its raw ed25519 key, when the peer id embeds it).
+pub fn actor_of_peer(peer: &PeerId) -> Option<ActorId> {
+    let key = PublicKey::try_decode_protobuf(&peer_key_bytes(peer)?).ok()?;
+    actor_of(&key)
+}
+
+/// The protobuf-encoded public key inlined in an identity-multihash peer id.
+fn peer_key_bytes(peer: &PeerId) -> Option<Vec<u8>> {
+    let mh = multihash_bytes(peer);
+    // identity multihash: code 0x00, then a varint length, then the key.
+    let (&code, rest) = mh.split_first()?;
+    if code != 0 {
+        return None;
+    }
+    let (&len, key) = rest.split_first()?;
+    (usize::from(len) == key.len()).then(|| key.to_vec())
+}
+
+fn multihash_bytes(peer: &PeerId) -> Vec<u8> {
+    peer.to_bytes()
 }
 
 /// An object id as Automerge spells it in ops: (counter, actor).
@@ -308,8 +346,8 @@ pub struct Replica {
     pending: HashMap<ChangeHash, (SignedChange, Change)>,
     /// Stamp (Unix ms) of the next local change; see [`Replica::set_time`].
     time_ms: i64,
-    /// The reserved domain of the zones document (see [`crate::zones::zone_domain_allowed`]).
-    reserved_domain: Option<String>,
+    /// The namespace rules and revocations every change is judged with.
+    authority: std::sync::Arc<Authority>,
 }
 
 impl Replica {
@@ -321,14 +359,34 @@ impl Replica {
             objects: HashMap::new(),
             pending: HashMap::new(),
             time_ms: 0,
-            reserved_domain: None,
+            authority: Default::default(),
         }
     }
 
     /// Sets the domain no zone may be created in (the mesh domain); see
-    /// [`crate::zones::zone_domain_allowed`].
+    /// [`crate::authority::may_create_zone`].
     pub fn set_reserved_domain(&mut self, domain: Option<String>) {
-        self.reserved_domain = domain;
+        let mut a = (*self.authority).clone();
+        a.mesh_domain = domain;
+        self.authority = std::sync::Arc::new(a);
+    }
+
+    /// Sets the grants and revocations (read from the members document) that changes are
+    /// judged with from now on.
+    pub fn set_authority(&mut self, authority: std::sync::Arc<Authority>) {
+        self.authority = authority;
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The document read with this replica's authority (see [`crate::zones::ZoneDoc`]).
+    pub fn ranked(&self) -> crate::zones::Ranked<'_> {
+        crate::zones::Ranked {
+            doc: &self.doc,
+            auth: &self.authority,
+        }
     }
 
     /// Sets the time (Unix milliseconds, this node's HLC) that the next local changes carry:
@@ -615,6 +673,20 @@ impl Replica {
     }
 
     /// Whether a change waits for dependencies this replica does not hold.
+    /// The highest sequence number of `peer`'s changes in this document (0 when it has none).
+    pub fn max_seq_of(&self, peer: &PeerId) -> u64 {
+        let Some(actor) = actor_of_peer(peer) else {
+            return 0;
+        };
+        self.doc
+            .get_changes(&[])
+            .into_iter()
+            .filter(|c| c.actor_id() == &actor)
+            .map(|c| c.seq())
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn is_pending(&self, hash: &ChangeHash) -> bool {
         self.pending.contains_key(hash)
     }
@@ -845,10 +917,22 @@ impl Replica {
             author: author.clone(),
             what,
         };
+        if let Some(cutoff) = self.authority.cutoff(&author, self.id.as_str())
+            && change.seq() > cutoff
+        {
+            return Err(Reject::Revoked {
+                author,
+                seq: change.seq(),
+                cutoff,
+            });
+        }
         if self.id == DocId::Members && role != Role::Admin {
             return Err(not_writer("the members document".into()));
         }
+        let is_admin = role == Role::Admin;
         let deps = change.deps();
+        // The zones as of the dependencies, read once when a zone's domain is written.
+        let mut zones_then: Option<Vec<crate::zones::Zone>> = None;
         let start = expanded.start_op.get();
         let mut created: HashMap<ObjKey, ObjInfo> = HashMap::new();
         // Zones this change may write into (created here, or owned as of the dependencies).
@@ -902,7 +986,8 @@ impl Replica {
                         return Err(Reject::Schema("counters are not allowed".into()));
                     }
                     // A zone's domain decides which names it answers for: the namespace rules
-                    // hold for every writer, whatever its client.
+                    // hold for every writer, whatever its client, judged with the zones as of
+                    // the change's dependencies and the grants this replica holds.
                     if self.id == DocId::Zones
                         && parent.as_ref().is_some_and(|p| p.depth == 1)
                         && key.as_str() == "domain"
@@ -910,12 +995,21 @@ impl Replica {
                         let ScalarValue::Str(domain) = v else {
                             return Err(Reject::Schema("a zone's domain must be a string".into()));
                         };
-                        crate::zones::zone_domain_allowed(
+                        let zones = zones_then
+                            .get_or_insert_with(|| crate::zones::zones_at(&self.ranked(), deps));
+                        let id = parent.as_ref().map_or("", |p| p.top.as_str());
+                        crate::authority::may_create_zone(
+                            &self.authority,
+                            zones,
+                            id,
                             domain,
-                            role == Role::Admin,
-                            self.reserved_domain.as_deref(),
+                            &author,
+                            is_admin,
                         )
-                        .map_err(not_writer)?;
+                        .map_err(|d| match d {
+                            Denied::Forbidden(m) => not_writer(m),
+                            Denied::NoGrant(m) => Reject::NoGrant(m),
+                        })?;
                     }
                 }
                 automerge::legacy::OpType::Delete => {}
@@ -938,7 +1032,7 @@ impl Replica {
                             .get_all_at(automerge::ROOT, key.as_str(), deps)
                             .map_err(|e| Reject::Schema(e.to_string()))?;
                         for (_, obj) in existing {
-                            if !self.owns_at(&obj, &author, deps) {
+                            if !is_admin && !self.owns_at(&obj, &author, deps) {
                                 return Err(not_writer(format!("zone {key}")));
                             }
                         }
@@ -955,7 +1049,7 @@ impl Replica {
                                     .doc
                                     .import_obj(&format!("{}@{}", p.top_obj.0, p.top_obj.1))
                                     .map_err(|e| Reject::Schema(e.to_string()))?;
-                                if !self.owns_at(&zone, &author, deps) {
+                                if !is_admin && !self.owns_at(&zone, &author, deps) {
                                     return Err(not_writer(format!("zone {}", p.top)));
                                 }
                                 allowed_zones.insert(p.top_obj.clone());

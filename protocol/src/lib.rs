@@ -15,6 +15,7 @@
 //! - [`hlc`]: hybrid logical clocks with a bound on remote drift.
 //! - [`ledger`]: Truth Ledger entries, per-author hash chains, verification and anchors.
 //! - [`docs`]: signed Automerge documents, their write rights and the merge of remote changes.
+//! - [`authority`]: who may say what: namespace rules, admin grants and revocations.
 //! - [`zones`]: the `zones` document's layout, record validation and typed reads.
 //! - [`endpoints`]: the `endpoints` document's layout, endpoint validation and typed reads.
 //! - [`jobs`]: the `jobs` document's layout, job validation, rendezvous placement, leases and
@@ -26,6 +27,7 @@
 //! - [`api`]: request and response bodies of the admin HTTP API, shared with the `voike` CLI.
 
 pub mod api;
+pub mod authority;
 pub mod docs;
 pub mod endpoints;
 pub mod health;

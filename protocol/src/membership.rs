@@ -83,6 +83,10 @@ pub enum AdmissionError {
     NotOwnRecord { presenter: String, owner: String },
     #[error("admin chain deeper than {MAX_ISSUER_DEPTH}")]
     ChainTooDeep,
+    #[error("node {node} was revoked by an admin")]
+    Revoked { node: String },
+    #[error("ticket issuer {issuer} was revoked; its tickets admit no one")]
+    IssuerRevoked { issuer: String },
 }
 
 impl From<SigningError> for AdmissionError {
@@ -361,8 +365,11 @@ pub struct Directory {
     mesh_id: MeshId,
     members: BTreeMap<PeerId, MembershipRecord>,
     nonces: HashMap<[u8; 16], PeerId>,
-    /// Bumped whenever a member is added or replaced.
+    /// Bumped whenever a member is added, replaced or revoked.
     generation: u64,
+    /// Members an admin revoked: kept (their earlier changes still verify), never admitted
+    /// again, and not [`Directory::contains`]ed.
+    revoked: std::collections::BTreeSet<PeerId>,
 }
 
 impl Directory {
@@ -380,6 +387,7 @@ impl Directory {
             members: BTreeMap::new(),
             nonces: HashMap::new(),
             generation: 0,
+            revoked: Default::default(),
         }
     }
 
@@ -410,8 +418,21 @@ impl Directory {
                 owner: node.to_string(),
             });
         }
+        if self.revoked.contains(&node) {
+            return Err(AdmissionError::Revoked {
+                node: node.to_string(),
+            });
+        }
         if self.members.contains_key(&node) {
             return self.admit_known(record);
+        }
+        if let Admission::Ticket(t) = &record.body.admission
+            && let Ok(issuer) = signing::peer_id_of(&t.body.issuer)
+            && self.revoked.contains(&issuer)
+        {
+            return Err(AdmissionError::IssuerRevoked {
+                issuer: issuer.to_string(),
+            });
         }
         let vouched = match &record.body.admission {
             Admission::Ticket(t) => receipts.iter().any(|r| {
@@ -480,9 +501,24 @@ impl Directory {
         Ok(Admitted::New)
     }
 
-    /// Whether `peer` is a known member.
+    /// Whether `peer` is a known member (and not revoked).
     pub fn contains(&self, peer: &PeerId) -> bool {
-        self.members.contains_key(peer)
+        self.members.contains_key(peer) && !self.revoked.contains(peer)
+    }
+
+    /// Whether an admin revoked `peer`.
+    pub fn is_revoked(&self, peer: &PeerId) -> bool {
+        self.revoked.contains(peer)
+    }
+
+    /// Sets the revoked members (from the members document); returns those newly revoked.
+    pub fn set_revoked(&mut self, revoked: std::collections::BTreeSet<PeerId>) -> Vec<PeerId> {
+        let newly: Vec<PeerId> = revoked.difference(&self.revoked).copied().collect();
+        if revoked != self.revoked {
+            self.revoked = revoked;
+            self.generation += 1;
+        }
+        newly
     }
 
     pub fn get(&self, peer: &PeerId) -> Option<&MembershipRecord> {

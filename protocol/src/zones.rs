@@ -7,6 +7,7 @@
 //! of a record (or of a zone), readers take the one with the highest HLC (then the highest
 //! Automerge op id): TTL and metadata are last-writer-wins by HLC.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use automerge::transaction::{Transactable, Transaction};
@@ -34,6 +35,10 @@ pub struct Zone {
     pub owners: Vec<String>,
     pub created_by: String,
     pub records: usize,
+    /// Names inside the zone its owners delegated: domain → nodes that may create zones at or
+    /// under it and register endpoints for it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub delegations: BTreeMap<String, Vec<String>>,
 }
 
 /// A record as the API shows it (`type`, `name`, `value`, `ttl` as in DESIGN.md §10).
@@ -138,54 +143,12 @@ pub fn is_within(name: &str, domain: &str) -> bool {
     domain == "." || name == domain || name.ends_with(&format!(".{domain}"))
 }
 
-/// Who may create a zone for `domain` (normalised), checked by the API and by every replica
-/// when it merges a change: nobody at or under `reserved` (the mesh domain, whose
-/// `<node>.nodes.` names each node writes for itself through its endpoint), and only an admin
-/// for a top-level domain (`com.`: a member must not be able to answer for all of it).
-pub fn zone_domain_allowed(
-    domain: &str,
-    is_admin: bool,
-    reserved: Option<&str>,
-) -> Result<(), String> {
-    // Judged as DNS compares names (whatever spelling a crafted change uses).
-    let mut domain = domain.trim().to_ascii_lowercase();
-    if !domain.ends_with('.') {
-        domain.push('.');
-    }
-    let domain = domain.as_str();
-    if let Some(r) = reserved
-        && is_within(domain, r)
-    {
-        return Err(format!(
-            "{domain} is inside {r}, which is reserved for the mesh's node names"
-        ));
-    }
-    let labels = domain
-        .trim_end_matches('.')
-        .split('.')
-        .filter(|l| !l.is_empty())
-        .count();
-    if labels < 2 && !is_admin {
-        return Err(format!(
-            "{domain} is a top-level domain; only an admin may create a zone for it"
-        ));
-    }
-    Ok(())
-}
-
 /// The zone that holds `name`: the one with the longest domain containing it.
 pub fn zone_for<'a>(zones: &'a [Zone], name: &str) -> Option<&'a Zone> {
     zones
         .iter()
         .filter(|z| is_within(name, &z.domain))
         .max_by_key(|z| z.domain.len())
-}
-
-/// Whether `node` may have an endpoint served for `service`: a name inside a zone belongs to
-/// that zone's owners (an endpoint never shadows records the owners did not write); a name in no
-/// zone is open to every member.
-pub fn may_serve_endpoint(zones: &[Zone], node: &str, service: &str) -> bool {
-    zone_for(zones, service).is_none_or(|z| z.owners.iter().any(|o| o == node))
 }
 
 /// The CNAME rules of RFC 1034 §3.6.2 for adding `new` (already checked by [`check_record`],
@@ -246,6 +209,31 @@ pub fn check_cname_rules(
             ),
         ));
     }
+    if new.rtype == "NS" && new.name == domain && is_within(&new.value, domain) {
+        // An apex NS naming a host of the zone needs that host's address in the zone (unless
+        // the host is below a delegation, where the child zone answers for it).
+        let target = new.value.as_str();
+        let delegated = existing.iter().any(|r| {
+            r.rtype == "NS" && r.name != domain && is_within(target, &r.name) && r.id != new_id
+        });
+        let wildcard = target
+            .split_once('.')
+            .map(|(_, parent)| format!("*.{parent}"));
+        let addressed = existing.iter().any(|r| {
+            matches!(r.rtype.as_str(), "A" | "AAAA")
+                && (r.name == target
+                    || wildcard.as_deref() == Some(r.name.as_str())
+                        && !existing.iter().any(|o| o.name == target))
+        });
+        if !delegated && !addressed {
+            return Err(invalid(
+                "record.value",
+                format!(
+                    "{target} is inside the zone and has no A or AAAA record; add its address first"
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -264,6 +252,12 @@ pub fn check_record(domain: &str, input: &RecordInput) -> Result<RecordInput, In
     }
     if input.ttl > MAX_TTL {
         return Err(invalid("record.ttl", format!("must be at most {MAX_TTL}")));
+    }
+    if rtype == "NS" && name.starts_with("*.") {
+        return Err(invalid(
+            "record.name",
+            "an NS record cannot be at a wildcard name (RFC 4592 §4.2)",
+        ));
     }
     let value = input.value.trim();
     if value.is_empty() {
@@ -324,7 +318,14 @@ pub fn check_record(domain: &str, input: &RecordInput) -> Result<RecordInput, In
             if !matches!(tag, "issue" | "issuewild" | "iodef") {
                 return Err(bad("a CAA record with tag issue, issuewild or iodef"));
             }
-            format!("{flags} {tag} {v}")
+            // One spelling per record (quoted), so `0 issue ca.example` and `0 issue
+            // "ca.example"` are the same record, as they are the same data.
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .unwrap_or(v);
+            format!("{flags} {tag} \"{v}\"")
         }
         _ => value.to_string(), // TXT: any text
     };
@@ -350,6 +351,11 @@ pub fn record_id(zone: &str, r: &RecordInput) -> String {
 /// Packs an HLC into one sortable integer.
 pub fn pack_hlc(h: Hlc) -> u64 {
     (h.wall_ms << 20) | u64::from(h.counter.min((1 << 20) - 1))
+}
+
+/// A packed HLC as the API shows it (`"<wall_ms>.<counter>"`).
+pub fn unpack_hlc_text(v: u64) -> String {
+    unpack_hlc(v).to_string()
 }
 
 pub(crate) fn unpack_hlc(v: u64) -> Hlc {
@@ -390,18 +396,166 @@ pub(crate) fn newest_map(doc: &Automerge, parent: &ObjId, key: &str) -> Option<O
         .map(|(_, id)| id)
 }
 
-/// The object of zone `id`.
-pub fn zone_obj(doc: &Automerge, id: &str) -> Option<ObjId> {
-    newest_map(doc, &ROOT, id)
+/// The node that created the object `obj` (the author of the change that made it).
+pub fn creator_of(obj: &ObjId) -> Option<String> {
+    match obj {
+        ObjId::Id(_, actor, _) => crate::docs::peer_of_actor(actor).map(|(_, p)| p.to_string()),
+        ObjId::Root => None,
+    }
+}
+
+/// A zones document as it is read: the document, and how concurrent claims to one zone id or
+/// domain rank ([`crate::authority::Authority::claim_rank`] for a node's replica; every claim
+/// ranks the same for a bare [`Automerge`]).
+pub trait ZoneDoc {
+    fn am(&self) -> &Automerge;
+    /// The rank of a claim by `creator` for `domain`: the lowest stands.
+    fn rank(&self, _creator: &str, _domain: &str) -> u32 {
+        0
+    }
+}
+
+impl ZoneDoc for Automerge {
+    fn am(&self) -> &Automerge {
+        self
+    }
+}
+
+/// A zones document read with the grants, admins and revocations of a replica.
+#[derive(Debug)]
+pub struct Ranked<'a> {
+    pub doc: &'a Automerge,
+    pub auth: &'a crate::authority::Authority,
+}
+
+impl ZoneDoc for Ranked<'_> {
+    fn am(&self) -> &Automerge {
+        self.doc
+    }
+    fn rank(&self, creator: &str, domain: &str) -> u32 {
+        self.auth.claim_rank(creator, domain)
+    }
+}
+
+/// Which of two concurrent claims to one zone id (or one domain) stands: the one whose
+/// creator's right is strongest ([`ZoneDoc::rank`]: an admin, then the most specific right),
+/// then the smaller node id, then the smaller op id. Nothing a writer chooses per change (its
+/// clock, its HLC, its dependencies) decides it, and a claim is merged only from a node with a
+/// right to the domain ([`crate::authority::may_create_zone`]).
+fn claim_key(doc: &impl ZoneDoc, o: &ObjId) -> (u32, Option<String>) {
+    let creator = creator_of(o);
+    let domain = str_of(doc.am(), o, "domain")
+        .map(|d| crate::authority::norm(&d))
+        .unwrap_or_default();
+    let rank = creator
+        .as_deref()
+        .map_or(u32::MAX, |c| doc.rank(c, &domain));
+    (rank, creator)
+}
+
+fn claim_order(doc: &impl ZoneDoc, a: &ObjId, b: &ObjId) -> std::cmp::Ordering {
+    claim_key(doc, a)
+        .cmp(&claim_key(doc, b))
+        .then_with(|| a.cmp(b))
+}
+
+/// The object of zone `id`: among concurrent claims, the one [`claim_order`] puts first.
+pub fn zone_obj(doc: &impl ZoneDoc, id: &str) -> Option<ObjId> {
+    let all = doc.am().get_all(ROOT, id).ok()?;
+    all.into_iter()
+        .filter(|(v, _)| matches!(v, Value::Object(ObjType::Map)))
+        .map(|(_, o)| o)
+        .min_by(|a, b| claim_order(doc, a, b))
+}
+
+fn true_keys(doc: &Automerge, obj: &ObjId, heads: Option<&[automerge::ChangeHash]>) -> Vec<String> {
+    let keys: Vec<String> = match heads {
+        Some(h) => doc.keys_at(obj, h).collect(),
+        None => doc.keys(obj).collect(),
+    };
+    keys.into_iter()
+        .filter(|k| {
+            let v = match heads {
+                Some(h) => doc.get_at(obj, k.as_str(), h),
+                None => doc.get(obj, k.as_str()),
+            };
+            matches!(v, Ok(Some((Value::Scalar(v), _))) if matches!(v.as_ref(), ScalarValue::Boolean(true)))
+        })
+        .collect()
+}
+
+fn map_at(
+    doc: &Automerge,
+    obj: &ObjId,
+    key: &str,
+    heads: Option<&[automerge::ChangeHash]>,
+) -> Option<ObjId> {
+    let v = match heads {
+        Some(h) => doc.get_at(obj, key, h),
+        None => doc.get(obj, key),
+    };
+    match v {
+        Ok(Some((Value::Object(ObjType::Map), o))) => Some(o),
+        _ => None,
+    }
 }
 
 fn owners(doc: &Automerge, zone: &ObjId) -> Vec<String> {
-    let Ok(Some((Value::Object(ObjType::Map), o))) = doc.get(zone, "owners") else {
-        return Vec::new();
+    map_at(doc, zone, "owners", None)
+        .map(|o| true_keys(doc, &o, None))
+        .unwrap_or_default()
+}
+
+fn delegations_at(
+    doc: &Automerge,
+    zone: &ObjId,
+    heads: Option<&[automerge::ChangeHash]>,
+) -> BTreeMap<String, Vec<String>> {
+    let Some(d) = map_at(doc, zone, "delegations", heads) else {
+        return BTreeMap::new();
     };
-    doc.keys(&o)
-        .filter(|k| {
-            matches!(doc.get(&o, k.as_str()), Ok(Some((Value::Scalar(v), _))) if matches!(v.as_ref(), ScalarValue::Boolean(true)))
+    let keys: Vec<String> = match heads {
+        Some(h) => doc.keys_at(&d, h).collect(),
+        None => doc.keys(&d).collect(),
+    };
+    keys.into_iter()
+        .filter_map(|k| {
+            let nodes = true_keys(doc, &map_at(doc, &d, &k, heads)?, heads);
+            (!nodes.is_empty()).then_some((k, nodes))
+        })
+        .collect()
+}
+
+/// The zones as of `heads` (domains, owners and delegations; no record counts), for judging a
+/// change against the state it was made in.
+pub fn zones_at(ranked: &impl ZoneDoc, heads: &[automerge::ChangeHash]) -> Vec<Zone> {
+    let doc = ranked.am();
+    doc.keys_at(ROOT, heads)
+        .filter_map(|id| {
+            let obj = doc
+                .get_all_at(ROOT, id.as_str(), heads)
+                .ok()?
+                .into_iter()
+                .filter(|(v, _)| matches!(v, Value::Object(ObjType::Map)))
+                .map(|(_, o)| o)
+                .min_by(|a, b| claim_order(ranked, a, b))?;
+            let domain = match doc.get_at(&obj, "domain", heads) {
+                Ok(Some((Value::Scalar(v), _))) => match v.as_ref() {
+                    ScalarValue::Str(s) => s.to_string(),
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            };
+            Some(Zone {
+                id: id.clone(),
+                domain: crate::authority::norm(&domain),
+                owners: map_at(doc, &obj, "owners", Some(heads))
+                    .map(|o| true_keys(doc, &o, Some(heads)))
+                    .unwrap_or_default(),
+                created_by: creator_of(&obj).unwrap_or_default(),
+                records: 0,
+                delegations: delegations_at(doc, &obj, Some(heads)),
+            })
         })
         .collect()
 }
@@ -417,24 +571,40 @@ fn zone_of(doc: &Automerge, id: &str, obj: &ObjId) -> Zone {
         owners: owners(doc, obj),
         created_by: str_of(doc, obj, "created_by").unwrap_or_default(),
         records,
+        delegations: delegations_at(doc, obj, None),
     }
 }
 
-/// Every zone, by id.
-pub fn zones(doc: &Automerge) -> Vec<Zone> {
-    doc.keys(ROOT)
-        .filter_map(|id| zone_obj(doc, &id).map(|o| zone_of(doc, &id, &o)))
-        .collect()
+/// Every zone, by id. Of two zones for one domain (claimed concurrently), only the one
+/// [`claim_order`] puts first is listed.
+pub fn zones(doc: &impl ZoneDoc) -> Vec<Zone> {
+    let am = doc.am();
+    let mut by_domain: BTreeMap<String, (ObjId, Zone)> = BTreeMap::new();
+    for id in am.keys(ROOT) {
+        let Some(o) = zone_obj(doc, &id) else {
+            continue;
+        };
+        let z = zone_of(am, &id, &o);
+        match by_domain.get(&z.domain) {
+            Some((other, _)) if claim_order(doc, other, &o).is_le() => {}
+            _ => {
+                by_domain.insert(z.domain.clone(), (o, z));
+            }
+        }
+    }
+    let mut out: Vec<Zone> = by_domain.into_values().map(|(_, z)| z).collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
 }
 
 /// One zone.
-pub fn zone(doc: &Automerge, id: &str) -> Option<Zone> {
-    zone_obj(doc, id).map(|o| zone_of(doc, id, &o))
+pub fn zone(doc: &impl ZoneDoc, id: &str) -> Option<Zone> {
+    zone_obj(doc, id).map(|o| zone_of(doc.am(), id, &o))
 }
 
 /// Whether `node` owns zone `id`.
-pub fn is_owner(doc: &Automerge, id: &str, node: &str) -> bool {
-    zone_obj(doc, id).is_some_and(|o| owners(doc, &o).iter().any(|n| n == node))
+pub fn is_owner(doc: &impl ZoneDoc, id: &str, node: &str) -> bool {
+    zone_obj(doc, id).is_some_and(|o| owners(doc.am(), &o).iter().any(|n| n == node))
 }
 
 fn records_obj(doc: &Automerge, zone: &ObjId) -> Option<ObjId> {
@@ -458,8 +628,9 @@ fn record_of(doc: &Automerge, zone_id: &str, id: &str, obj: &ObjId) -> Record {
 }
 
 /// The records of zone `zone_id`, ordered by id; `None` when the zone does not exist.
-pub fn records(doc: &Automerge, zone_id: &str) -> Option<Vec<Record>> {
+pub fn records(doc: &impl ZoneDoc, zone_id: &str) -> Option<Vec<Record>> {
     let zone = zone_obj(doc, zone_id)?;
+    let doc = doc.am();
     let Some(recs) = records_obj(doc, &zone) else {
         return Some(Vec::new());
     };
@@ -471,11 +642,12 @@ pub fn records(doc: &Automerge, zone_id: &str) -> Option<Vec<Record>> {
 }
 
 /// Finds a record by id in any zone.
-pub fn find_record(doc: &Automerge, record_id: &str) -> Option<Record> {
-    doc.keys(ROOT).find_map(|z| {
+pub fn find_record(doc: &impl ZoneDoc, record_id: &str) -> Option<Record> {
+    let am = doc.am();
+    am.keys(ROOT).find_map(|z| {
         let zone = zone_obj(doc, &z)?;
-        let recs = records_obj(doc, &zone)?;
-        newest_map(doc, &recs, record_id).map(|o| record_of(doc, &z, record_id, &o))
+        let recs = records_obj(am, &zone)?;
+        newest_map(am, &recs, record_id).map(|o| record_of(am, &z, record_id, &o))
     })
 }
 
@@ -504,6 +676,42 @@ pub fn add_owner(tx: &mut Transaction<'_>, zone: &ObjId, node: &str) -> Result<(
         _ => tx.put_object(zone, "owners", ObjType::Map)?,
     };
     tx.put(&o, node, true)?;
+    Ok(())
+}
+
+/// Removes `node` from the owners of the zone at `zone`; false when it was not one.
+pub fn remove_owner(tx: &mut Transaction<'_>, zone: &ObjId, node: &str) -> Result<bool, DocError> {
+    let Some((Value::Object(ObjType::Map), o)) = tx.get(zone, "owners")? else {
+        return Ok(false);
+    };
+    if tx.get(&o, node)?.is_none() {
+        return Ok(false);
+    }
+    tx.delete(&o, node)?;
+    Ok(true)
+}
+
+/// Delegates `domain` (inside the zone) to `node`, or withdraws it (`on = false`).
+pub fn set_delegation(
+    tx: &mut Transaction<'_>,
+    zone: &ObjId,
+    domain: &str,
+    node: &str,
+    on: bool,
+) -> Result<(), DocError> {
+    let d = match tx.get(zone, "delegations")? {
+        Some((Value::Object(ObjType::Map), o)) => o,
+        _ => tx.put_object(zone, "delegations", ObjType::Map)?,
+    };
+    let nodes = match tx.get(&d, domain)? {
+        Some((Value::Object(ObjType::Map), o)) => o,
+        _ => tx.put_object(&d, domain, ObjType::Map)?,
+    };
+    if on {
+        tx.put(&nodes, node, true)?;
+    } else if tx.get(&nodes, node)?.is_some() {
+        tx.delete(&nodes, node)?;
+    }
     Ok(())
 }
 

@@ -14,6 +14,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod dns;
+pub mod dns_util;
+pub mod forge;
+pub mod grid_util;
 pub mod netns;
 
 use anyhow::{Context, bail};
@@ -483,6 +486,24 @@ impl TestNode {
             bail!("create zone {id}: {} {}", r.status, r.body);
         }
         Ok(())
+    }
+
+    /// As an admin, grants `domain` to `to` (which may then create zones at or under it) and
+    /// waits until `to` holds the grant.
+    pub fn grant_to(&self, to: &TestNode, domain: &str) -> anyhow::Result<()> {
+        let r = self.post(
+            "/mesh/grants",
+            &serde_json::json!({ "domain": domain, "node": to.node_id }),
+        )?;
+        if r.status != 201 {
+            bail!("grant {domain}: {} {}", r.status, r.body);
+        }
+        wait_for(Duration::from_secs(30), "the grant to arrive", || {
+            let g = to.get("/mesh/grants")?;
+            Ok(g.body["grants"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x["node"] == to.node_id.as_str())))
+        })
     }
 
     /// Adds an A record `name` → `value` to `zone`; returns its id.

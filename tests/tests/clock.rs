@@ -45,6 +45,7 @@ fn a_member_an_hour_ahead_is_refused_and_reported_then_converges_once_corrected(
             && a.sees_connected(&c.node_id)?
             && b.sees_connected(&c.node_id)?)
     })?;
+    a.grant_to(&c, "zc.mesh.")?;
     c.create_zone("zc", "zc.mesh.")?;
     c.add_a("zc", "before.zc.mesh.", "10.0.0.1")?;
     wait_for(Duration::from_secs(30), "C's zone everywhere", || {

@@ -71,6 +71,8 @@ fn a_cut_off_node_converges_within_ten_seconds_of_the_heal() -> anyhow::Result<(
         all_connected(&[&a, &b, &c])
     })?;
     let zones = ["za", "zb", "zc"];
+    a.grant_to(&b, "zb.mesh.")?;
+    a.grant_to(&c, "zc.mesh.")?;
     for (node, z) in [(&a, "za"), (&b, "zb"), (&c, "zc")] {
         node.create_zone(z, &format!("{z}.mesh."))?;
     }

@@ -61,6 +61,47 @@ pub async fn add_owner(
     Ok(Json(json!({ "zone": zone })).into_response())
 }
 
+pub async fn remove_owner(
+    State(state): State<ApiState>,
+    Path((zone, node)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let zone = state.state.remove_owner(&zone, &node).await?;
+    Ok(Json(json!({ "zone": zone })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delegation {
+    domain: String,
+    node: String,
+}
+
+pub async fn add_delegation(
+    State(state): State<ApiState>,
+    Path(zone): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: Delegation = parse_json(body, "delegation", None)?;
+    let zone = state
+        .state
+        .delegate(&zone, &req.domain, &req.node, true)
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "zone": zone }))).into_response())
+}
+
+pub async fn remove_delegation(
+    State(state): State<ApiState>,
+    Path(zone): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: Delegation = parse_json(body, "delegation", None)?;
+    let zone = state
+        .state
+        .delegate(&zone, &req.domain, &req.node, false)
+        .await?;
+    Ok(Json(json!({ "zone": zone })).into_response())
+}
+
 pub async fn list_records(
     State(state): State<ApiState>,
     query: Result<Query<RecordQuery>, axum::extract::rejection::QueryRejection>,

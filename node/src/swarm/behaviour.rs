@@ -139,7 +139,7 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
                 member: Forgetful::new(member),
                 autonat,
                 dcutr,
-                gossipsub: Forgetful::new(gossipsub),
+                gossipsub: Forgetful::gated(gossipsub),
                 sync: Forgetful::new(sync),
             })
         })?

@@ -63,6 +63,35 @@ const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 /// Local changes within this window are announced together.
 const ANNOUNCE_DELAY: Duration = Duration::from_millis(5);
 
+/// A live connection as `GET /trust/sessions` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Session {
+    pub peer: String,
+    /// The peer passed the membership handshake on this node.
+    pub member: bool,
+    pub remote_addr: String,
+    pub transport: String,
+    pub relayed: bool,
+    pub security: String,
+    /// The TLS key-exchange groups this node offers, most preferred first. libp2p does not
+    /// expose the group a connection negotiated; two voiked nodes both put X25519MLKEM768 first.
+    pub key_exchange: Vec<String>,
+    pub rtt_ms: Option<f64>,
+}
+
+/// The key-exchange groups libp2p's TLS offers, by preference.
+fn offered_key_exchange(key: &libp2p::identity::Keypair) -> Vec<String> {
+    match libp2p::tls::make_client_config(key, None) {
+        Ok(c) => c
+            .crypto_provider()
+            .kx_groups
+            .iter()
+            .map(|g| format!("{:?}", g.name()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Requests served by the event loop.
 #[derive(Debug)]
 pub enum Command {
@@ -71,6 +100,9 @@ pub enum Command {
     },
     Nodes {
         reply: oneshot::Sender<Vec<NodeInfo>>,
+    },
+    Sessions {
+        reply: oneshot::Sender<Vec<Session>>,
     },
     Ready {
         reply: oneshot::Sender<bool>,
@@ -126,6 +158,11 @@ impl SwarmHandle {
 
     pub async fn nodes(&self) -> Option<Vec<NodeInfo>> {
         self.ask(|reply| Command::Nodes { reply }).await
+    }
+
+    /// Every live connection with what secures it.
+    pub async fn sessions(&self) -> Option<Vec<Session>> {
+        self.ask(|reply| Command::Sessions { reply }).await
     }
 
     pub async fn ready(&self) -> bool {
@@ -251,6 +288,8 @@ pub struct EventLoop {
     health_rx: mpsc::Receiver<Vec<u8>>,
     /// The directory generation last published to the state (`u64::MAX`: none yet).
     roster_len: u64,
+    /// The grants and revocations of the state, and the version last applied.
+    authority_rx: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Sync-related parts of the event loop.
@@ -429,6 +468,9 @@ impl EventLoop {
             }
         }
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let mut authority_rx = sync_parts.state.watch_authority();
+        // Apply the revocations already stored on the first turn of the loop.
+        authority_rx.mark_changed();
         Ok((
             EventLoop {
                 swarm,
@@ -456,6 +498,7 @@ impl EventLoop {
                 hyper_tx: sync_parts.hyper_tx,
                 health_rx: sync_parts.health_rx,
                 roster_len: u64::MAX,
+                authority_rx,
             },
             SwarmHandle { tx },
         ))
@@ -465,6 +508,7 @@ impl EventLoop {
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let state = self.state.clone();
         let result = loop {
+            self.apply_revocations();
             self.publish_roster();
             let wake = self.maintain();
             tokio::select! {
@@ -616,7 +660,7 @@ impl EventLoop {
             .directory
             .members()
             .map(|(id, _)| *id)
-            .filter(|id| *id != self.mesh.peer_id)
+            .filter(|id| *id != self.mesh.peer_id && !self.mesh.directory.is_revoked(id))
             .collect();
         for id in members {
             let p = self.peers.entry(id).or_insert_with(|| Peer {
@@ -728,6 +772,7 @@ impl EventLoop {
                 if p.connections.len() == 1 {
                     p.connected_since = Some(Instant::now());
                     p.verified = false;
+                    self.swarm.behaviour_mut().gossipsub.disallow(&peer_id);
                 }
                 // Every new connection carries a hello, not only a peer's first: the other side
                 // may have let go of the older connections (a dead link, a NAT rebinding) and
@@ -758,6 +803,7 @@ impl EventLoop {
                             p.lost_at = Some(Instant::now());
                         }
                         p.mark_disconnected();
+                        self.swarm.behaviour_mut().gossipsub.disallow(&peer_id);
                         if !is_member && p.addrs.is_empty() {
                             self.peers.remove(&peer_id);
                         }
@@ -813,6 +859,7 @@ impl EventLoop {
         self.held_welcomes.remove(&peer);
         self.sync_buckets.remove(&peer);
         p.mark_disconnected();
+        self.swarm.behaviour_mut().gossipsub.disallow(&peer);
     }
 
     /// `kept` and `evicted` redeemed the same one-time ticket; every replica keeps `kept` (see
@@ -1073,6 +1120,8 @@ impl EventLoop {
                     p.disconnect_at = None;
                     p.backoff = INITIAL_BACKOFF;
                 }
+                // Gossip flows only now (see `Forgetful::gated`).
+                self.swarm.behaviour_mut().gossipsub.allow(peer);
                 self.learn_addrs(peer, addrs, Source::Peer).await;
                 info!(%peer, "member connected");
                 // A verified member connection is a sign of life: the failure detector starts
@@ -1144,6 +1193,7 @@ impl EventLoop {
             p.verified = false;
             p.disconnect_at = Some(Instant::now() + REJECT_LINGER);
         }
+        self.swarm.behaviour_mut().gossipsub.disallow(&peer);
     }
 
     async fn on_hello_reply(&mut self, peer: PeerId, reply: HelloReply) -> anyhow::Result<()> {
@@ -1244,6 +1294,9 @@ impl EventLoop {
             Command::Nodes { reply } => {
                 let _ = reply.send(self.nodes());
             }
+            Command::Sessions { reply } => {
+                let _ = reply.send(self.sessions());
+            }
             Command::Ready { reply } => {
                 let _ = reply.send(self.mesh.is_member() && self.listeners_pending.is_empty());
             }
@@ -1278,6 +1331,28 @@ impl EventLoop {
                 {
                     debug!("peer left before a sync answer was sent");
                 }
+            }
+        }
+    }
+
+    /// Applies revocations that arrived in the members document: the revoked members' links are
+    /// closed at once, and the directory refuses them (and tickets they issued) from now on.
+    fn apply_revocations(&mut self) {
+        if !self.authority_rx.has_changed().unwrap_or(false) {
+            return;
+        }
+        self.authority_rx.mark_unchanged();
+        let auth = self.state.authority();
+        let set = auth
+            .revoked
+            .keys()
+            .filter_map(|n| n.parse::<PeerId>().ok())
+            .collect();
+        for peer in self.mesh.directory.set_revoked(set) {
+            warn!(%peer, "member revoked: closing its links");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.next_dial = None;
             }
         }
     }
@@ -1570,6 +1645,47 @@ impl EventLoop {
         }
     }
 
+    fn sessions(&self) -> Vec<Session> {
+        let kx = offered_key_exchange(&self.mesh.key);
+        let mut out: Vec<Session> = self
+            .peers
+            .iter()
+            .flat_map(|(id, p)| {
+                let kx = kx.clone();
+                p.connections.values().map(move |addr| {
+                    let text = addr.to_string();
+                    let relayed = text.contains("/p2p-circuit");
+                    let transport = if text.contains("/quic") {
+                        "quic"
+                    } else if text.contains("/tcp/") {
+                        "tcp"
+                    } else {
+                        "other"
+                    };
+                    Session {
+                        peer: id.to_string(),
+                        member: p.verified,
+                        remote_addr: text,
+                        transport: transport.into(),
+                        relayed,
+                        // QUIC always runs TLS 1.3; over TCP both sides offer TLS before noise
+                        // (multistream-select takes the dialer's first choice the other side
+                        // supports), so two voiked nodes agree on TLS.
+                        security: if transport == "quic" {
+                            "tls1.3".into()
+                        } else {
+                            "tls1.3 (preferred over noise)".into()
+                        },
+                        key_exchange: kx.clone(),
+                        rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                    }
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.peer.cmp(&b.peer).then(a.remote_addr.cmp(&b.remote_addr)));
+        out
+    }
+
     fn nodes(&self) -> Vec<NodeInfo> {
         self.mesh
             .directory
@@ -1587,6 +1703,7 @@ impl EventLoop {
                         roles,
                         joined_at: record.body.joined_at,
                         is_self: true,
+                        revoked: self.mesh.directory.is_revoked(id),
                     };
                 }
                 let p = self.peers.get(id);
@@ -1613,6 +1730,7 @@ impl EventLoop {
                     roles,
                     joined_at: record.body.joined_at,
                     is_self: false,
+                    revoked: self.mesh.directory.is_revoked(id),
                 }
             })
             .collect()

@@ -14,4 +14,4 @@ pub mod codec;
 pub mod event_loop;
 pub mod forget;
 
-pub use event_loop::{Command, EventLoop, InviteError, SwarmHandle, SyncParts};
+pub use event_loop::{Command, EventLoop, InviteError, Session, SwarmHandle, SyncParts};

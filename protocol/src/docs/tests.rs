@@ -41,6 +41,17 @@ fn rec(name: &str, value: &str) -> RecordInput {
     }
 }
 
+/// A zones replica whose admins granted `mesh.` to `nodes` (members create zones only under a
+/// grant).
+fn granting(nodes: &[&Node]) -> Replica {
+    let mut r = Replica::new(DocId::Zones);
+    let mut a = Authority::default();
+    a.grants
+        .insert("mesh.".into(), nodes.iter().map(|n| n.id.clone()).collect());
+    r.set_authority(std::sync::Arc::new(a));
+    r
+}
+
 fn create_zone(r: &mut Replica, n: &Node, id: &str) -> SignedChange {
     r.change(&n.key, |tx| {
         zones::create_zone(tx, id, &format!("{id}.mesh."), &n.id, hlc(0))
@@ -70,8 +81,8 @@ fn add_record(
 fn owner_changes_replicate_and_non_owner_changes_are_rejected() {
     let (a, b) = (node(), node());
     let ros = roster(&[(&a, Role::Admin), (&b, Role::Member)]);
-    let mut ra = Replica::new(DocId::Zones);
-    let mut rb = Replica::new(DocId::Zones);
+    let mut ra = granting(&[&b]);
+    let mut rb = granting(&[&b]);
     let c1 = create_zone(&mut ra, &a, "demo");
     let c2 = add_record(&mut ra, &a, "demo", "www.demo.mesh.", "10.0.0.1", 1);
     let out = rb
@@ -122,7 +133,7 @@ fn owner_changes_replicate_and_non_owner_changes_are_rejected() {
         .change(&a.key, |tx| zones::add_owner(tx, &zone, &b.id))
         .expect("grant")
         .expect("not empty");
-    let mut rb2 = Replica::new(DocId::Zones);
+    let mut rb2 = granting(&[&b]);
     let all = ra.changes_since(&[], 0, usize::MAX).0;
     rb2.receive(all, &ros).expect("receive");
     let _ = grant;
@@ -292,7 +303,7 @@ fn an_author_signing_two_changes_with_one_seq_cannot_break_a_replica() {
     let mut b2 = Replica::new(DocId::Zones);
     let one = create_zone(&mut b1, &b, "one");
     let two = create_zone(&mut b2, &b, "two");
-    let mut ra = Replica::new(DocId::Zones);
+    let mut ra = granting(&[&b]);
     let out = ra
         .receive(vec![one.clone(), two.clone()], &ros)
         .expect("receive");
@@ -404,14 +415,17 @@ fn zones_for_top_level_or_reserved_domains_are_refused_when_merged() {
         .expect("not empty");
     let mut ra = Replica::new(DocId::Zones);
     ra.set_reserved_domain(Some("voike.internal.".into()));
-    for bad in [tld, reserved] {
-        let out = ra.receive(vec![bad], &ros).expect("receive");
-        assert!(out.applied.is_empty(), "{out:?}");
-        assert!(
-            matches!(out.rejected[0].1, Reject::NotWriter { .. }),
-            "{out:?}"
-        );
-    }
+    // A member's TLD needs an admin's grant (which may still arrive: refused for now); the
+    // reserved domain is refused for good.
+    let out = ra.receive(vec![tld], &ros).expect("receive");
+    assert!(out.applied.is_empty(), "{out:?}");
+    assert!(matches!(out.rejected[0].1, Reject::NoGrant(_)), "{out:?}");
+    let out = ra.receive(vec![reserved], &ros).expect("receive");
+    assert!(out.applied.is_empty(), "{out:?}");
+    assert!(
+        matches!(out.rejected[0].1, Reject::NotWriter { .. }),
+        "{out:?}"
+    );
     assert!(zones::zones(ra.doc()).is_empty());
     // An admin may create a zone for a top-level domain, not inside the reserved one.
     let mut ra2 = Replica::new(DocId::Zones);
@@ -423,4 +437,89 @@ fn zones_for_top_level_or_reserved_domains_are_refused_when_merged() {
         .expect("not empty");
     let out = ra.receive(vec![ok], &ros).expect("receive");
     assert_eq!(out.applied.len(), 1, "{out:?}");
+}
+
+/// Zone identity is not decided by the claimant's clock: a member without a grant cannot claim
+/// an id at all, and of two concurrent claims by members with the right, every replica keeps the
+/// same one whatever HLC either carries, in any arrival order.
+#[test]
+fn a_concurrent_claim_with_a_later_clock_does_not_take_a_zone() {
+    let (a, b) = (node(), node());
+    let ros = roster(&[(&a, Role::Admin), (&b, Role::Member)]);
+    let mut ra = Replica::new(DocId::Zones);
+    let mine = create_zone(&mut ra, &a, "demo");
+    // B, "partitioned" (no dependencies), claims the same id stamped far in the future.
+    let claim = |t: u64| {
+        let mut rb = Replica::new(DocId::Zones);
+        rb.change(&b.key, |tx| {
+            zones::create_zone(tx, "demo", "demo.mesh.", &b.id, hlc(t))
+        })
+        .expect("change")
+        .expect("not empty")
+    };
+    let out = ra.receive(vec![claim(1 << 40)], &ros).expect("receive");
+    assert!(
+        matches!(out.rejected[..], [(_, Reject::NoGrant(_))]),
+        "{out:?}"
+    );
+    assert_eq!(
+        zones::zone(ra.doc(), "demo").expect("zone").owners,
+        std::slice::from_ref(&a.id)
+    );
+    // With a grant both claims are valid; the one kept does not depend on the stamps.
+    let mut winners = Vec::new();
+    for t in [0, 1 << 40] {
+        for order in [0, 1] {
+            let mut r = granting(&[&b]);
+            let theirs = claim(t);
+            let batch = if order == 0 {
+                vec![mine.clone(), theirs]
+            } else {
+                vec![theirs, mine.clone()]
+            };
+            for c in batch {
+                r.receive(vec![c], &ros).expect("receive");
+            }
+            winners.push(zones::zone(r.doc(), "demo").expect("zone").owners);
+        }
+    }
+    assert!(winners.windows(2).all(|w| w[0] == w[1]), "{winners:?}");
+}
+
+/// A revocation keeps the revoked node's changes up to its cutoff and refuses every later one,
+/// whatever the change's timestamp.
+#[test]
+fn changes_after_a_revocation_cutoff_are_refused() {
+    let (a, b) = (node(), node());
+    let ros = roster(&[(&a, Role::Admin), (&b, Role::Member)]);
+    let mut rb = granting(&[&b]);
+    let first = create_zone(&mut rb, &b, "bzone");
+    let second = add_record(&mut rb, &b, "bzone", "x.bzone.mesh.", "10.0.0.9", 1);
+    let mut ra = granting(&[&b]);
+    let mut auth = ra.authority().clone();
+    auth.revoked.insert(
+        b.id.clone(),
+        crate::authority::Revocation {
+            by: a.id.clone(),
+            cutoff: [("zones".to_string(), 1)].into(),
+            ..Default::default()
+        },
+    );
+    ra.set_authority(std::sync::Arc::new(auth));
+    let out = ra.receive(vec![first, second], &ros).expect("receive");
+    assert_eq!(out.applied.len(), 1, "{out:?}");
+    assert!(
+        matches!(
+            out.rejected[..],
+            [(
+                _,
+                Reject::Revoked {
+                    seq: 2,
+                    cutoff: 1,
+                    ..
+                }
+            )]
+        ),
+        "{out:?}"
+    );
 }
