@@ -409,10 +409,19 @@ fn show_args(args: &[String]) -> String {
         .join(" ")
 }
 
-/// How a result ended: `ok`, `exit 2`, `timeout`, ...
+/// How a result ended: `ok`, `exit 2`, `timeout`, ...; for the statuses whose output is the
+/// runner's reason (`module_unavailable`, `scratch_quota`), with that reason.
 fn outcome(r: &SegmentResult) -> String {
     match r.exit_code {
         Some(code) if r.status == "exit" => format!("exit {code}"),
+        _ if r.status == "module_unavailable" || r.status == "scratch_quota" => {
+            let reason = r.stdout_bytes().unwrap_or_default();
+            let reason = String::from_utf8_lossy(&reason);
+            match reason.trim() {
+                "" => r.status.clone(),
+                reason => format!("{} ({reason})", r.status),
+            }
+        }
         _ => r.status.clone(),
     }
 }

@@ -57,6 +57,15 @@ pub struct GridConfig {
     /// Longest a module may take to compile. Default `"30s"`.
     #[serde(with = "humantime_serde")]
     pub compile_timeout: Duration,
+    /// `[grid.module_limits]`: bounds on a module's shape, checked before it is compiled (at
+    /// upload, and on a runner that fetched it); a refusal names the key and the value.
+    /// `max_functions` (imported and defined) default 10000, `max_function_bytes` default
+    /// 262144, `max_locals` (per function) default 10000, `max_nesting_depth` (control
+    /// blocks in one function) default 512. Each must be at least 1.
+    pub module_limits: voike_runtime::ModuleLimits,
+    /// What one job's scratch directory may hold, in bytes; past it the job fails as
+    /// `scratch_quota`. Default 67108864 (64 MiB).
+    pub scratch_quota_bytes: u64,
 }
 
 impl Default for GridConfig {
@@ -68,6 +77,24 @@ impl Default for GridConfig {
             max_instances: 64,
             max_memory_bytes: 256 << 20,
             compile_timeout: Duration::from_secs(30),
+            module_limits: voike_runtime::ModuleLimits::default(),
+            scratch_quota_bytes: 64 << 20,
+        }
+    }
+}
+
+impl GridConfig {
+    /// The VVM settings these give, with the compilation cache under `data_dir`.
+    pub fn runtime_config(&self, data_dir: &std::path::Path) -> voike_runtime::RuntimeConfig {
+        voike_runtime::RuntimeConfig {
+            max_module_bytes: voike_protocol::sync::MAX_MODULE_BYTES,
+            module_limits: self.module_limits,
+            max_scratch_bytes: self.scratch_quota_bytes,
+            compile_timeout: self.compile_timeout,
+            max_instances: self.max_instances,
+            max_memory_bytes: self.max_memory_bytes,
+            cache_dir: Some(data_dir.join("wasm-cache")),
+            ..voike_runtime::RuntimeConfig::default()
         }
     }
 }
@@ -692,6 +719,20 @@ impl Config {
         }
         if g.compile_timeout < Duration::from_millis(100) {
             return Err(("grid.compile_timeout", "must be at least 100ms".into()));
+        }
+        let m = &g.module_limits;
+        for (key, value) in [
+            ("grid.module_limits.max_functions", m.max_functions),
+            (
+                "grid.module_limits.max_function_bytes",
+                m.max_function_bytes,
+            ),
+            ("grid.module_limits.max_locals", m.max_locals),
+            ("grid.module_limits.max_nesting_depth", m.max_nesting_depth),
+        ] {
+            if value == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
         }
         if self.shutdown_timeout < Duration::from_millis(100) {
             return Err(("shutdown_timeout", "must be at least 100ms".into()));

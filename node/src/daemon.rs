@@ -215,14 +215,7 @@ async fn run_with_store(
                 },
                 scratch_root: data_dir.join("scratch"),
             },
-            voike_runtime::RuntimeConfig {
-                max_module_bytes: voike_protocol::sync::MAX_MODULE_BYTES,
-                compile_timeout: g.compile_timeout,
-                max_instances: g.max_instances,
-                max_memory_bytes: g.max_memory_bytes,
-                cache_dir: Some(data_dir.join("wasm-cache")),
-                ..voike_runtime::RuntimeConfig::default()
-            },
+            g.runtime_config(&data_dir),
             cancel.child_token(),
         )?;
         tracker.spawn(grid.clone().run(cancel.child_token()));

@@ -8,6 +8,13 @@
 //! `replicas` runners are counted. A claim is a lease (`grid.lease`), renewed while the segment
 //! runs; a claim whose lease ran out, or whose runner Hypermesh declares dead, no longer counts,
 //! so the next node in the order takes the segment. Results are signed by the runner.
+//!
+//! One member cannot exhaust the others: a module is scanned against the runtime's module
+//! limits before it is compiled (at upload, and on a runner that fetched it), the compiled
+//! modules kept are bounded in bytes ([`MODULE_CACHE_BYTES`]), a job's scratch directory is
+//! bounded by the runtime's scratch quota and removed after the run, and when more segments
+//! fall to this node than it runs at once they start in [`jobs::FairShare`] order
+//! (least-recently-served submitter first).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -17,9 +24,9 @@ use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use voike_protocol::jobs::{self, JobState, JobView, RunOutcome, SegmentResult, Status};
+use voike_protocol::jobs::{self, FairShare, JobState, JobView, RunOutcome, SegmentResult, Status};
 use voike_protocol::sync::{MAX_MODULE_BYTES, SyncRequest, SyncResponse};
-use voike_runtime::{Module, Runtime, RuntimeConfig};
+use voike_runtime::{CompileError, Module, Runtime, RuntimeConfig};
 use voike_storage::{Table, WriteOp};
 
 use crate::hypermesh::{HypermeshHandle, LiveNode};
@@ -99,6 +106,9 @@ pub struct GridConfig {
 pub enum ModuleError {
     #[error("module is {size} bytes; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
+    /// Over one of the module limits (`[grid.module_limits]`); refused before compiling.
+    #[error("{0}")]
+    OverLimit(String),
     #[error("{0}")]
     Compile(String),
     #[error("no module {0} on this node or its connected members")]
@@ -133,6 +143,8 @@ pub struct Grid {
     running: Mutex<HashSet<(String, u32)>>,
     /// Segments this node gave up on for now (module not found), with when to retry.
     backoff: Mutex<HashMap<(String, u32), u64>>,
+    /// Which submitter this node started a segment for when: the order of the next starts.
+    fair: Mutex<FairShare>,
     /// Ends the segment tasks at shutdown (a running module is left to finish on its thread,
     /// holding nothing but the runtime).
     cancel: CancellationToken,
@@ -159,6 +171,7 @@ fn status_of(s: &voike_runtime::Status) -> Status {
         voike_runtime::Status::Timeout => Status::Timeout,
         voike_runtime::Status::MemoryLimit => Status::MemoryLimit,
         voike_runtime::Status::InvalidEntry(_) => Status::InvalidEntry,
+        voike_runtime::Status::ScratchQuota(_) => Status::ScratchQuota,
         // Not the guest's fault (pool full, scratch directory missing): recorded like a module
         // this node cannot provide, which the next node in the order retries.
         _ => Status::ModuleUnavailable,
@@ -179,6 +192,13 @@ impl Grid {
     ) -> anyhow::Result<Arc<Grid>> {
         let runtime = Runtime::new(runtime_config)
             .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly runtime: {e}"))?;
+        // Scratch directories left by a run that did not end (a crash, a kill): no job runs
+        // yet, so all of them are stale.
+        if config.scratch_root.exists()
+            && let Err(e) = std::fs::remove_dir_all(&config.scratch_root)
+        {
+            warn!(dir = %config.scratch_root.display(), error = %e, "cannot remove stale scratch directories");
+        }
         Ok(Arc::new(Grid {
             node_id: key.public().to_peer_id().to_string(),
             key,
@@ -191,6 +211,7 @@ impl Grid {
             compiled: Mutex::new(ModuleCache::new(MODULE_CACHE_BYTES)),
             running: Mutex::new(HashSet::new()),
             backoff: Mutex::new(HashMap::new()),
+            fair: Mutex::new(FairShare::new()),
             cancel,
         }))
     }
@@ -201,7 +222,10 @@ impl Grid {
             tokio::task::spawn_blocking(move || runtime.compile(&bytes))
                 .await
                 .map_err(|e| ModuleError::Compile(e.to_string()))?
-                .map_err(|e| ModuleError::Compile(e.to_string()))
+                .map_err(|e| match e {
+                    CompileError::OverLimit(_) => ModuleError::OverLimit(e.to_string()),
+                    other => ModuleError::Compile(other.to_string()),
+                })
         }
     }
 
@@ -377,9 +401,25 @@ impl Grid {
         }
     }
 
-    /// One pass over every unfinished job: claims and starts what falls to this node.
+    /// One pass over every unfinished job: claims and starts what falls to this node, in
+    /// fair-share order (least-recently-served submitter first) while slots are free.
     fn schedule(self: &Arc<Self>) {
         let now = now_ms();
+        let all = self.state.jobs(now);
+        self.refresh_gauges(&all);
+        let active: HashSet<&str> = all
+            .iter()
+            .filter(|j| j.state != JobState::Done)
+            .map(|j| j.job.submitted_by.as_str())
+            .collect();
+        self.fair
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|who| active.contains(who));
+        if self.running.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.config.max_parallel
+        {
+            return;
+        }
         let live = self.hypermesh.live_nodes();
         // Claims count while their lease runs, unless Hypermesh holds the runner dead (a
         // suspect runner keeps its claims).
@@ -390,8 +430,8 @@ impl Grid {
             .filter(|(_, h)| h.state == voike_protocol::health::PeerState::Dead)
             .map(|(n, _)| n)
             .collect();
-        let all = self.state.jobs(now);
-        self.refresh_gauges(&all);
+        // What falls to this node, in submission order (`jobs` is sorted so).
+        let mut ready: Vec<(Arc<JobView>, u32)> = Vec::new();
         for job in all {
             // A failed job may still have segments to run (one segment's trap does not stop
             // the others, and a "module unavailable" result is retried elsewhere).
@@ -404,10 +444,21 @@ impl Grid {
                 .filter(|n| jobs::eligible(&job.job.spec.requirements, &n.region, &n.capabilities))
                 .map(|n: &LiveNode| (n.node.clone(), n.health))
                 .collect();
+            let job = Arc::new(job);
             for seg in &job.segments {
                 if self.should_run(&job, seg, &eligible, &dead, now) {
-                    self.start(job.clone(), seg.index);
+                    ready.push((job.clone(), seg.index));
                 }
+            }
+        }
+        let ordered = self
+            .fair
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .order(ready, |(job, _)| job.job.submitted_by.as_str());
+        for (job, segment) in ordered {
+            if !self.start(&job, segment) {
+                break;
             }
         }
     }
@@ -478,15 +529,24 @@ impl Grid {
         false
     }
 
-    fn start(self: &Arc<Self>, job: JobView, segment: u32) {
+    /// Starts segment `segment` of `job` unless every slot is taken (then `false`).
+    fn start(self: &Arc<Self>, job: &JobView, segment: u32) -> bool {
         let key = (job.job.id.clone(), segment);
         {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            if running.len() >= self.config.max_parallel || !running.insert(key.clone()) {
-                return;
+            if running.len() >= self.config.max_parallel {
+                return false;
+            }
+            if !running.insert(key.clone()) {
+                return true;
             }
         }
+        self.fair
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .served(&job.job.submitted_by);
         let grid = self.clone();
+        let job = job.clone();
         tokio::spawn(async move {
             let id = key.0.clone();
             if let Err(e) = grid.run_segment(&job, segment).await {
@@ -497,6 +557,7 @@ impl Grid {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&key);
         });
+        true
     }
 
     async fn run_segment(self: &Arc<Self>, job: &JobView, segment: u32) -> Result<(), StateError> {
@@ -531,7 +592,12 @@ impl Grid {
                 return self.record(&id, segment, &outcome).await;
             }
         };
-        let spec = self.job_spec(job, segment);
+        // Removed when this function returns, whatever happens to the run.
+        let scratch =
+            job.job.spec.capabilities.scratch.then(|| {
+                ScratchDir::create(self.config.scratch_root.join(format!("{id}-{segment}")))
+            });
+        let spec = self.job_spec(job, segment, scratch.as_ref());
         let runtime = self.runtime.clone();
         let mut run = tokio::task::spawn_blocking(move || runtime.run(&module, &spec));
         // Renew the lease while the segment runs.
@@ -547,13 +613,7 @@ impl Grid {
                 }
             }
         };
-        let scratch = self
-            .config
-            .scratch_root
-            .join(format!("{}-{segment}", job.job.id));
-        if scratch.exists() {
-            let _ = std::fs::remove_dir_all(&scratch);
-        }
+        drop(scratch);
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -567,7 +627,8 @@ impl Grid {
             status,
             exit_code: outcome.exit_code,
             returns: outcome.returns.clone(),
-            stdout: if status == Status::ModuleUnavailable {
+            // For these the runtime's reason (the error, the quota) is what the submitter needs.
+            stdout: if matches!(status, Status::ModuleUnavailable | Status::ScratchQuota) {
                 outcome.status.to_string().into_bytes()
             } else {
                 outcome.stdout.clone()
@@ -592,18 +653,16 @@ impl Grid {
         self.state.finish_segment(result).await
     }
 
-    fn job_spec(&self, job: &JobView, segment: u32) -> voike_runtime::JobSpec {
+    fn job_spec(
+        &self,
+        job: &JobView,
+        segment: u32,
+        scratch: Option<&ScratchDir>,
+    ) -> voike_runtime::JobSpec {
         let spec = &job.job.spec;
         let stdin = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &spec.input)
             .unwrap_or_default();
-        let scratch_dir = spec.capabilities.scratch.then(|| {
-            let dir = self
-                .config
-                .scratch_root
-                .join(format!("{}-{segment}", job.job.id));
-            let _ = std::fs::create_dir_all(&dir);
-            dir
-        });
+        let scratch_dir = scratch.map(|s| s.path.clone());
         voike_runtime::JobSpec {
             entry: spec.entry.clone(),
             args: jobs::segment_args(spec, segment),
@@ -613,6 +672,8 @@ impl Grid {
                 fuel: spec.limits.fuel,
                 wall_time: Duration::from_millis(spec.limits.wall_ms),
                 max_output_bytes: spec.limits.max_output_bytes as usize,
+                // The node's quota (`grid.scratch_quota_bytes`); jobs do not choose their own.
+                scratch_bytes: self.runtime.config().max_scratch_bytes,
             },
             caps: voike_runtime::Capabilities {
                 clock: spec.capabilities.clock,
@@ -624,6 +685,33 @@ impl Grid {
                     .collect(),
                 scratch_dir,
             },
+        }
+    }
+}
+
+/// A job's scratch directory, created empty and removed when dropped.
+struct ScratchDir {
+    path: std::path::PathBuf,
+}
+
+impl ScratchDir {
+    /// Creates `path` empty (whatever was there is removed first). A failure is logged: the
+    /// runtime then reports the missing directory as a host error, retried elsewhere.
+    fn create(path: std::path::PathBuf) -> Self {
+        let _ = std::fs::remove_dir_all(&path);
+        if let Err(e) = std::fs::create_dir_all(&path) {
+            warn!(dir = %path.display(), error = %e, "cannot create a scratch directory");
+        }
+        ScratchDir { path }
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(dir = %self.path.display(), error = %e, "cannot remove a scratch directory");
         }
     }
 }

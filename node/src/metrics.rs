@@ -344,6 +344,7 @@ impl Metrics {
             voike_runtime::Status::Timeout => "timeout",
             voike_runtime::Status::MemoryLimit => "memory_limit",
             voike_runtime::Status::InvalidEntry(_) => "invalid_entry",
+            voike_runtime::Status::ScratchQuota(_) => "scratch_quota",
             _ => "host_error",
         };
         self.vvm_runs

@@ -30,6 +30,10 @@
 //! (the document already binds each result to its runner); [`SegmentResult::verify`] is there
 //! for whoever receives a result outside the document.
 //!
+//! When more segments fall to one node than it runs at once, [`FairShare`] orders them:
+//! least-recently-served submitter first, so that one submitter's backlog does not hold back
+//! another's job.
+//!
 //! Sizes are bounded so that the largest job or result fits in one document change
 //! ([`crate::docs::MAX_CHANGE_BYTES`]): the document keeps at most [`MAX_RESULT_STDOUT`] bytes
 //! of a segment's output, whatever the job's `maxOutputBytes`.
@@ -49,6 +53,9 @@ use crate::hlc::Hlc;
 use crate::signing::{self, SigningError, hex};
 use crate::snrl::{self, SnrlError};
 use crate::zones::{Invalid, newest_map, pack_hlc, str_of, uint_of, unpack_hlc};
+
+mod fair;
+pub use fair::FairShare;
 
 /// Domain of segment result signatures.
 pub const RESULT_DOMAIN: &[u8] = b"voike/job-result/v1\0";
@@ -479,12 +486,17 @@ pub enum Status {
     MemoryLimit,
     /// The entry is not an exported function the runtime can call.
     InvalidEntry,
-    /// The runner could not find or compile the module.
+    /// The runner could not find or compile the module (the reason, e.g. the module limit it
+    /// is over, is in `stdout`).
     ModuleUnavailable,
+    /// The job's scratch directory held more than the runner's scratch quota (the reason,
+    /// `scratch quota of N bytes exceeded`, is in `stdout`). Readers older than this status
+    /// skip such results, as they skip any status they do not know.
+    ScratchQuota,
 }
 
 impl Status {
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 9] = [
         Status::Ok,
         Status::Exit,
         Status::Trap,
@@ -493,6 +505,7 @@ impl Status {
         Status::MemoryLimit,
         Status::InvalidEntry,
         Status::ModuleUnavailable,
+        Status::ScratchQuota,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -505,6 +518,7 @@ impl Status {
             Status::MemoryLimit => "memory_limit",
             Status::InvalidEntry => "invalid_entry",
             Status::ModuleUnavailable => "module_unavailable",
+            Status::ScratchQuota => "scratch_quota",
         }
     }
 
@@ -546,7 +560,7 @@ pub struct SegmentResult {
     /// Node id of the node that ran it and signed this.
     pub runner: String,
     /// One of the [`Status`] names (`ok`, `exit`, `trap`, `out_of_fuel`, `timeout`,
-    /// `memory_limit`, `invalid_entry`, `module_unavailable`).
+    /// `memory_limit`, `invalid_entry`, `module_unavailable`, `scratch_quota`).
     pub status: String,
     pub exit_code: Option<i32>,
     pub returns: Vec<i64>,

@@ -1,5 +1,5 @@
-//! Turning submitted bytes into a runnable [`Module`]: size cap, WAT or binary, validation,
-//! compilation under a timeout, linking against WASI; and [`module_hash`], the content
+//! Turning submitted bytes into a runnable [`Module`]: size cap, WAT or binary, the
+//! [`ModuleLimits`] scan, validation, compilation under a timeout, linking against WASI; and [`module_hash`], the content
 //! address modules are stored under.
 
 use std::borrow::Cow;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, ExternType, InstancePre, Linker, ModuleExport, ValType};
 
+use crate::limits::{LimitExceeded, ModuleLimits, ScanError};
 use crate::sandbox::JobState;
 
 /// The only import module the VVM links.
@@ -29,6 +30,9 @@ pub enum CompileError {
     /// A wasm binary that does not validate.
     #[error("invalid module: {0}")]
     Invalid(String),
+    /// Over one of the [`ModuleLimits`]; found by a scan before compiling.
+    #[error("module refused before compiling: {0}")]
+    OverLimit(#[from] LimitExceeded),
     /// Valid, but the compiler or the instance pool's limits refused it (e.g. an initial
     /// memory larger than `maxMemoryBytes`).
     #[error("cannot compile module: {0}")]
@@ -164,6 +168,7 @@ pub(crate) fn compile(
     linker: &Linker<JobState>,
     bytes: &[u8],
     max_bytes: usize,
+    limits: ModuleLimits,
     timeout: Duration,
 ) -> Result<Module, CompileError> {
     if bytes.len() > max_bytes {
@@ -181,7 +186,7 @@ pub(crate) fn compile(
         .name("vvm-compile".to_owned())
         .spawn(move || {
             // The receiver may have given up (timeout); then nobody wants the result.
-            let _ = done.send(compile_blocking(&thread_engine, &owned));
+            let _ = done.send(compile_blocking(&thread_engine, &owned, &limits));
         })
         .map_err(|e| CompileError::Compile(format!("cannot start a compiler thread: {e}")))?;
     let module = match result.recv_timeout(timeout) {
@@ -234,7 +239,13 @@ pub(crate) fn compile(
     })
 }
 
-fn compile_blocking(engine: &Engine, bytes: &[u8]) -> Result<wasmtime::Module, CompileError> {
+/// WAT to binary, the [`ModuleLimits`] scan, validation, then Cranelift: each step runs only
+/// when the cheaper one before it passed.
+fn compile_blocking(
+    engine: &Engine,
+    bytes: &[u8],
+    limits: &ModuleLimits,
+) -> Result<wasmtime::Module, CompileError> {
     let binary = if bytes.starts_with(b"\0asm") {
         Cow::Borrowed(bytes)
     } else {
@@ -245,6 +256,10 @@ fn compile_blocking(engine: &Engine, bytes: &[u8]) -> Result<wasmtime::Module, C
         })?;
         Cow::Owned(wat::parse_str(text).map_err(|e| CompileError::InvalidText(e.to_string()))?)
     };
+    limits.check(&binary).map_err(|e| match e {
+        ScanError::Limit(limit) => CompileError::OverLimit(limit),
+        ScanError::Malformed(message) => CompileError::Invalid(message),
+    })?;
     wasmtime::Module::validate(engine, &binary)
         .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
     wasmtime::Module::new(engine, &binary).map_err(|e| CompileError::Compile(format!("{e:#}")))

@@ -10,6 +10,7 @@ use wasmtime::{
     WasmBacktraceDetails,
 };
 
+use crate::limits::ModuleLimits;
 use crate::runtime::RuntimeError;
 
 /// Node-wide VVM settings. Per-job limits live in [`crate::Limits`] and are clamped to these.
@@ -19,6 +20,13 @@ pub struct RuntimeConfig {
     /// Largest module accepted by [`crate::Runtime::compile`], in bytes, binary or text.
     /// Default 8 MiB.
     pub max_module_bytes: usize,
+    /// Bounds on a module's shape (functions, body size, locals, nesting), checked by a scan
+    /// before anything is compiled; see [`ModuleLimits`] for the defaults. The field names are
+    /// snake_case, as in the node's `[grid.module_limits]`, and refusals name them.
+    pub module_limits: ModuleLimits,
+    /// The most bytes one job may write into its scratch directory; a job's larger
+    /// `scratchBytes` is lowered to this. Default 64 MiB.
+    pub max_scratch_bytes: u64,
     /// How long one compilation may take before `compile` gives up. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub compile_timeout: Duration,
@@ -43,6 +51,8 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             max_module_bytes: 8 << 20,
+            module_limits: ModuleLimits::default(),
+            max_scratch_bytes: 64 << 20,
             compile_timeout: Duration::from_secs(30),
             max_instances: 12_000,
             max_memory_bytes: 64 << 20,

@@ -77,6 +77,11 @@ pub struct Limits {
     /// Bytes kept of stdout and, separately, of stderr; the rest is dropped and the
     /// `*_truncated` flag set. The guest's writes always succeed. Default 1 MiB.
     pub max_output_bytes: usize,
+    /// What the scratch directory (when granted) may hold, in bytes; clamped to the node's
+    /// `maxScratchBytes`. Past it the job ends as [`Status::ScratchQuota`]. Every file,
+    /// directory and link counts as its length or its disk blocks, whichever is larger, and
+    /// at least 4 KiB. Default 64 MiB.
+    pub scratch_bytes: u64,
 }
 
 impl Default for Limits {
@@ -86,6 +91,7 @@ impl Default for Limits {
             fuel: 10_000_000_000,
             wall_time: Duration::from_secs(10),
             max_output_bytes: 1 << 20,
+            scratch_bytes: 64 << 20,
         }
     }
 }
@@ -123,6 +129,9 @@ pub enum Status {
     Timeout,
     /// The module's initial memory is larger than the job's memory limit.
     MemoryLimit,
+    /// The scratch directory held more than the job's scratch quota, in bytes (checked every
+    /// epoch tick while the guest runs, and once more when it ends).
+    ScratchQuota(u64),
     /// The entry does not exist or does not fit the arguments; the guest never ran.
     InvalidEntry(String),
     /// The node could not run the job (instance pool exhausted, scratch directory missing,
@@ -146,6 +155,7 @@ impl fmt::Display for Status {
             Status::OutOfFuel => f.write_str("ran out of fuel"),
             Status::Timeout => f.write_str("ran past its wall-time limit"),
             Status::MemoryLimit => f.write_str("needs more memory than its limit"),
+            Status::ScratchQuota(quota) => write!(f, "scratch quota of {quota} bytes exceeded"),
             Status::InvalidEntry(message) => write!(f, "invalid entry: {message}"),
             Status::HostError(message) => write!(f, "host error: {message}"),
         }

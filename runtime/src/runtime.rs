@@ -7,7 +7,9 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Cache, Engine, Extern, Func, Instance, Linker, Store, Trap, Val, WasmBacktrace};
+use wasmtime::{
+    Cache, Engine, Extern, Func, Instance, Linker, Store, Trap, UpdateDeadline, Val, WasmBacktrace,
+};
 use wasmtime_wasi::I32Exit;
 
 use crate::compile::{self, ArgType, CompileError, EntrySig, Module};
@@ -15,6 +17,7 @@ use crate::config::{RuntimeConfig, engine_config};
 use crate::job::{JobSpec, Outcome, Status};
 use crate::poll::{self, WallTimeExceeded};
 use crate::sandbox::{JobIo, JobState};
+use crate::scratch::ScratchQuotaExceeded;
 use crate::ticker::EpochTicker;
 
 /// The name of the WASI command entry.
@@ -115,7 +118,8 @@ impl Runtime {
     }
 
     /// Validates and compiles a module given as a wasm binary or as WebAssembly text (anything
-    /// not starting with `\0asm`), refusing more than `max_module_bytes` and giving up after
+    /// not starting with `\0asm`), refusing more than `max_module_bytes` or anything over the
+    /// `module_limits` (before validating or compiling it) and giving up after
     /// `compile_timeout`. With a `cache_dir`, a module compiled before (by this process or an
     /// earlier one) is loaded from the cache instead of being recompiled.
     pub fn compile(&self, bytes: &[u8]) -> Result<Module, CompileError> {
@@ -125,6 +129,7 @@ impl Runtime {
             &self.linker,
             bytes,
             self.cfg.max_module_bytes,
+            self.cfg.module_limits,
             self.cfg.compile_timeout,
         )?;
         tracing::debug!(
@@ -159,7 +164,7 @@ impl Runtime {
             message,
         };
         let memory_bytes = job.limits.memory_bytes.min(self.cfg.max_memory_bytes);
-        let (state, _io) = JobState::new(&job, memory_bytes, Instant::now(), module.uses_wasi)
+        let (state, _io) = JobState::new(&job, memory_bytes, 0, Instant::now(), module.uses_wasi)
             .map_err(instantiate_error)?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -190,10 +195,12 @@ impl Runtime {
             Err(message) => return Outcome::not_run(Status::InvalidEntry(message)),
         };
         let memory_bytes = job.limits.memory_bytes.min(self.cfg.max_memory_bytes);
-        let (state, io) = match JobState::new(job, memory_bytes, started, module.uses_wasi) {
-            Ok(state) => state,
-            Err(message) => return Outcome::not_run(Status::HostError(message)),
-        };
+        let scratch_bytes = job.limits.scratch_bytes.min(self.cfg.max_scratch_bytes);
+        let (state, io) =
+            match JobState::new(job, memory_bytes, scratch_bytes, started, module.uses_wasi) {
+                Ok(state) => state,
+                Err(message) => return Outcome::not_run(Status::HostError(message)),
+            };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         if let Err(e) = store.set_fuel(job.limits.fuel) {
@@ -201,7 +208,23 @@ impl Runtime {
         }
         // wasmtime may clamp very large budgets; count from what it actually holds.
         let fuel_start = store.get_fuel().unwrap_or(job.limits.fuel);
-        store.set_epoch_deadline(self.ticks(job.limits.wall_time));
+        if store.data().scratch.is_some() {
+            // Every tick: the wall-time deadline, then the scratch quota.
+            store.epoch_deadline_callback(|mut ctx| {
+                let now = Instant::now();
+                let state = ctx.data_mut();
+                if now >= state.deadline {
+                    return Err(WallTimeExceeded.into());
+                }
+                if let Some(scratch) = state.scratch.as_mut() {
+                    scratch.poll(now)?;
+                }
+                Ok(UpdateDeadline::Continue(1))
+            });
+            store.set_epoch_deadline(1);
+        } else {
+            store.set_epoch_deadline(self.ticks(job.limits.wall_time));
+        }
 
         let mut outcome = Outcome::not_run(Status::Ok);
         let instantiated = module.pre.instantiate(&mut store);
@@ -236,6 +259,12 @@ impl Runtime {
                     Status::HostError(format!("cannot instantiate: {error:#}"))
                 };
             }
+        }
+        // Whatever the guest did last (one big write, then exit) is measured too.
+        if let Some(scratch) = &store.data().scratch
+            && let Err(exceeded) = scratch.check()
+        {
+            outcome.status = Status::ScratchQuota(exceeded.quota);
         }
         outcome.fuel_used = fuel_start.saturating_sub(store.get_fuel().unwrap_or(0));
         if let Some(JobIo { stdout, stderr }) = io {
@@ -455,6 +484,7 @@ fn is_guest_error(error: &wasmtime::Error) -> bool {
     error.downcast_ref::<Trap>().is_some()
         || error.downcast_ref::<I32Exit>().is_some()
         || error.downcast_ref::<WallTimeExceeded>().is_some()
+        || error.downcast_ref::<ScratchQuotaExceeded>().is_some()
 }
 
 /// Maps an error that ended a running job to its status and exit code.
@@ -469,6 +499,9 @@ fn classify(error: &wasmtime::Error) -> (Status, Option<i32>) {
     }
     if error.downcast_ref::<WallTimeExceeded>().is_some() {
         return (Status::Timeout, None);
+    }
+    if let Some(exceeded) = error.downcast_ref::<ScratchQuotaExceeded>() {
+        return (Status::ScratchQuota(exceeded.quota), None);
     }
     let status = match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Status::OutOfFuel,

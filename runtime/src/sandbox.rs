@@ -10,6 +10,7 @@ use wasmtime_wasi::{DirPerms, FilePerms, HostMonotonicClock, HostWallClock, Wasi
 
 use crate::capture::Capture;
 use crate::job::JobSpec;
+use crate::scratch::ScratchQuota;
 
 /// Guest path of the scratch directory granted by `caps.scratchDir`.
 pub const SCRATCH_GUEST_PATH: &str = "/scratch";
@@ -26,6 +27,8 @@ pub(crate) struct JobState {
     pub(crate) clock: JobClock,
     /// When the job's wall time runs out; host calls that wait (poll_oneoff) stop here.
     pub(crate) deadline: Instant,
+    /// The quota of the scratch directory, when one is granted.
+    pub(crate) scratch: Option<ScratchQuota>,
 }
 
 impl std::fmt::Debug for JobState {
@@ -35,6 +38,7 @@ impl std::fmt::Debug for JobState {
             .field("wasi", &self.wasi.is_some())
             .field("clock", &self.clock)
             .field("deadline", &self.deadline)
+            .field("scratch", &self.scratch)
             .finish()
     }
 }
@@ -49,9 +53,11 @@ pub(crate) struct JobIo {
 impl JobState {
     /// State for a job; `with_wasi` says whether the module imports WASI at all (a module that
     /// does not is spared building a WASI context).
+    /// `scratch_bytes` is the job's scratch quota, already clamped to the node's.
     pub(crate) fn new(
         job: &JobSpec,
         memory_bytes: u64,
+        scratch_bytes: u64,
         started: Instant,
         with_wasi: bool,
     ) -> Result<(Self, Option<JobIo>), String> {
@@ -69,9 +75,15 @@ impl JobState {
         } else {
             (None, None)
         };
+        // Without WASI the guest cannot reach the directory at all.
+        let scratch = match (&job.caps.scratch_dir, with_wasi) {
+            (Some(dir), true) => Some(ScratchQuota::new(dir.clone(), scratch_bytes)),
+            _ => None,
+        };
         let state = Self {
             limiter: JobLimiter::new(memory_bytes),
             wasi,
+            scratch,
             clock,
             deadline: started
                 .checked_add(job.limits.wall_time)

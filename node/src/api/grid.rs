@@ -31,7 +31,9 @@ fn grid(state: &ApiState) -> Result<&std::sync::Arc<Grid>, ApiError> {
     })
 }
 
-/// `POST /vvm/modules`: the body is the module, WebAssembly binary or WAT text.
+/// `POST /vvm/modules`: the body is the module, WebAssembly binary or WAT text. A module over
+/// one of the module limits is refused before compiling, 400 `module_over_limit`, the message
+/// naming the limit and the value found.
 pub async fn add_module(
     State(state): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
@@ -49,6 +51,9 @@ pub async fn add_module(
                 "payload_too_large",
                 e.to_string(),
             ),
+            ModuleError::OverLimit(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "module_over_limit", m)
+            }
             ModuleError::Compile(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_module", m),
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

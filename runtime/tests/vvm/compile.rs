@@ -221,3 +221,51 @@ fn shared() -> &'static voike_runtime::Runtime {
     static RT: std::sync::OnceLock<voike_runtime::Runtime> = std::sync::OnceLock::new();
     RT.get_or_init(runtime)
 }
+
+#[test]
+fn over_complex_module_is_refused_before_compiling_naming_the_limit() {
+    let rt = runtime_with(RuntimeConfig {
+        module_limits: voike_runtime::ModuleLimits {
+            max_functions: 500,
+            max_nesting_depth: 64,
+            ..Default::default()
+        },
+        ..small()
+    });
+    let many = format!("(module {})", "(func)".repeat(501));
+    let err = rt.compile(many.as_bytes()).expect_err("too many functions");
+    assert_eq!(
+        err,
+        CompileError::OverLimit(voike_runtime::LimitExceeded::Functions {
+            value: 501,
+            limit: 500
+        })
+    );
+    assert_eq!(
+        err.to_string(),
+        "module refused before compiling: module has 501 functions; the limit is \
+         max_functions = 500"
+    );
+    let deep = format!(
+        "(module (func {}{}))",
+        "(block ".repeat(10_000),
+        ")".repeat(10_000)
+    );
+    let err = rt.compile(deep.as_bytes()).expect_err("nested too deep");
+    assert!(
+        err.to_string().contains("nests control blocks 65 deep")
+            && err.to_string().contains("max_nesting_depth = 64"),
+        "{err}"
+    );
+    // The same runtime still compiles and runs what is within the limits.
+    let fib = compile(&rt, FIB);
+    assert_eq!(call(&rt, &fib, "fib", &["10"]).returns, vec![55]);
+}
+
+#[test]
+fn default_module_limits_accept_every_example() {
+    let rt = runtime();
+    for wat in [FIB, CPU, MEMHOG, FOREVER, HELLO, OPENFILE, RECURSE] {
+        rt.compile(wat.as_bytes()).expect("example compiles");
+    }
+}

@@ -564,3 +564,113 @@ fn idle_instances_hold_pool_slots_until_dropped() {
     idle.pop();
     assert_ok(&rt.run(&module, &JobSpec::command(&[])));
 }
+
+/// `write(chunks, size) -> errno`: creates `/scratch/big` and writes `chunks` chunks of `size`
+/// bytes (at most 1 MiB) into it; `chunks = -1` writes (practically) forever.
+const SCRATCH_WRITER: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 17)
+  (data (i32.const 64) "big")
+  (func (export "write") (param $chunks i32) (param $size i32) (result i32)
+    (local $errno i32) (local $fd i32)
+    (local.set $errno (call $path_open (i32.const 3) (i32.const 0) (i32.const 64) (i32.const 3)
+      (i32.const 9) (i64.const 0x42) (i64.const 0x42) (i32.const 0) (i32.const 0)))
+    (if (local.get $errno) (then (return (local.get $errno))))
+    (local.set $fd (i32.load (i32.const 0)))
+    (i32.store (i32.const 8) (i32.const 65536))
+    (i32.store (i32.const 12) (local.get $size))
+    (block $done
+      (loop $next
+        (br_if $done (i32.eqz (local.get $chunks)))
+        (local.set $errno (call $fd_write (local.get $fd) (i32.const 8) (i32.const 1) (i32.const 16)))
+        (br_if $done (local.get $errno))
+        (local.set $chunks (i32.sub (local.get $chunks) (i32.const 1)))
+        (br $next)))
+    (local.get $errno)))
+"#;
+
+fn scratch_job(dir: &std::path::Path, quota: u64, chunks: &str, size: &str) -> JobSpec {
+    JobSpec {
+        limits: limits(|l| {
+            l.scratch_bytes = quota;
+            l.wall_time = Duration::from_secs(60);
+            l.fuel = u64::MAX;
+        }),
+        caps: Capabilities {
+            scratch_dir: Some(dir.to_owned()),
+            ..Capabilities::default()
+        },
+        ..JobSpec::call("write", &[chunks, size])
+    }
+}
+
+#[test]
+fn writing_within_the_scratch_quota_succeeds() {
+    let rt = runtime();
+    let module = compile(&rt, SCRATCH_WRITER);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let outcome = rt.run(&module, &scratch_job(dir.path(), 1 << 20, "8", "65536"));
+    assert_ok(&outcome);
+    assert_eq!(outcome.returns, vec![0]);
+    let len = std::fs::metadata(dir.path().join("big"))
+        .expect("file")
+        .len();
+    assert_eq!(len, 8 * 65536);
+}
+
+#[test]
+fn writing_forever_ends_at_the_scratch_quota() {
+    let rt = runtime();
+    let module = compile(&rt, SCRATCH_WRITER);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let quota = 4 << 20;
+    let outcome = rt.run(&module, &scratch_job(dir.path(), quota, "-1", "65536"));
+    assert_eq!(outcome.status, Status::ScratchQuota(quota));
+    assert_eq!(
+        outcome.status.to_string(),
+        "scratch quota of 4194304 bytes exceeded"
+    );
+    // Measured every tick: stopped long before the wall time, having written past the quota
+    // by what fits in one tick at most.
+    let len = std::fs::metadata(dir.path().join("big"))
+        .expect("file")
+        .len();
+    assert!(len > quota, "{len}");
+}
+
+#[test]
+fn one_write_past_the_quota_then_returning_still_fails_the_job() {
+    let rt = runtime();
+    let module = compile(&rt, SCRATCH_WRITER);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // One 1 MiB write against a 64 KiB quota: over before any tick can see it.
+    let outcome = rt.run(&module, &scratch_job(dir.path(), 65536, "1", "1048576"));
+    assert_eq!(outcome.status, Status::ScratchQuota(65536));
+}
+
+#[test]
+fn the_node_scratch_limit_caps_a_job_asking_for_more() {
+    let rt = runtime_with(RuntimeConfig {
+        max_scratch_bytes: 65536,
+        ..small()
+    });
+    let module = compile(&rt, SCRATCH_WRITER);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let outcome = rt.run(&module, &scratch_job(dir.path(), 1 << 30, "4", "65536"));
+    assert_eq!(outcome.status, Status::ScratchQuota(65536));
+}
+
+#[test]
+fn a_scratch_job_still_ends_at_its_wall_time() {
+    let rt = runtime();
+    let module = compile(&rt, SCRATCH_WRITER);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // One-byte writes forever, far below the quota: the epoch callback ends it at its deadline.
+    let mut job = scratch_job(dir.path(), 1 << 30, "-1", "1");
+    job.limits.wall_time = Duration::from_millis(200);
+    assert_eq!(rt.run(&module, &job).status, Status::Timeout);
+}
