@@ -50,6 +50,35 @@ pub struct CompileError {
     pub reason: String,
 }
 
+/// A record the replica holds but the snapshot does not serve, because serving it beside the
+/// zone's other data would break a rule every name server checks (RFC 1034 §3.6.2, RFC 2181
+/// §10.1, RFC 4592 §4.2). Each node writes only what its API accepts, but two nodes writing
+/// while apart can merge into such a zone; every node then withholds the same records, so
+/// they all answer alike and the export loads into `named-checkzone`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Withheld {
+    pub name: String,
+    pub rtype: String,
+    /// The record data in zone-file form.
+    pub value: String,
+    pub reason: &'static str,
+}
+
+/// Why a record is withheld (see [`Withheld`]).
+pub mod withheld {
+    /// A CNAME at the zone apex, which always holds the SOA and NS.
+    pub const CNAME_AT_APEX: &str = "a CNAME cannot be at the zone apex";
+    /// A CNAME at a name that has other data: the other data is served.
+    pub const CNAME_BESIDE_DATA: &str = "a CNAME at a name that has other data";
+    /// A second CNAME at one name: the one whose target sorts first is served.
+    pub const SECOND_CNAME: &str = "a second CNAME at one name (the lowest target is served)";
+    /// An NS record at a wildcard name.
+    pub const WILDCARD_NS: &str = "an NS record cannot be at a wildcard name";
+    /// An apex NS naming a host inside the zone that has no A or AAAA record.
+    pub const NS_WITHOUT_ADDRESS: &str =
+        "an apex NS record naming a host of the zone that has no A or AAAA record";
+}
+
 /// The result of an authoritative lookup.
 #[derive(Clone, Debug, Default)]
 pub struct Answer {
@@ -92,6 +121,7 @@ pub struct Snapshot {
     zones: HashMap<Name, Zone>,
     services: HashSet<Name>,
     skipped: Vec<CompileError>,
+    withheld: Vec<Withheld>,
 }
 
 /// The number of labels of `n`, counting a leading `*` (unlike `Name::num_labels`).
@@ -99,9 +129,21 @@ fn labels(n: &Name) -> usize {
     n.iter().count()
 }
 
-/// Parses a lower-cased absolute name.
+/// Parses a lower-cased absolute name. Labels are taken as they are (the replica checked them):
+/// DNS allows labels that are not host names (`-x`, `_sip`), which hickory's text parser
+/// refuses or puts through IDNA.
 pub fn name(s: &str) -> Result<Name, String> {
-    let mut n = Name::from_str(s).map_err(|e| e.to_string())?;
+    let trimmed = s.strip_suffix('.').unwrap_or(s);
+    let mut n = if trimmed.is_empty() {
+        Name::root()
+    } else if trimmed.contains('\\') {
+        Name::from_str(s).map_err(|e| e.to_string())?
+    } else {
+        if trimmed.split('.').any(str::is_empty) {
+            return Err(format!("{s:?} has an empty label"));
+        }
+        Name::from_labels(trimmed.split('.').map(str::as_bytes)).map_err(|e| e.to_string())?
+    };
     n.set_fqdn(true);
     Ok(n.to_lowercase())
 }
@@ -209,6 +251,7 @@ impl Zone {
         data: &ZoneData,
         nameserver: &Name,
         skipped: &mut Vec<CompileError>,
+        withheld: &mut Vec<Withheld>,
     ) -> Result<Self, String> {
         let origin = name(&data.domain)?;
         let mut nodes: HashMap<Name, Node> = HashMap::new();
@@ -247,6 +290,14 @@ impl Zone {
                 set.push(Record::from_rdata(owner, r.ttl, rd));
             }
         }
+        // Sets in canonical order, so that what is served (the SOA's MNAME is the first apex
+        // NS) and exported does not depend on the order the replica lists records in.
+        for node in nodes.values_mut() {
+            for set in node.sets.values_mut() {
+                set.sort_by(|a, b| a.data.cmp(&b.data));
+            }
+        }
+        withhold_broken(&origin, &mut nodes, withheld);
         let apex = nodes.entry(origin.clone()).or_default();
         let ns_code = u16::from(RecordType::NS);
         apex.sets.entry(ns_code).or_insert_with(|| {
@@ -300,6 +351,103 @@ impl Zone {
     }
 }
 
+/// Takes out of `nodes` what would break the zone's rules (see [`Withheld`]), the same way on
+/// every node whatever order the records came in: first the CNAME rules, then the NS rules
+/// (which look at the addresses left).
+fn withhold_broken(origin: &Name, nodes: &mut HashMap<Name, Node>, out: &mut Vec<Withheld>) {
+    let cname = u16::from(RecordType::CNAME);
+    let ns = u16::from(RecordType::NS);
+    let mut take = |owner: &Name, set: Vec<Record>, reason: &'static str| {
+        for r in set {
+            out.push(Withheld {
+                name: owner.to_ascii(),
+                rtype: r.record_type().to_string(),
+                value: crate::export::rdata_text(&r.data).unwrap_or_default(),
+                reason,
+            });
+        }
+    };
+    let mut owners: Vec<Name> = nodes.keys().cloned().collect();
+    owners.sort();
+    for owner in &owners {
+        let Some(node) = nodes.get_mut(owner) else {
+            continue;
+        };
+        if let Some(mut set) = node.sets.remove(&cname) {
+            if owner == origin {
+                take(owner, set, withheld::CNAME_AT_APEX);
+            } else if !node.sets.is_empty() {
+                take(owner, set, withheld::CNAME_BESIDE_DATA);
+            } else {
+                // Sets are in canonical order: the first is the lowest target.
+                let rest = set.split_off(1);
+                take(owner, rest, withheld::SECOND_CNAME);
+                node.sets.insert(cname, set);
+            }
+        }
+        if owner.is_wildcard()
+            && let Some(set) = node.sets.remove(&ns)
+        {
+            take(owner, set, withheld::WILDCARD_NS);
+        }
+    }
+    // An apex NS naming a host of this zone (not at or below a delegation) needs its address
+    // here, or no resolver can reach that server.
+    let cut = |n: &Name| {
+        (labels(origin) + 1..=labels(n)).any(|k| {
+            nodes
+                .get(&n.trim_to(k))
+                .is_some_and(|x| x.sets.contains_key(&ns))
+        })
+    };
+    let has_address = |n: &Name| {
+        let node = nodes.get(n).or_else(|| {
+            // A name that does not exist is matched by the closest wildcard (RFC 4592).
+            let mut k = labels(n);
+            while k > labels(origin) {
+                k -= 1;
+                let ce = n.trim_to(k);
+                if nodes.contains_key(&ce) {
+                    return ce.prepend_label("*").ok().and_then(|w| nodes.get(&w));
+                }
+            }
+            None
+        });
+        node.is_some_and(|x| {
+            x.sets.contains_key(&u16::from(RecordType::A))
+                || x.sets.contains_key(&u16::from(RecordType::AAAA))
+        })
+    };
+    let lame: Vec<Record> = nodes
+        .get(origin)
+        .and_then(|apex| apex.sets.get(&ns))
+        .map(|set| {
+            set.iter()
+                .filter(|r| match &r.data {
+                    RData::NS(target) => {
+                        let t = target.0.to_lowercase();
+                        origin.zone_of(&t) && !cut(&t) && !has_address(&t)
+                    }
+                    _ => false,
+                })
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if !lame.is_empty()
+        && let Some(set) = nodes
+            .get_mut(origin)
+            .and_then(|apex| apex.sets.get_mut(&ns))
+    {
+        set.retain(|r| !lame.contains(r));
+        if set.is_empty() {
+            // The node's own name server is served in their place (as for a zone with no NS).
+            nodes.get_mut(origin).map(|apex| apex.sets.remove(&ns));
+        }
+        take(origin, lame, withheld::NS_WITHOUT_ADDRESS);
+    }
+}
+
 fn renamed<'a>(set: &'a [Record], owner: Option<&Name>) -> impl Iterator<Item = Record> + 'a {
     let owner = owner.cloned();
     set.iter().map(move |r| match &owner {
@@ -323,9 +471,10 @@ impl Snapshot {
     ) -> Self {
         let ns = name(nameserver).unwrap_or_else(|_| Name::root());
         let mut skipped = Vec::new();
+        let mut withheld = Vec::new();
         let mut compiled = HashMap::new();
         for z in zones {
-            match Zone::compile(z, &ns, &mut skipped) {
+            match Zone::compile(z, &ns, &mut skipped, &mut withheld) {
                 Ok(zone) => {
                     compiled.insert(zone.origin.clone(), zone);
                 }
@@ -343,6 +492,7 @@ impl Snapshot {
             zones: compiled,
             services,
             skipped,
+            withheld,
         }
     }
 
@@ -359,6 +509,11 @@ impl Snapshot {
     /// Records that could not be compiled.
     pub fn skipped(&self) -> &[CompileError] {
         &self.skipped
+    }
+
+    /// Records held by the replica but not served (see [`Withheld`]).
+    pub fn withheld(&self) -> &[Withheld] {
+        &self.withheld
     }
 
     /// Number of served zones.

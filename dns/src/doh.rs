@@ -1,11 +1,14 @@
 //! DNS-over-HTTPS (RFC 8484) on its own listener: `GET /dns-query?dns=` (base64url) and
 //! `POST /dns-query` (`application/dns-message`), HTTP/1.1 and HTTP/2 (h2c, or h2 over TLS
 //! when a certificate is configured), bodies capped at 65,535 bytes, a cap on concurrent
-//! connections.
+//! connections (and on one client's share of them), and an idle timeout: a connection that has
+//! not had a request answered for `idle` is closed, whether it sends nothing, answers HTTP/2
+//! pings forever, or trickles a request body a byte at a time.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -152,23 +155,63 @@ pub async fn serve(
         shutdown,
         move |stream| {
             let _ = stream.set_nodelay(true);
-            serve_connection(
-                stream,
-                TowerToHyperService::new(app.clone()),
-                tls.clone(),
-                idle,
-            )
+            serve_connection(stream, app.clone(), tls.clone(), idle)
         },
     )
     .await;
 }
 
+/// When a connection last had a request answered.
+#[derive(Debug)]
+struct Activity {
+    start: Instant,
+    /// Milliseconds after `start`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Returns once `idle` has passed since the last answer (or the start).
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let since = last.elapsed();
+            if since >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - since).await;
+        }
+    }
+}
+
 async fn serve_connection(
     stream: tokio::net::TcpStream,
-    svc: TowerToHyperService<Router>,
+    app: Router,
     tls: Option<TlsAcceptor>,
     idle: Duration,
 ) {
+    use tower::ServiceExt;
+    let activity = Activity::new();
+    let svc = TowerToHyperService::new(
+        ServiceExt::<axum::http::Request<hyper::body::Incoming>>::map_response(app, {
+            let activity = activity.clone();
+            move |r| {
+                activity.touch();
+                r
+            }
+        }),
+    );
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -179,15 +222,23 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(idle))
         .keep_alive_timeout(idle);
+    // The connection ends when it has gone `idle` without an answer: dropping it closes the
+    // socket (hyper's own timers only cover reading HTTP/1 headers and unanswered pings).
     match tls {
         Some(acceptor) => {
             let Ok(Ok(stream)) = tokio::time::timeout(idle, acceptor.accept(stream)).await else {
                 return;
             };
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            tokio::select! {
+                _ = builder.serve_connection(TokioIo::new(stream), svc) => {}
+                _ = activity.idle_for(idle) => {}
+            }
         }
         None => {
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            tokio::select! {
+                _ = builder.serve_connection(TokioIo::new(stream), svc) => {}
+                _ = activity.idle_for(idle) => {}
+            }
         }
     }
 }

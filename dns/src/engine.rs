@@ -161,6 +161,9 @@ impl Engine {
             Some(f) => Cache::new(f.cache_size, f.max_ttl, f.max_stale),
             None => Cache::new(1, Duration::ZERO, Duration::ZERO),
         };
+        metrics
+            .records_withheld
+            .set(i64::try_from(snapshot.withheld().len()).unwrap_or(i64::MAX));
         Engine {
             snapshot: ArcSwap::from_pointee(snapshot),
             services,
@@ -174,6 +177,9 @@ impl Engine {
 
     /// Serves `snapshot` from now on.
     pub fn publish(&self, snapshot: Snapshot) {
+        self.metrics
+            .records_withheld
+            .set(i64::try_from(snapshot.withheld().len()).unwrap_or(i64::MAX));
         self.snapshot.store(Arc::new(snapshot));
     }
 

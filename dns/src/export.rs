@@ -26,7 +26,7 @@ fn quoted(s: &[u8]) -> String {
     out
 }
 
-fn rdata_text(data: &RData) -> Option<String> {
+pub(crate) fn rdata_text(data: &RData) -> Option<String> {
     Some(match data {
         RData::A(a) => a.0.to_string(),
         RData::AAAA(a) => a.0.to_string(),

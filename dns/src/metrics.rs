@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use hickory_proto::op::ResponseCode;
@@ -58,6 +59,9 @@ pub struct Metrics {
     pub malformed: Counter,
     /// `voike_dns_refused_connections_total`: TCP/DoH connections over the cap.
     pub refused_connections: Counter,
+    /// `voike_dns_records_withheld`: records of the replica the served snapshot leaves out
+    /// because they break a zone rule after a merge (see [`crate::authority::Withheld`]).
+    pub records_withheld: Gauge,
 }
 
 /// Counter handles for one transport, indexed by rcode, so the hot path does no map lookups.
@@ -112,6 +116,11 @@ impl Metrics {
             "voike_dns_refused_connections",
             "TCP and DoH connections closed because the connection cap was reached",
             self.refused_connections.clone(),
+        );
+        registry.register(
+            "voike_dns_records_withheld",
+            "Records not served because, merged with the zone's other data, they break a zone rule",
+            self.records_withheld.clone(),
         );
     }
 

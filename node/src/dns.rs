@@ -212,7 +212,7 @@ fn build_snapshot(
     serials: &mut Serials,
 ) -> Snapshot {
     let mut zones: Vec<ZoneData> = Vec::new();
-    for z in state.zones() {
+    for z in state.served_zones() {
         // The mesh domain is the nodes' own namespace: a zone at or under it (merged from a
         // node that did not enforce the rule) is never served.
         if voike_protocol::zones::is_within(&z.domain, mesh_domain) {
@@ -274,6 +274,10 @@ fn build_snapshot(
     let snapshot = Snapshot::build(generation, &zones, nameserver, &services);
     for s in snapshot.skipped() {
         debug!(error = %s, "record not served");
+    }
+    // Counted in `voike_dns_records_withheld` when the snapshot is published.
+    for w in snapshot.withheld() {
+        debug!(name = %w.name, rtype = %w.rtype, value = %w.value, reason = w.reason, "record withheld");
     }
     snapshot
 }

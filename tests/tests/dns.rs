@@ -582,3 +582,94 @@ fn a_bad_doh_certificate_is_a_clear_startup_error() -> anyhow::Result<()> {
     assert!(!log.contains("panicked"), "{log}");
     Ok(())
 }
+
+/// The zone data of an export, without what each node writes for itself (the SOA, with its
+/// per-node serial, and the apex NS naming the node).
+fn zone_data(export: &str) -> Vec<String> {
+    export
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.contains("\tSOA\t"))
+        .filter(|l| !(l.contains("\tNS\t") && l.contains(".nodes.")))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn records_written_apart_that_break_the_cname_rules_merge_into_one_valid_zone_everywhere()
+-> anyhow::Result<()> {
+    let mut a = TestNode::spawn_fixed("merge-a", &[])?;
+    let ticket = a.invite("10m")?;
+    let mut b = TestNode::spawn_fixed("merge-b", &["--join", &ticket])?;
+    wait_for(DEADLINE, "B connected", || a.sees_connected(&b.node_id))?;
+    a.create_zone("demo", "demo.mesh.")?;
+    let r = a.post("/vdns/zones/demo/owners", &json!({ "node": b.node_id }))?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for(DEADLINE, "B owns the zone", || {
+        let z = b.get("/vdns/zones")?.body;
+        Ok(z["zones"][0]["owners"].as_array().map(Vec::len) == Some(2))
+    })?;
+
+    // Apart, each writes what its own view allows: A an address and a CNAME, B a CNAME at the
+    // address's name and another CNAME at A's CNAME's name.
+    b.stop()?;
+    add(&a, "demo", "A", "www.demo.mesh.", "10.0.0.7", 60)?;
+    add(&a, "demo", "CNAME", "two.demo.mesh.", "b.example.", 60)?;
+    a.stop()?;
+    b.restart()?;
+    add(&b, "demo", "CNAME", "www.demo.mesh.", "web.example.", 60)?;
+    add(&b, "demo", "CNAME", "two.demo.mesh.", "a.example.", 60)?;
+    a.restart()?;
+    for n in [&a, &b] {
+        wait_for(
+            DEADLINE,
+            &format!("both sides' writes on {}", n.name),
+            || {
+                Ok(n.get("/vdns/records?zoneId=demo")?.body["records"]
+                    .as_array()
+                    .map(Vec::len)
+                    == Some(4))
+            },
+        )?;
+    }
+
+    // Both serve the same: the address (the CNAME beside it withheld) and, of the two CNAMEs,
+    // the one whose target sorts first; the export loads into named-checkzone.
+    let mut exports = Vec::new();
+    for n in [&a, &b] {
+        let addr = n.dns_addr()?;
+        wait_for(
+            DEADLINE,
+            &format!("the merged zone served by {}", n.name),
+            || {
+                Ok(
+                    answers(&dns::udp(addr, "www.demo.mesh.", RecordType::A)?) == ["A 10.0.0.7"]
+                        && answers(&dns::udp(addr, "two.demo.mesh.", RecordType::CNAME)?)
+                            == ["CNAME a.example."],
+                )
+            },
+        )?;
+        let cname = dns::tcp(addr, "www.demo.mesh.", RecordType::CNAME)?;
+        assert!(answers(&cname).is_empty() && has_soa(&cname), "{cname:?}");
+        assert_eq!(n.metric("voike_dns_records_withheld")?, 2.0, "{}", n.name);
+        let text = n.get_text("/vdns/zones/demo/export")?;
+        let out = voike_tests::named_checkzone("demo.mesh", &text)?;
+        assert!(
+            out.status.success(),
+            "{}: named-checkzone refused the merged zone:\n{}\n{text}",
+            n.name,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        exports.push(zone_data(&text));
+    }
+    assert_eq!(
+        exports[0], exports[1],
+        "both nodes export the same zone data"
+    );
+    assert!(
+        exports[0].iter().any(|l| l.ends_with("\tA\t10.0.0.7"))
+            && !exports[0].iter().any(|l| l.contains("web.example.")),
+        "{:?}",
+        exports[0]
+    );
+    Ok(())
+}

@@ -195,3 +195,117 @@ fn long_txt_values_are_split_into_strings() {
     );
     assert_eq!(txt_chunks(""), vec![String::new()]);
 }
+
+fn merged(records: Vec<RecordData>) -> Snapshot {
+    let zone = ZoneData {
+        domain: "demo.mesh.".into(),
+        serial: 1,
+        records,
+    };
+    Snapshot::build(1, &[zone], "n1.nodes.voike.internal.", &[])
+}
+
+/// Two nodes writing apart can merge a CNAME beside an A, two CNAMEs at one name, a CNAME at
+/// the apex, a wildcard NS and an apex NS whose host has no address; whatever order the
+/// records come in, the same ones are served and the same ones withheld.
+#[test]
+fn merged_records_that_break_zone_rules_are_withheld_the_same_way_in_any_order() {
+    let records = vec![
+        rec("www.demo.mesh.", "A", "10.0.0.7"),
+        rec("www.demo.mesh.", "CNAME", "web.example."),
+        rec("two.demo.mesh.", "CNAME", "b.example."),
+        rec("two.demo.mesh.", "CNAME", "a.example."),
+        rec("demo.mesh.", "CNAME", "apex.example."),
+        rec("*.demo.mesh.", "NS", "ns.example."),
+        rec("demo.mesh.", "NS", "ns1.demo.mesh."),
+        rec("demo.mesh.", "NS", "ns2.demo.mesh."),
+        rec("ns2.demo.mesh.", "AAAA", "fd00::2"),
+        rec("demo.mesh.", "NS", "ns.sub.demo.mesh."),
+        rec("sub.demo.mesh.", "NS", "ns.example."),
+    ];
+    let mut reversed = records.clone();
+    reversed.reverse();
+    let (a, b) = (merged(records), merged(reversed));
+    let text = crate::export::zone_file(&a, "demo.mesh.").expect("zone");
+    assert_eq!(
+        text,
+        crate::export::zone_file(&b, "demo.mesh.").expect("zone")
+    );
+    let mut withheld: Vec<(String, String, &str)> = a
+        .withheld()
+        .iter()
+        .map(|w| (w.name.clone(), w.value.clone(), w.reason))
+        .collect();
+    withheld.sort();
+    assert_eq!(
+        withheld,
+        vec![
+            (
+                "*.demo.mesh.".into(),
+                "ns.example.".into(),
+                withheld::WILDCARD_NS
+            ),
+            (
+                "demo.mesh.".into(),
+                "apex.example.".into(),
+                withheld::CNAME_AT_APEX
+            ),
+            (
+                "demo.mesh.".into(),
+                "ns1.demo.mesh.".into(),
+                withheld::NS_WITHOUT_ADDRESS
+            ),
+            (
+                "two.demo.mesh.".into(),
+                "b.example.".into(),
+                withheld::SECOND_CNAME
+            ),
+            (
+                "www.demo.mesh.".into(),
+                "web.example.".into(),
+                withheld::CNAME_BESIDE_DATA
+            ),
+        ]
+    );
+    assert_eq!(b.withheld().len(), 5);
+    assert_eq!(
+        answer(&a, "www.demo.mesh.", RecordType::A).answers.len(),
+        1,
+        "the A is served"
+    );
+    let two = answer(&a, "two.demo.mesh.", RecordType::A);
+    assert_eq!(two.answers.len(), 1);
+    assert_eq!(two.answers[0].data.to_string(), "a.example.");
+    // The apex keeps the NS records whose hosts can be reached (ns2 has an address; ns.sub is
+    // below a delegation, where its address is the child's business).
+    let ns = answer(&a, "demo.mesh.", RecordType::NS);
+    let mut hosts: Vec<String> = ns.answers.iter().map(|r| r.data.to_string()).collect();
+    hosts.sort();
+    assert_eq!(hosts, ["ns.sub.demo.mesh.", "ns2.demo.mesh."]);
+}
+
+#[test]
+fn a_zone_whose_every_apex_ns_is_withheld_is_served_with_the_node_as_its_nameserver() {
+    let s = merged(vec![rec("demo.mesh.", "NS", "ns1.demo.mesh.")]);
+    let ns = answer(&s, "demo.mesh.", RecordType::NS);
+    assert_eq!(ns.answers.len(), 1);
+    assert_eq!(ns.answers[0].data.to_string(), "n1.nodes.voike.internal.");
+    assert_eq!(s.withheld().len(), 1);
+}
+
+/// Labels DNS allows but host names do not are served and exported as written.
+#[test]
+fn labels_that_are_not_host_names_are_served_and_exported() {
+    let s = merged(vec![
+        rec("-dash.demo.mesh.", "A", "10.0.0.1"),
+        rec("x_y.demo.mesh.", "TXT", "t"),
+        rec("_sip._tcp.demo.mesh.", "SRV", "1 1 5060 -dash.demo.mesh."),
+    ]);
+    assert!(s.skipped().is_empty(), "{:?}", s.skipped());
+    assert_eq!(
+        answer(&s, "-dash.demo.mesh.", RecordType::A).answers.len(),
+        1
+    );
+    let text = crate::export::zone_file(&s, "demo.mesh.").expect("zone");
+    assert!(text.contains("x_y.demo.mesh."), "{text}");
+}

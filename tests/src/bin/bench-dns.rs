@@ -33,8 +33,9 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(r.status == 201, "{}", r.body);
         Ok(())
     };
-    add("mesh.test.".into(), "NS", "ns1.mesh.test.".into())?;
+    // The name server's address first: an apex NS naming a host of the zone needs it.
     add("ns1.mesh.test.".into(), "A", "127.0.0.1".into())?;
+    add("mesh.test.".into(), "NS", "ns1.mesh.test.".into())?;
     for i in 1..=100 {
         add(
             format!("svc{i}.mesh.test."),
