@@ -338,6 +338,56 @@ pub struct P2pConfig {
     /// Most members this node dials to keep connected (inbound connections are not counted
     /// against it). Default 64.
     pub max_peers: usize,
+    /// Addresses to advertise to members besides the listen addresses and the external
+    /// addresses AutoNAT confirmed (e.g. a port forward on the router). Default none.
+    #[serde(deserialize_with = "multiaddrs")]
+    pub external_addresses: Vec<Multiaddr>,
+    /// `[p2p.relay]`: relaying for members behind NAT, and using member relays.
+    pub relay: RelayConfig,
+}
+
+/// `[p2p.relay]`: every member is a circuit-relay v2 server for members only (non-members'
+/// requests are never looked at), and a node that is not known to be publicly reachable
+/// reserves slots on members it reached directly, so that others can reach it through them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Relay for other members. Default true.
+    pub serve: bool,
+    /// Reserve slots on member relays while AutoNAT does not say this node is public.
+    /// Default true.
+    pub reserve: bool,
+    /// Relays to hold reservations on at once. Default 2.
+    pub relays: usize,
+    /// Reservations this node holds for others at once. Default 128.
+    pub max_reservations: usize,
+    /// Circuits this node relays at once, and per peer. Default 64 and 8.
+    pub max_circuits: usize,
+    pub max_circuits_per_peer: usize,
+    /// How long a reservation lasts before the client renews it. Default `"1h"`.
+    #[serde(with = "humantime_serde")]
+    pub reservation_duration: Duration,
+    /// Longest life of one relayed connection (it is then redialed). Default `"1h"`.
+    #[serde(with = "humantime_serde")]
+    pub circuit_duration: Duration,
+    /// Most bytes one relayed connection carries, both ways. Default 1 GiB.
+    pub circuit_bytes: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            serve: true,
+            reserve: true,
+            relays: 2,
+            max_reservations: 128,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            reservation_duration: Duration::from_secs(3600),
+            circuit_duration: Duration::from_secs(3600),
+            circuit_bytes: 1 << 30,
+        }
+    }
 }
 
 /// `[api]`: the admin HTTP API.
@@ -393,6 +443,8 @@ impl Default for P2pConfig {
             ping_interval: Duration::from_secs(15),
             ping_timeout: Duration::from_secs(10),
             max_peers: 64,
+            external_addresses: Vec::new(),
+            relay: RelayConfig::default(),
         }
     }
 }

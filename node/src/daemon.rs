@@ -133,6 +133,22 @@ async fn run_with_store(
             handshake_timeout: config.p2p.handshake_timeout,
             sync_timeout: config.sync.request_timeout,
             metrics: metrics.clone(),
+            relay: behaviour::RelayLimits {
+                max_reservations: if config.p2p.relay.serve {
+                    config.p2p.relay.max_reservations
+                } else {
+                    0
+                },
+                max_circuits: if config.p2p.relay.serve {
+                    config.p2p.relay.max_circuits
+                } else {
+                    0
+                },
+                max_circuits_per_peer: config.p2p.relay.max_circuits_per_peer,
+                reservation_duration: config.p2p.relay.reservation_duration,
+                max_circuit_duration: config.p2p.relay.circuit_duration,
+                max_circuit_bytes: config.p2p.relay.circuit_bytes,
+            },
         },
     )?;
     let (sync_tx, sync_rx) = tokio::sync::mpsc::channel(sync::QUEUE);
@@ -215,7 +231,7 @@ async fn run_with_store(
                 },
                 scratch_root: data_dir.join("scratch"),
             },
-            g.runtime_config(&data_dir),
+            g.runtime_config(data_dir),
             cancel.child_token(),
         )?;
         tracker.spawn(grid.clone().run(cancel.child_token()));

@@ -83,6 +83,9 @@ pub struct Metrics {
     /// Endpoints not served because their node has no right to the service name.
     pub snrl_endpoints_unserved: Gauge,
     pub members_revoked: Gauge,
+    pub relay_reservations_total: Family<ReasonLabel, Counter>,
+    pub relay_circuits_total: Counter,
+    pub hole_punches_total: Family<ReasonLabel, Counter>,
     /// Remote document changes and ledger entries stamped beyond `sync.max_future_skew`.
     pub clock_future_total: Family<ReasonLabel, Counter>,
     /// Modules accepted by `POST /vvm/modules`.
@@ -136,6 +139,9 @@ impl Metrics {
             clock_offset_ms: Gauge::default(),
             snrl_endpoints_unserved: Gauge::default(),
             members_revoked: Gauge::default(),
+            relay_reservations_total: Family::default(),
+            relay_circuits_total: Counter::default(),
+            hole_punches_total: Family::default(),
             clock_future_total: Family::default(),
             vvm_modules: Counter::default(),
             vvm_module_cache_total: Family::default(),
@@ -215,6 +221,21 @@ impl Metrics {
             "voike_snrl_endpoints_unserved",
             "Registered endpoints not served (DNS, SNRL) because their node does not own the zone that holds the service name",
             m.snrl_endpoints_unserved.clone(),
+        );
+        r.register(
+            "voike_relay_reservations",
+            "Relay reservations this node obtained on member relays (reason=accepted)",
+            m.relay_reservations_total.clone(),
+        );
+        r.register(
+            "voike_relay_circuits",
+            "Circuits this node relayed between members",
+            m.relay_circuits_total.clone(),
+        );
+        r.register(
+            "voike_hole_punches",
+            "Attempts to upgrade a relayed connection to a direct one (DCUtR), by result: direct or failed",
+            m.hole_punches_total.clone(),
         );
         r.register(
             "voike_members_revoked",

@@ -30,6 +30,15 @@ pub struct SelfInfo {
     /// The DoH listener's bound address, null when DoH is off.
     #[serde(default)]
     pub doh_addr: Option<String>,
+    /// What AutoNAT concluded: `public`, `private` or `unknown`.
+    #[serde(default)]
+    pub reachability: String,
+    /// External addresses: configured (`p2p.external_addresses`) and confirmed by AutoNAT.
+    #[serde(default)]
+    pub external_addrs: Vec<String>,
+    /// Member relays this node holds a reservation on (node ids).
+    #[serde(default)]
+    pub relays: Vec<String>,
 }
 
 /// One member in `GET /mesh/nodes`.

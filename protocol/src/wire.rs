@@ -30,6 +30,10 @@ pub struct Hello {
     pub listen_addrs: Vec<String>,
     /// Receipts from members that admitted the sender (see [`AdmissionReceipt`]).
     pub receipts: Vec<AdmissionReceipt>,
+    /// A hash over the members the sender knows and their addresses: a receiver whose own
+    /// differs sends a hello back, and learns them from the welcome. Absent from older nodes.
+    #[serde(default)]
+    pub directory_hash: Option<Vec<u8>>,
 }
 
 /// A member known to the replying node, with addresses to reach it.

@@ -17,6 +17,7 @@ pub mod dns;
 pub mod dns_util;
 pub mod forge;
 pub mod grid_util;
+pub mod natlab;
 pub mod netns;
 
 use anyhow::{Context, bail};

@@ -217,7 +217,12 @@ fn a_claim_to_another_owners_zone_never_wins_on_any_replica() -> anyhow::Result<
         events.body
     );
     for n in [&a, &b, &c] {
-        assert_eq!(owners(n, "demo")?, std::slice::from_ref(&a.node_id), "{}", n.name);
+        assert_eq!(
+            owners(n, "demo")?,
+            std::slice::from_ref(&a.node_id),
+            "{}",
+            n.name
+        );
         assert_eq!(
             a_records(n, "www.demo.mesh.")?,
             ["A 10.0.0.7"],

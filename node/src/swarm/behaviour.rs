@@ -35,6 +35,9 @@ pub struct Behaviour {
     /// spends anything on it.
     pub limits: connection_limits::Behaviour,
     pub relay: relay::client::Behaviour,
+    /// The circuit-relay v2 server every member runs for members only: gated, so a peer's
+    /// reservation and circuit requests are looked at only once it proved membership.
+    pub relay_server: Forgetful<relay::Behaviour>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub member: Forgetful<request_response::cbor::Behaviour<Hello, HelloReply>>,
@@ -52,6 +55,18 @@ pub struct BuildOptions {
     pub handshake_timeout: Duration,
     pub sync_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    pub relay: RelayLimits,
+}
+
+/// What a member relays for other members (`[p2p.relay]`).
+#[derive(Clone, Debug)]
+pub struct RelayLimits {
+    pub max_reservations: usize,
+    pub max_circuits: usize,
+    pub max_circuits_per_peer: usize,
+    pub reservation_duration: Duration,
+    pub max_circuit_duration: Duration,
+    pub max_circuit_bytes: u64,
 }
 
 /// Builds the swarm: QUIC, and TCP with TLS (preferred) or noise, both multiplexed with yamux;
@@ -63,6 +78,7 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
         handshake_timeout,
         sync_timeout,
         metrics,
+        relay: relay_limits,
     } = opts;
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -99,7 +115,32 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
                 )],
                 request_response::Config::default().with_request_timeout(handshake_timeout),
             );
-            let autonat = autonat::Behaviour::new(peer, autonat::Config::default());
+            // Probes start soon after the first connections and test any address, not only
+            // global ones (a lab or a private network has no other kind).
+            let autonat = autonat::Behaviour::new(
+                peer,
+                autonat::Config {
+                    boot_delay: Duration::from_secs(2),
+                    retry_interval: Duration::from_secs(20),
+                    refresh_interval: Duration::from_secs(5 * 60),
+                    confidence_max: 2,
+                    only_global_ips: false,
+                    ..autonat::Config::default()
+                },
+            );
+            let relay_server = relay::Behaviour::new(
+                peer,
+                relay::Config {
+                    max_reservations: relay_limits.max_reservations,
+                    max_reservations_per_peer: 2,
+                    reservation_duration: relay_limits.reservation_duration,
+                    max_circuits: relay_limits.max_circuits,
+                    max_circuits_per_peer: relay_limits.max_circuits_per_peer,
+                    max_circuit_duration: relay_limits.max_circuit_duration,
+                    max_circuit_bytes: relay_limits.max_circuit_bytes,
+                    ..relay::Config::default()
+                },
+            );
             let dcutr = dcutr::Behaviour::new(peer);
             // Digests are small and published to every subscribed peer (flood publish); the
             // heartbeat only maintains the mesh, so it can be slow.
@@ -134,6 +175,7 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
             Ok(Behaviour {
                 limits,
                 relay,
+                relay_server: Forgetful::gated(relay_server),
                 identify,
                 ping,
                 member: Forgetful::new(member),

@@ -21,7 +21,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, ping, relay};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -191,6 +191,13 @@ impl SwarmHandle {
 struct Peer {
     /// Open connections and their remote addresses.
     connections: HashMap<ConnectionId, Multiaddr>,
+    /// Of those, the ones this node dialed directly (their address reaches the peer's
+    /// listener: a candidate relay).
+    dialed: HashSet<ConnectionId>,
+    /// When this node last asked the peer for its members (a hello sent back).
+    asked_members_at: Option<Instant>,
+    /// When a relay reservation on the peer last failed.
+    relay_failed_at: Option<Instant>,
     /// When each open connection last showed it works (opened, or a ping answered).
     alive_at: HashMap<ConnectionId, Instant>,
     /// The peer presented a valid membership record on the current connections.
@@ -290,6 +297,20 @@ pub struct EventLoop {
     roster_len: u64,
     /// The grants and revocations of the state, and the version last applied.
     authority_rx: tokio::sync::watch::Receiver<u64>,
+    /// `p2p.external_addresses`.
+    external_addrs: Vec<Multiaddr>,
+    /// What AutoNAT last concluded about this node.
+    nat_status: autonat::NatStatus,
+    /// Relays this node holds (or asked for) a reservation on, with the listener it made.
+    relays: HashMap<PeerId, ListenerId>,
+    relay_config: crate::config::RelayConfig,
+    /// When to tell the members that this node's view of the members changed.
+    announce_members_at: Option<Instant>,
+    /// The directory hash and the advertised addresses last announced.
+    announced_hash: Vec<u8>,
+    announced_addrs: Vec<Multiaddr>,
+    /// When the members were last asked for addresses after a failed dial.
+    asked_addrs_at: Option<Instant>,
 }
 
 /// Sync-related parts of the event loop.
@@ -312,13 +333,16 @@ impl std::fmt::Debug for EventLoop {
     }
 }
 
+/// The peer an address leads to: its last `/p2p/` part (for a relayed address
+/// `.../p2p/RELAY/p2p-circuit/p2p/NODE`, the node behind the relay).
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter().find_map(|p| match p {
-        Protocol::P2p(id) => Some(id),
+    match addr.iter().last() {
+        Some(Protocol::P2p(id)) => Some(id),
         _ => None,
-    })
+    }
 }
 
+/// `addr` ending in `/p2p/<peer>` (a relayed address keeps its relay's id inside).
 fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
     if peer_of(addr).is_some() {
         addr.clone()
@@ -327,10 +351,17 @@ fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
     }
 }
 
+/// `addr` without its trailing `/p2p/<peer>`; a relay's id inside a relayed address stays.
 fn without_peer(addr: &Multiaddr) -> Multiaddr {
-    addr.iter()
-        .filter(|p| !matches!(p, Protocol::P2p(_)))
-        .collect()
+    let mut a = addr.clone();
+    if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+        a.pop();
+    }
+    a
+}
+
+fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
 fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
@@ -468,6 +499,8 @@ impl EventLoop {
             }
         }
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let external_addrs = config.external_addresses.clone();
+        let relay_config = config.relay.clone();
         let mut authority_rx = sync_parts.state.watch_authority();
         // Apply the revocations already stored on the first turn of the loop.
         authority_rx.mark_changed();
@@ -499,6 +532,14 @@ impl EventLoop {
                 health_rx: sync_parts.health_rx,
                 roster_len: u64::MAX,
                 authority_rx,
+                external_addrs,
+                nat_status: autonat::NatStatus::Unknown,
+                relays: HashMap::new(),
+                relay_config,
+                announce_members_at: None,
+                announced_hash: Vec::new(),
+                announced_addrs: Vec::new(),
+                asked_addrs_at: None,
             },
             SwarmHandle { tx },
         ))
@@ -644,6 +685,18 @@ impl EventLoop {
         }
         next = next.min(self.next_anti_entropy);
 
+        if let Some(at) = self.announce_members_at {
+            if at <= now {
+                self.announce_members_at = None;
+                self.announce_members();
+            } else {
+                next = next.min(at);
+            }
+        }
+        if let Some(at) = self.keep_relays(now) {
+            next = next.min(at);
+        }
+
         // Dial only once every listener has its address: the hello sent on each new connection
         // carries our listen addresses, which is how members find us again after a restart.
         if !self.listeners_pending.is_empty() {
@@ -751,6 +804,18 @@ impl EventLoop {
             } => {
                 warn!(?reason, ?addresses, "listener closed");
                 self.listeners_pending.remove(&listener_id);
+                if let Some((relay, _)) = self
+                    .relays
+                    .iter()
+                    .find(|(_, l)| **l == listener_id)
+                    .map(|(r, l)| (*r, *l))
+                {
+                    // The relay went away or refused: another one is picked at once.
+                    self.relays.remove(&relay);
+                    if let Some(p) = self.peers.get_mut(&relay) {
+                        p.relay_failed_at = Some(Instant::now());
+                    }
+                }
                 self.listen_addrs.retain(|a| !addresses.contains(a));
             }
             SwarmEvent::ConnectionEstablished {
@@ -761,10 +826,18 @@ impl EventLoop {
             } => {
                 let remote = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => address.clone(),
+                    // A connection that came in through a relay shows only the peer's id as
+                    // its remote address; its circuit listen address says how it came.
+                    ConnectedPoint::Listener { local_addr, .. } if is_circuit(local_addr) => {
+                        local_addr.clone()
+                    }
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
                 };
                 debug!(peer = %peer_id, %remote, "connection established");
                 let p = self.peers.entry(peer_id).or_default();
+                if endpoint.is_dialer() && !is_circuit(&remote) {
+                    p.dialed.insert(connection_id);
+                }
                 p.connections.insert(connection_id, remote);
                 p.alive_at.insert(connection_id, Instant::now());
                 // The first live connection (a dead one may still be closing: the swarm counts
@@ -773,6 +846,7 @@ impl EventLoop {
                     p.connected_since = Some(Instant::now());
                     p.verified = false;
                     self.swarm.behaviour_mut().gossipsub.disallow(&peer_id);
+                    self.swarm.behaviour_mut().relay_server.disallow(&peer_id);
                 }
                 // Every new connection carries a hello, not only a peer's first: the other side
                 // may have let go of the older connections (a dead link, a NAT rebinding) and
@@ -794,6 +868,7 @@ impl EventLoop {
                 if let Some(p) = self.peers.get_mut(&peer_id) {
                     let was_live = p.connections.remove(&connection_id).is_some();
                     p.alive_at.remove(&connection_id);
+                    p.dialed.remove(&connection_id);
                     // A dead link was already let go of when it was found dead.
                     if was_live && p.connections.is_empty() {
                         self.held_welcomes.remove(&peer_id);
@@ -804,6 +879,7 @@ impl EventLoop {
                         }
                         p.mark_disconnected();
                         self.swarm.behaviour_mut().gossipsub.disallow(&peer_id);
+                        self.swarm.behaviour_mut().relay_server.disallow(&peer_id);
                         if !is_member && p.addrs.is_empty() {
                             self.peers.remove(&peer_id);
                         }
@@ -813,6 +889,9 @@ impl EventLoop {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if self.mesh.is_member() {
                     debug!(peer = ?peer_id, %error, "dial failed");
+                    if peer_id.is_some_and(|p| self.mesh.directory.contains(&p)) {
+                        self.ask_for_addrs();
+                    }
                 } else {
                     info!(peer = ?peer_id, %error, "cannot reach bootstrap peer yet; will retry");
                 }
@@ -837,6 +916,7 @@ impl EventLoop {
             return;
         };
         p.alive_at.remove(&conn);
+        p.dialed.remove(&conn);
         if p.connections.remove(&conn).is_none() || !p.connections.is_empty() {
             return;
         }
@@ -860,6 +940,7 @@ impl EventLoop {
         self.sync_buckets.remove(&peer);
         p.mark_disconnected();
         self.swarm.behaviour_mut().gossipsub.disallow(&peer);
+        self.swarm.behaviour_mut().relay_server.disallow(&peer);
     }
 
     /// `kept` and `evicted` redeemed the same one-time ticket; every replica keeps `kept` (see
@@ -914,7 +995,11 @@ impl EventLoop {
         }
         Hello {
             record: self.mesh.own.clone(),
-            listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            listen_addrs: self
+                .advertised_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
             receipts: self
                 .mesh
                 .receipts
@@ -922,6 +1007,107 @@ impl EventLoop {
                 .take(MAX_RECEIPTS)
                 .cloned()
                 .collect(),
+            directory_hash: Some(self.directory_hash()),
+        }
+    }
+
+    /// What members are told to dial: configured and AutoNAT-confirmed external addresses
+    /// first, then relayed (`/p2p-circuit`) listen addresses, then the bound ones — never an
+    /// unspecified address.
+    fn advertised_addrs(&self) -> Vec<Multiaddr> {
+        let mut out: Vec<Multiaddr> = Vec::new();
+        let external = self
+            .external_addrs
+            .iter()
+            .cloned()
+            .chain(self.swarm.external_addresses().cloned());
+        let relayed = self.listen_addrs.iter().filter(|a| is_circuit(a)).cloned();
+        let bound = self.listen_addrs.iter().filter(|a| !is_circuit(a)).cloned();
+        for a in external.chain(relayed).chain(bound) {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out.truncate(MAX_ADDRS_PER_MEMBER);
+        out
+    }
+
+    /// A hash over the members this node knows (not revoked); see [`Hello::directory_hash`].
+    /// Addresses are not in it (every node holds its own mix of them): they travel with every
+    /// hello, an address change is announced, and a failed dial asks the members for fresh
+    /// ones (`ask_for_addrs`).
+    fn directory_hash(&self) -> Vec<u8> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for (id, _) in self.mesh.directory.members() {
+            if !self.mesh.directory.is_revoked(id) {
+                h.update(id.to_bytes());
+            }
+        }
+        h.finalize().to_vec()
+    }
+
+    /// A dial to a member failed: ask the connected members for the addresses they hold (a
+    /// member behind NAT is reached through the relays it lists), at most every 5 s.
+    fn ask_for_addrs(&mut self) {
+        let now = Instant::now();
+        if self
+            .asked_addrs_at
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(5))
+        {
+            return;
+        }
+        self.asked_addrs_at = Some(now);
+        let peers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.verified && p.connected())
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in peers {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.asked_members_at = None;
+            }
+            self.ask_members(peer);
+        }
+    }
+
+    /// Sends `peer` a hello so that it answers with the members it knows (at most every 5 s).
+    fn ask_members(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.asked_members_at
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(5))
+        {
+            return;
+        }
+        p.asked_members_at = Some(now);
+        let hello = self.hello();
+        self.swarm
+            .behaviour_mut()
+            .member
+            .inner_mut()
+            .send_request(&peer, hello);
+    }
+
+    /// Tells every verified member that this node's view of the members changed: each sends a
+    /// hello back when its own differs (see [`Hello::directory_hash`]).
+    fn announce_members(&mut self) {
+        let peers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.verified && p.connected())
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in peers {
+            let hello = self.hello();
+            self.swarm
+                .behaviour_mut()
+                .member
+                .inner_mut()
+                .send_request(&peer, hello);
         }
     }
 
@@ -940,12 +1126,70 @@ impl EventLoop {
                     self.on_gossip(propagation_source, message_id, message)
                 }
             }
+            BehaviourEvent::Relay(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                if !renewal {
+                    info!(relay = %relay_peer_id, "relay reservation accepted");
+                }
+                self.state
+                    .metrics()
+                    .relay_reservations_total
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: "accepted".into(),
+                    })
+                    .inc();
+            }
+            BehaviourEvent::Relay(event) => debug!(?event, "relay client"),
+            BehaviourEvent::RelayServer(event) => {
+                debug!(?event, "relay server");
+                if let relay::Event::ReservationReqAccepted {
+                    src_peer_id,
+                    renewed: false,
+                } = &event
+                {
+                    info!(peer = %src_peer_id, "relaying for a member");
+                }
+                if let relay::Event::CircuitReqAccepted { .. } = &event {
+                    self.state.metrics().relay_circuits_total.inc();
+                }
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
+                info!(?old, ?new, "reachability changed (AutoNAT)");
+                self.nat_status = new;
+            }
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => {
+                let outcome = match &result {
+                    Ok(_) => {
+                        info!(peer = %remote_peer_id, "hole punched: direct connection");
+                        "direct"
+                    }
+                    Err(error) => {
+                        info!(peer = %remote_peer_id, %error, "hole punch failed; staying relayed");
+                        "failed"
+                    }
+                };
+                self.state
+                    .metrics()
+                    .hole_punches_total
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: outcome.into(),
+                    })
+                    .inc();
+            }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocol_version != super::behaviour::IDENTIFY_PROTOCOL {
                     debug!(peer = %peer_id, version = %info.protocol_version, "peer speaks another protocol version");
                 }
+                // Merged in front of what the peer's hello said (which also lists its confirmed
+                // external addresses, which identify does not): neither replaces the other.
                 let addrs: Vec<Multiaddr> = info.listen_addrs.iter().map(without_peer).collect();
-                self.learn_addrs(peer_id, addrs, Source::Peer).await;
+                self.learn_addrs(peer_id, addrs, Source::Relayed).await;
             }
             BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -1000,6 +1244,26 @@ impl EventLoop {
     /// front of it. New addresses of a disconnected member make it due for a dial at once.
     async fn learn_addrs(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, source: Source) {
         if peer == self.mesh.peer_id || addrs.is_empty() {
+            return;
+        }
+        // Only dialable addresses: a transport first (an inbound relayed connection's remote
+        // address is a bare `/p2p/<id>`).
+        let addrs: Vec<Multiaddr> = addrs
+            .into_iter()
+            .filter(|a| {
+                matches!(
+                    a.iter().next(),
+                    Some(
+                        Protocol::Ip4(_)
+                            | Protocol::Ip6(_)
+                            | Protocol::Dns(_)
+                            | Protocol::Dns4(_)
+                            | Protocol::Dns6(_)
+                    )
+                )
+            })
+            .collect();
+        if addrs.is_empty() {
             return;
         }
         let is_member = self.mesh.directory.contains(&peer);
@@ -1115,20 +1379,34 @@ impl EventLoop {
                     }
                 }
                 let addrs = parse_addrs(&hello.listen_addrs);
+                let mut newly = false;
                 if let Some(p) = self.peers.get_mut(&peer) {
+                    newly = !p.verified;
                     p.verified = true;
                     p.disconnect_at = None;
                     p.backoff = INITIAL_BACKOFF;
                 }
-                // Gossip flows only now (see `Forgetful::gated`).
+                // Gossip and relaying for the peer start only now (see `Forgetful::gated`).
                 self.swarm.behaviour_mut().gossipsub.allow(peer);
+                self.swarm.behaviour_mut().relay_server.allow(peer);
+                // The peer knows other members than we do: ask it, by a hello of our own,
+                // which it answers with its members.
+                if hello.directory_hash.is_some()
+                    && hello.directory_hash != Some(self.directory_hash())
+                {
+                    self.ask_members(peer);
+                }
                 self.learn_addrs(peer, addrs, Source::Peer).await;
-                info!(%peer, "member connected");
-                // A verified member connection is a sign of life: the failure detector starts
-                // watching the member now, not only after its first health report.
-                let _ = self.hyper_tx.try_send(HyperInput::Connected { peer });
-                // Catch up with a member as soon as it connects, both ways.
-                let _ = self.sync_tx.try_send(SyncTask::AntiEntropy { peer });
+                if newly {
+                    info!(%peer, "member connected");
+                    // A verified member connection is a sign of life: the failure detector
+                    // starts watching the member now, not only after its first health report.
+                    let _ = self.hyper_tx.try_send(HyperInput::Connected { peer });
+                    // Catch up with a member as soon as it connects, both ways.
+                    let _ = self.sync_tx.try_send(SyncTask::AntiEntropy { peer });
+                } else {
+                    debug!(%peer, "hello from a connected member (an announcement)");
+                }
                 if let Some((members, receipt)) = self.held_welcomes.remove(&peer)
                     && let Err(error) = self.on_welcome(peer, members, receipt).await
                 {
@@ -1194,6 +1472,7 @@ impl EventLoop {
             p.disconnect_at = Some(Instant::now() + REJECT_LINGER);
         }
         self.swarm.behaviour_mut().gossipsub.disallow(&peer);
+        self.swarm.behaviour_mut().relay_server.disallow(&peer);
     }
 
     async fn on_hello_reply(&mut self, peer: PeerId, reply: HelloReply) -> anyhow::Result<()> {
@@ -1357,8 +1636,18 @@ impl EventLoop {
         }
     }
 
-    /// Keeps the state's view of members and roles up to date (the directory only grows).
+    /// Keeps the state's view of members and roles up to date (the directory only grows), and
+    /// tells the members when this node's view of them changed.
     fn publish_roster(&mut self) {
+        let hash = self.directory_hash();
+        let addrs = self.advertised_addrs();
+        if hash != self.announced_hash || addrs != self.announced_addrs {
+            self.announced_hash = hash;
+            self.announced_addrs = addrs;
+            // A moment later, so that a burst of changes makes one round of hellos.
+            self.announce_members_at
+                .get_or_insert(Instant::now() + Duration::from_secs(1));
+        }
         let n = self.mesh.directory.generation();
         if n == self.roster_len {
             return;
@@ -1642,7 +1931,96 @@ impl EventLoop {
             known_members: self.mesh.directory.len(),
             dns_addr: None,
             doh_addr: None,
+            reachability: match self.nat_status {
+                autonat::NatStatus::Public(_) => "public",
+                autonat::NatStatus::Private => "private",
+                autonat::NatStatus::Unknown => "unknown",
+            }
+            .into(),
+            external_addrs: self
+                .external_addrs
+                .iter()
+                .chain(self.swarm.external_addresses())
+                .map(|a| a.to_string())
+                .collect(),
+            relays: self.relays.keys().map(|p| p.to_string()).collect(),
         }
+    }
+
+    /// Holds reservations on up to `p2p.relay.relays` member relays while this node is not
+    /// known to be publicly reachable, so that members that cannot dial it reach it through
+    /// them (its `/p2p-circuit` listen addresses are advertised like any other); lets them go
+    /// once AutoNAT says it is public. A relay is a member this node dialed directly.
+    /// Returns when to look again (a relay that failed may be retried then), if anything waits.
+    fn keep_relays(&mut self, now: Instant) -> Option<Instant> {
+        const RETRY: Duration = Duration::from_secs(5);
+        if !self.relay_config.reserve {
+            return None;
+        }
+        let public = matches!(self.nat_status, autonat::NatStatus::Public(_));
+        if public {
+            for (relay, listener) in std::mem::take(&mut self.relays) {
+                info!(%relay, "publicly reachable: releasing the relay reservation");
+                self.swarm.remove_listener(listener);
+            }
+            return None;
+        }
+        if self.relays.len() >= self.relay_config.relays || !self.listeners_pending.is_empty() {
+            return None;
+        }
+        let mut retry_at: Option<Instant> = None;
+        let mut candidates: Vec<(PeerId, Multiaddr, Duration)> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| {
+                p.verified
+                    && !self.relays.contains_key(id)
+                    && !self.mesh.directory.is_revoked(id)
+                    && p.relay_failed_at
+                        .is_none_or(|at| now.duration_since(at) > RETRY)
+            })
+            .filter_map(|(id, p)| {
+                let conn = p.dialed.iter().next()?;
+                let addr = p.connections.get(conn)?;
+                Some((
+                    *id,
+                    without_peer(addr),
+                    p.rtt.unwrap_or(Duration::from_secs(1)),
+                ))
+            })
+            .collect();
+        candidates.sort_by_key(|(id, _, rtt)| (*rtt, *id));
+        for (relay, addr, _) in candidates {
+            if self.relays.len() >= self.relay_config.relays {
+                break;
+            }
+            let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(listener) => {
+                    info!(%relay, addr = %circuit, "reserving a slot on a member relay");
+                    self.relays.insert(relay, listener);
+                }
+                Err(error) => {
+                    warn!(%relay, %error, "cannot listen through a member relay");
+                    if let Some(p) = self.peers.get_mut(&relay) {
+                        p.relay_failed_at = Some(now);
+                    }
+                }
+            }
+        }
+        if self.relays.len() < self.relay_config.relays {
+            // Relays in their retry pause: wake when the first one may be tried again.
+            for p in self.peers.values() {
+                if let Some(at) = p.relay_failed_at
+                    && p.verified
+                    && now.duration_since(at) <= RETRY
+                {
+                    let due = at + RETRY + Duration::from_millis(10);
+                    retry_at = Some(retry_at.map_or(due, |r| r.min(due)));
+                }
+            }
+        }
+        retry_at
     }
 
     fn sessions(&self) -> Vec<Session> {

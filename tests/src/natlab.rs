@@ -1,0 +1,201 @@
+//! A NAT lab in network namespaces: an "internet" bridge with public hosts, and routers that
+//! masquerade a private LAN each, the way home routers do — unsolicited inbound packets are
+//! *dropped* (not rejected), established flows come back. The test process (root namespace,
+//! `10.S.0.254`) reaches every host's admin API: routes to the LANs go through their routers,
+//! which let in only the API port from the test's address. Traffic only goes to addresses the
+//! lab created; everything is removed when the lab is dropped.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, bail};
+
+fn run(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn ns_run(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    run(&full)
+}
+
+/// How a router maps a LAN host's flows to its public address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nat {
+    /// Endpoint-independent mapping (Linux masquerade keeps the source port when it can):
+    /// what hole punching needs.
+    Cone,
+    /// A new random public port for every flow (`masquerade random`): endpoint-dependent,
+    /// "symmetric".
+    Symmetric,
+}
+
+/// Public hosts `10.S.0.1..` on a bridge; router `k` at `10.S.0.(101+k)` with its LAN
+/// `10.S.(k+1).0/24`, host `10.S.(k+1).2` behind it.
+#[derive(Debug)]
+pub struct NatLab {
+    bridge: String,
+    pub subnet: u8,
+    public: Vec<String>,
+    routers: Vec<String>,
+    private: Vec<String>,
+}
+
+impl NatLab {
+    /// `public` hosts on the internet bridge, and one private host behind a router per entry of
+    /// `nats`.
+    pub fn new(public: usize, nats: &[Nat]) -> anyhow::Result<NatLab> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let id = (std::process::id() % 10_000) * 10 + n % 10;
+        // 10.150.0.0 - 10.199.0.0 (NetLab uses 10.200 and up).
+        let subnet = 150 + (id % 50) as u8;
+        let tag = format!("vn{id}");
+        let bridge = format!("{tag}br");
+        let mut lab = NatLab {
+            bridge: bridge.clone(),
+            subnet,
+            public: Vec::new(),
+            routers: Vec::new(),
+            private: Vec::new(),
+        };
+        let s = subnet;
+        run(&["ip", "link", "add", &bridge, "type", "bridge"])?;
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.{s}.0.254/24"),
+            "dev",
+            &bridge,
+        ])?;
+        run(&["ip", "link", "set", &bridge, "up"])?;
+        let _ = std::fs::write("/proc/sys/net/bridge/bridge-nf-call-iptables", "0");
+        let attach = |ns: &str, veth: &str, ip: &str| -> anyhow::Result<()> {
+            run(&[
+                "ip", "link", "add", veth, "type", "veth", "peer", "name", "wan", "netns", ns,
+            ])?;
+            run(&["ip", "link", "set", veth, "master", &bridge])?;
+            run(&["ip", "link", "set", veth, "up"])?;
+            ns_run(ns, &["ip", "link", "set", "lo", "up"])?;
+            ns_run(
+                ns,
+                &["ip", "addr", "add", &format!("{ip}/24"), "dev", "wan"],
+            )?;
+            ns_run(ns, &["ip", "link", "set", "wan", "up"])
+        };
+        for h in 0..public {
+            let ns = format!("{tag}p{h}");
+            run(&["ip", "netns", "add", &ns])?;
+            lab.public.push(ns.clone());
+            attach(&ns, &format!("{tag}pv{h}"), &format!("10.{s}.0.{}", h + 1))?;
+        }
+        for (k, nat) in nats.iter().enumerate() {
+            let r = format!("{tag}r{k}");
+            let h = format!("{tag}h{k}");
+            run(&["ip", "netns", "add", &r])?;
+            lab.routers.push(r.clone());
+            run(&["ip", "netns", "add", &h])?;
+            lab.private.push(h.clone());
+            let wan_ip = format!("10.{s}.0.{}", 101 + k);
+            attach(&r, &format!("{tag}rv{k}"), &wan_ip)?;
+            // The LAN: a veth between the router and its host.
+            run(&[
+                "ip", "link", "add", "lan", "netns", &r, "type", "veth", "peer", "name", "eth0",
+                "netns", &h,
+            ])?;
+            let lan = format!("10.{s}.{}", k + 1);
+            ns_run(
+                &r,
+                &["ip", "addr", "add", &format!("{lan}.1/24"), "dev", "lan"],
+            )?;
+            ns_run(&r, &["ip", "link", "set", "lan", "up"])?;
+            ns_run(&r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            ns_run(&h, &["ip", "link", "set", "lo", "up"])?;
+            ns_run(
+                &h,
+                &["ip", "addr", "add", &format!("{lan}.2/24"), "dev", "eth0"],
+            )?;
+            ns_run(&h, &["ip", "link", "set", "eth0", "up"])?;
+            ns_run(
+                &h,
+                &["ip", "route", "add", "default", "via", &format!("{lan}.1")],
+            )?;
+            let random = if *nat == Nat::Symmetric {
+                " random"
+            } else {
+                ""
+            };
+            let rules = format!(
+                "table ip vknat {{\n\
+                 chain masq {{ type nat hook postrouting priority 100; oifname \"wan\" masquerade{random}; }}\n\
+                 chain filter_in {{ type filter hook input priority 0; policy drop;
+                   ct state established,related accept; iifname \"lo\" accept; iifname \"lan\" accept;
+                 }}
+                 chain filter_fw {{ type filter hook forward priority 0; policy drop;\n\
+                   ct state established,related accept;\n\
+                   iifname \"lan\" oifname \"wan\" accept;\n\
+                   ip saddr 10.{s}.0.254 ip daddr {lan}.2 tcp dport 8080 accept;\n\
+                 }}\n\
+                 }}\n"
+            );
+            let path = std::env::temp_dir().join(format!("{tag}-r{k}.nft"));
+            std::fs::write(&path, rules)?;
+            ns_run(&r, &["nft", "-f", &path.to_string_lossy()])?;
+            // The test reaches the host's API through the router.
+            run(&["ip", "route", "add", &format!("{lan}.0/24"), "via", &wan_ip])?;
+        }
+        Ok(lab)
+    }
+
+    pub fn public_ns(&self, h: usize) -> &str {
+        &self.public[h]
+    }
+
+    pub fn public_ip(&self, h: usize) -> String {
+        format!("10.{}.0.{}", self.subnet, h + 1)
+    }
+
+    pub fn private_ns(&self, k: usize) -> &str {
+        &self.private[k]
+    }
+
+    pub fn private_ip(&self, k: usize) -> String {
+        format!("10.{}.{}.2", self.subnet, k + 1)
+    }
+
+    /// Forgets every NAT mapping of router `k` (`conntrack -F`, as a router reboot would): the
+    /// LAN host's flows get new public ports.
+    pub fn flush_router(&self, k: usize) -> anyhow::Result<()> {
+        ns_run(&self.routers[k], &["conntrack", "-F"])
+    }
+}
+
+impl Drop for NatLab {
+    fn drop(&mut self) {
+        for k in 0..self.routers.len() {
+            let _ = run(&[
+                "ip",
+                "route",
+                "del",
+                &format!("10.{}.{}.0/24", self.subnet, k + 1),
+            ]);
+        }
+        for ns in self.public.iter().chain(&self.routers).chain(&self.private) {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+        let _ = run(&["ip", "link", "del", &self.bridge]);
+    }
+}
