@@ -101,3 +101,131 @@ fn members_behind_two_symmetric_nats_reach_each_other_through_a_relay() -> anyho
     voike_tests::require_netns!();
     run([Nat::Symmetric, Nat::Symmetric], "nats")
 }
+
+/// A non-member cannot use a member relay: a libp2p client with a fresh key asks a public
+/// member (whose relay serves members: a member behind NAT holds a reservation on it) for a
+/// reservation, and never gets one; the member drops it for lacking a membership proof.
+#[test]
+fn a_non_member_cannot_reserve_a_slot_on_a_member_relay() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{Multiaddr, multiaddr::Protocol, noise, relay, tcp, yamux};
+
+    voike_tests::require_netns!();
+    let lab = NatLab::new(2, &[Nat::Cone])?;
+    let mut p = TestNode::in_netns("natr-p", lab.public_ns(0), &lab.public_ip(0), &[])?;
+    p.start()?;
+    let mut q = TestNode::in_netns(
+        "natr-q",
+        lab.public_ns(1),
+        &lab.public_ip(1),
+        &["--join", &p.invite("10m")?],
+    )?;
+    q.start()?;
+    let mut a = TestNode::in_netns(
+        "natr-a",
+        lab.private_ns(0),
+        &lab.private_ip(0),
+        &["--join", &p.invite("10m")?],
+    )?;
+    a.start()?;
+    // P's relay serves: the member behind NAT got its reservations.
+    wait_for(DEADLINE, "A's reservations accepted", || {
+        Ok(a.metric("voike_relay_reservations_total{reason=\"accepted\"}")? >= 1.0)
+    })?;
+    let p_id: libp2p::PeerId = p.node_id.parse()?;
+    let relay_addr: Multiaddr = format!("/ip4/{}/tcp/4747", lab.public_ip(0)).parse()?;
+    let circuit = relay_addr
+        .clone()
+        .with(Protocol::P2p(p_id))
+        .with(Protocol::P2pCircuit);
+    let rt = tokio::runtime::Runtime::new()?;
+    let (accepted, closed) = rt.block_on(async move {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_relay_client(noise::Config::new, yamux::Config::default)?
+            .with_behaviour(|_, relay| relay)?
+            .build();
+        swarm.listen_on(circuit)?;
+        let (mut accepted, mut closed) = (false, false);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                ev = swarm.select_next_some() => match ev {
+                    SwarmEvent::Behaviour(relay::client::Event::ReservationReqAccepted { .. }) => {
+                        accepted = true;
+                    }
+                    SwarmEvent::ListenerClosed { .. } | SwarmEvent::ConnectionClosed { .. } => {
+                        closed = true;
+                        break;
+                    }
+                    _ => {}
+                },
+            }
+        }
+        anyhow::Ok((accepted, closed))
+    })?;
+    assert!(!accepted, "a non-member got a relay reservation");
+    assert!(
+        closed,
+        "the member kept serving a non-member's reservation request"
+    );
+    assert_eq!(p.metric("voike_relay_circuits_total")?, 0.0);
+    Ok(())
+}
+
+/// NAT rebinding: the router behind which A sits forgets every mapping (`conntrack -F`, as a
+/// router reboot would). The mesh re-forms within 30 s: A and B connected again and writes on
+/// one reach the other.
+#[test]
+fn the_mesh_re_forms_after_a_router_forgets_its_mappings() -> anyhow::Result<()> {
+    voike_tests::require_netns!();
+    if std::process::Command::new("conntrack")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        // .ci/run installs it; a developer machine without it skips with the reason.
+        eprintln!("SKIPPED: conntrack is not installed (apt-get install conntrack)");
+        return Ok(());
+    }
+    let lab = NatLab::new(1, &[Nat::Cone, Nat::Cone])?;
+    let mut p = TestNode::in_netns("natf-p", lab.public_ns(0), &lab.public_ip(0), &[])?;
+    p.start()?;
+    let mut a = TestNode::in_netns(
+        "natf-a",
+        lab.private_ns(0),
+        &lab.private_ip(0),
+        &["--join", &p.invite("10m")?],
+    )?;
+    a.start()?;
+    let mut b = TestNode::in_netns(
+        "natf-b",
+        lab.private_ns(1),
+        &lab.private_ip(1),
+        &["--join", &p.invite("10m")?],
+    )?;
+    b.start()?;
+    wait_for(DEADLINE, "A and B connected", || {
+        Ok(path(&a, &b)?.is_some() && path(&b, &a)?.is_some())
+    })?;
+    lab.flush_router(0)?;
+    let r = b.post(
+        "/snrl/endpoints",
+        &json!({ "service": "after.free.mesh", "address": "10.0.0.3", "port": 80 }),
+    )?;
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_for(Duration::from_secs(30), "the mesh re-formed", || {
+        Ok(path(&a, &b)?.is_some()
+            && path(&b, &a)?.is_some()
+            && sees_endpoint(&a, "after.free.mesh")?)
+    })?;
+    eprintln!("rebinding: A-B path {:?}", path(&a, &b)?);
+    Ok(())
+}
