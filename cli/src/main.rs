@@ -1,15 +1,19 @@
 //! `voike`: the command-line client of the `voiked` admin API.
 //!
-//! It finds the API at `--api`, `VOIKE_API`, the `api.addr` file of `--data-dir` (written by the
-//! daemon at start), or `127.0.0.1:8080`; and the token at `--token`, `VOIKE_ADMIN_TOKEN`, or the
-//! `admin.token` file of the data directory. Output is a table, or JSON with `--json`. Errors are
-//! one line on stderr and a non-zero exit status.
+//! It finds the API at `--api`, `VOIKE_API`, or the `api.addr` file of `--data-dir` (written by
+//! the daemon at start), and the token at `--token`, `VOIKE_ADMIN_TOKEN`, or the `admin.token`
+//! file of the data directory. `api.addr` is used only while the process of the data
+//! directory's `voiked.pid` runs and wrote it (see `local_api`); there is no default address, so
+//! the data directory's token never goes to a port the node did not write. Output is a table,
+//! or JSON with `--json`. Errors are one line on stderr and a non-zero exit status.
 //!
 //! Exit status: 0 on success; 1 on any failure: the daemon is down or refuses the request, a DNS
 //! answer other than NOERROR (`voike resolve`; NOERROR without answers is a success), a DNS
 //! timeout or network error, an SNRL answer or a job result whose signature does not verify, or
 //! a job that `voike job submit --wait` saw fail, end without success or outlast `--timeout`.
-//! Usage errors exit with 2 (clap's convention).
+//! Usage errors exit with 2 (clap's convention). Output into a closed pipe (`voike ledger tail |
+//! head`) ends `voike` at once, quietly, with 141 (128 + SIGPIPE, as a shell shows for tools
+//! that SIGPIPE ends), so `set -o pipefail` scripts see that the output was cut.
 //!
 //! # Layout
 //! - this file: arguments, the admin API client and every command but `voike job`.
@@ -120,13 +124,17 @@ enum Cmd {
 enum GrantCmd {
     /// Let NODE_ID create zones at or under DOMAIN (admins only).
     Add {
+        /// The domain granted (`b.example.`).
         domain: String,
+        /// The member granted it (its peer id, `12D3KooW...`).
         #[arg(value_name = "NODE_ID")]
         node: String,
     },
     /// Withdraw a grant (zones already created under it stay with their owners).
     Rm {
+        /// The domain of the grant.
         domain: String,
+        /// The member that holds it.
         #[arg(value_name = "NODE_ID")]
         node: String,
     },
@@ -139,6 +147,7 @@ enum MemberCmd {
     /// Revoke NODE_ID: its links are closed and refused, its later changes refused everywhere,
     /// tickets it issued admit no one, its names and endpoints are no longer served.
     Revoke {
+        /// The member to revoke (its peer id, `12D3KooW...`).
         #[arg(value_name = "NODE_ID")]
         node: String,
         /// Why (kept in the members document and the ledger).
@@ -181,9 +190,13 @@ enum JobCmd {
     /// A job, its segments with their verified results, and the gathered result.
     ///
     /// Exits 1 when a result's signature does not verify.
-    Show { id: String },
+    Show {
+        /// The job's id (from `voike job submit` or `voike job list`).
+        id: String,
+    },
     /// The captured stdout of each segment run, in segment order.
     Logs {
+        /// The job's id.
         id: String,
         /// Only this segment (0-based).
         #[arg(long)]
@@ -253,25 +266,39 @@ struct SubmitArgs {
 #[derive(Debug, Subcommand)]
 enum ZoneCmd {
     /// Create zone ID for DOMAIN, owned by this node.
-    Add { id: String, domain: String },
+    Add {
+        /// A short name for the zone, used by the other commands (`demo`).
+        id: String,
+        /// The domain the zone holds (`demo.mesh.`).
+        domain: String,
+    },
     /// Every zone with its domain, record count and owners.
     List,
     /// The zone ZONE (its id) as a BIND zone file.
-    Export { zone: String },
+    Export {
+        /// The zone's id (or its domain).
+        zone: String,
+    },
     /// The nodes allowed to write a zone's records.
     #[command(subcommand)]
     Owner(OwnerCmd),
     /// Let NODE_ID create zones at or under DOMAIN inside ZONE, and register endpoints there.
     Delegate {
+        /// The zone's id.
         zone: String,
+        /// The domain delegated, at or under the zone's (`team.demo.mesh.`).
         domain: String,
+        /// The member it is delegated to (its peer id).
         #[arg(value_name = "NODE_ID")]
         node: String,
     },
     /// Withdraw a delegation.
     Undelegate {
+        /// The zone's id.
         zone: String,
+        /// The delegated domain.
         domain: String,
+        /// The member it was delegated to.
         #[arg(value_name = "NODE_ID")]
         node: String,
     },
@@ -281,13 +308,17 @@ enum ZoneCmd {
 enum OwnerCmd {
     /// Let NODE_ID write the records of ZONE.
     Add {
+        /// The zone's id.
         zone: String,
+        /// The member to add as an owner (its peer id).
         #[arg(value_name = "NODE_ID")]
         node: String,
     },
     /// Stop NODE_ID writing ZONE (an owner or an admin; the last owner stays).
     Rm {
+        /// The zone's id.
         zone: String,
+        /// The owner to remove (its peer id).
         #[arg(value_name = "NODE_ID")]
         node: String,
     },
@@ -295,8 +326,10 @@ enum OwnerCmd {
 
 #[derive(Debug, Subcommand)]
 enum RecordCmd {
-    /// Add a record to ZONE and print its id.
+    /// Add a record to ZONE (or update the one with this name, type and value) and print its
+    /// id; stderr says whether it was added, updated or unchanged.
     Add {
+        /// The zone's id.
         zone: String,
         /// A, AAAA, CNAME, TXT, SRV, MX, NS, PTR or CAA.
         #[arg(value_name = "TYPE")]
@@ -305,14 +338,21 @@ enum RecordCmd {
         name: String,
         /// Record data (`10.0.0.7`, `"10 mail.demo.mesh."`, any text for TXT).
         value: String,
-        /// Time to live in seconds (default: the daemon's, 300).
+        /// Time to live in seconds (default: 300 for a new record; a record that exists keeps
+        /// its TTL).
         #[arg(long)]
         ttl: Option<u64>,
     },
     /// Remove the record ID.
-    Rm { id: String },
+    Rm {
+        /// The record's id (from `voike record add` or `voike record list`).
+        id: String,
+    },
     /// The records of ZONE.
-    List { zone: String },
+    List {
+        /// The zone's id.
+        zone: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -323,6 +363,8 @@ enum SnrlCmd {
         service: String,
         /// IPv4 or IPv6 address.
         address: String,
+        /// TCP or UDP port of the endpoint, 1 to 65535.
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
         port: u16,
         /// Region label (default: none).
         #[arg(long)]
@@ -341,7 +383,10 @@ enum SnrlCmd {
         service: Option<String>,
     },
     /// Remove the endpoint ID.
-    Rm { id: String },
+    Rm {
+        /// The endpoint's id (from `voike snrl register` or `voike snrl list`).
+        id: String,
+    },
     /// Ranked candidates for DOMAIN, signed by the node, with the signature checked.
     ///
     /// Exits 1 when the signature does not verify; an expired answer is reported, not refused.
@@ -375,8 +420,9 @@ enum MeshCmd {
 enum LedgerCmd {
     /// The newest entries; with -f, keep printing new ones.
     Tail {
-        /// How many entries to show first.
-        #[arg(long, short = 'n', default_value_t = 20)]
+        /// How many entries to show first (0 to 1000; 0: none, with -f only new ones).
+        #[arg(long, short = 'n', default_value_t = 20,
+              value_parser = clap::value_parser!(u64).range(0..=1000))]
         limit: u64,
         /// Follow: print entries as they arrive (Ctrl-C to stop).
         #[arg(long, short = 'f')]
@@ -386,19 +432,68 @@ enum LedgerCmd {
     Verify,
     /// A signed anchor over every chain head.
     Anchor,
-    /// Write every entry as JSON lines to FILE.
-    Export { file: PathBuf },
+    /// Write every entry as JSON lines to FILE (`-`: stdout), with progress on a terminal.
+    ///
+    /// An existing FILE is refused unless --force. With --json, a summary (file, entries) is
+    /// printed as JSON: on stdout, or on stderr when the entries go to stdout.
+    Export {
+        /// Where to write: a file that does not exist yet, or `-` for stdout.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Overwrite FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
+/// The exit status of a `voike` whose output went into a closed pipe (`| head`, `| true`):
+/// 128 + SIGPIPE, what a shell shows for a C tool that SIGPIPE ended.
+const BROKEN_PIPE_STATUS: u8 = 141;
+
 fn main() -> ExitCode {
+    exit_quietly_on_broken_pipe();
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(BROKEN_PIPE_STATUS),
         Err(e) => {
             eprintln!("Error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` is a write into a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Ends the process quietly with [`BROKEN_PIPE_STATUS`] when `print!`/`println!` panics because
+/// stdout is a closed pipe.
+///
+/// Rust ignores SIGPIPE, so such a write fails with EPIPE and the print macros panic (exit 101
+/// with a panic message). Restoring SIGPIPE's default action would need unsafe code, which the
+/// workspace forbids; this hook gives the same outcome, for that one panic only. Every other
+/// panic is reported as before.
+fn exit_quietly_on_broken_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        let broken = message.is_some_and(|m| {
+            m.starts_with("failed printing to stdout") && m.contains("Broken pipe")
+        });
+        if broken {
+            std::process::exit(i32::from(BROKEN_PIPE_STATUS));
+        }
+        report(info);
+    }));
 }
 
 struct Client {
@@ -419,9 +514,7 @@ impl Client {
         let dir = data_dir(args);
         let api = match &args.api {
             Some(a) => a.clone(),
-            None => std::fs::read_to_string(dir.join("api.addr"))
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "127.0.0.1:8080".to_string()),
+            None => local_api(&dir)?,
         };
         let base = if api.starts_with("http://") || api.starts_with("https://") {
             api.trim_end_matches('/').to_string()
@@ -556,6 +649,59 @@ impl Client {
     }
 }
 
+/// The start time of process `pid` (field 22 of `/proc/PID/stat`), if it runs.
+fn process_start(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// The API address in `dir/api.addr`, once it is known to be that of the running node.
+///
+/// The token is only ever sent to an address the node wrote: `api.addr` must exist, the process
+/// named by `voiked.pid` must run with the start time written there (a pid alone can belong to
+/// another process after a crash), and `api.addr` must not be older than `voiked.pid` (else an
+/// earlier run left it). Otherwise the node is not running, and nothing is sent.
+fn local_api(dir: &std::path::Path) -> anyhow::Result<String> {
+    let addr_path = dir.join("api.addr");
+    let pid_path = dir.join("voiked.pid");
+    let not_running = |why: String| {
+        anyhow!("the node is not running: {why}; start voiked, or pass --api ADDR to reach another")
+    };
+    let Ok(addr) = std::fs::read_to_string(&addr_path) else {
+        return Err(not_running(format!(
+            "{} does not exist (voiked writes it once its API listens)",
+            addr_path.display()
+        )));
+    };
+    let pid_file = std::fs::read_to_string(&pid_path).unwrap_or_default();
+    let mut lines = pid_file.lines();
+    let (Some(pid), Some(start)) = (
+        lines.next().and_then(|p| p.trim().parse::<u32>().ok()),
+        lines.next().map(str::trim),
+    ) else {
+        return Err(not_running(format!(
+            "{} is stale: {} is missing or unreadable",
+            addr_path.display(),
+            pid_path.display()
+        )));
+    };
+    if process_start(pid).as_deref() != Some(start) {
+        return Err(not_running(format!(
+            "voiked (pid {pid}) that wrote {} is gone; the file is stale",
+            addr_path.display()
+        )));
+    }
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&addr_path) < modified(&pid_path) {
+        bail!(
+            "the node is starting: voiked (pid {pid}) has not written {} yet; try again in a moment",
+            addr_path.display()
+        );
+    }
+    Ok(addr.trim().to_string())
+}
+
 /// `s` percent-encoded for a URL path segment or query value.
 fn url_part(s: &str) -> String {
     s.bytes()
@@ -632,6 +778,13 @@ fn run(args: Args) -> anyhow::Result<()> {
                     format!("{} known, {} connected", s.known_members, s.connected_peers),
                 ],
                 vec!["api".into(), s.api_addr],
+                vec![
+                    "dns".into(),
+                    s.dns_addr
+                        .map(|a| format!("{a} (UDP and TCP)"))
+                        .unwrap_or_else(|| "off".into()),
+                ],
+                vec!["doh".into(), s.doh_addr.unwrap_or_else(|| "off".into())],
                 vec!["listen".into(), s.listen_addrs.join("\n")],
                 vec!["version".into(), s.version],
                 vec![
@@ -690,7 +843,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             // The ticket alone on stdout, so that `voiked --join "$(voike invite)"` works.
             println!("{}", r.ticket);
-            eprintln!("role {}, expires at unix time {}", r.role, r.expires_at);
+            eprintln!(
+                "role {}, expires {}",
+                r.role,
+                expiry(r.expires_at, now_ms() / 1000)
+            );
         }
         Cmd::Ledger(cmd) => ledger(&client, cmd, args.json)?,
         Cmd::Mesh(cmd) => mesh(&client, cmd, args.json)?,
@@ -859,6 +1016,7 @@ fn entry_line(e: &LedgerEntry) -> String {
 fn ledger(client: &Client, cmd: &LedgerCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
         LedgerCmd::Tail { limit, follow } => {
+            // With -n 0, the newest entry is still asked for: -f goes on from it.
             let page: LedgerEntries = client.call(
                 "GET",
                 &format!("/ledger/recent?limit={}", limit.clamp(&1, &1000)),
@@ -867,6 +1025,9 @@ fn ledger(client: &Client, cmd: &LedgerCmd, json: bool) -> anyhow::Result<()> {
             let mut entries = page.entries;
             entries.reverse();
             let last = entries.last().and_then(|e| e.position);
+            if *limit == 0 {
+                entries.clear();
+            }
             for e in &entries {
                 if json {
                     println!("{}", serde_json::to_string(e)?);
@@ -930,47 +1091,105 @@ fn ledger(client: &Client, cmd: &LedgerCmd, json: bool) -> anyhow::Result<()> {
             let anchor: serde_json::Value = client.call("POST", "/ledger/anchor", None::<&()>)?;
             print_json(&anchor)?;
         }
-        LedgerCmd::Export { file } => {
-            use std::io::Write;
-            let mut out = std::io::BufWriter::new(
-                std::fs::File::create(file)
-                    .with_context(|| format!("cannot create {}", file.display()))?,
-            );
-            // The newest entry's local position tells how many entries there are.
-            let newest: LedgerEntries =
-                client.call("GET", "/ledger/recent?limit=1", None::<&()>)?;
-            let total = newest
-                .entries
-                .first()
-                .and_then(|e| e.position)
-                .map(|p| p + 1)
-                .unwrap_or(0);
-            let mut written = 0u64;
-            let mut next = 0u64;
-            loop {
-                let page: LedgerEntries = client.call(
-                    "GET",
-                    &format!("/ledger/recent?from={next}&limit=1000"),
-                    None::<&()>,
-                )?;
-                if page.entries.is_empty() {
-                    break;
-                }
-                for e in &page.entries {
-                    writeln!(out, "{}", serde_json::to_string(e)?)?;
-                    next = e.position.map(|p| p + 1).unwrap_or(next + 1);
-                    written += 1;
-                }
-                if total > 0 {
-                    eprint!(
-                        "\rexported {written}/{total} entries ({:.0}%)",
-                        written as f64 * 100.0 / total as f64
-                    );
-                }
-            }
-            out.flush()?;
-            eprintln!("\rexported {written} entries to {}", file.display());
+        LedgerCmd::Export { file, force } => ledger_export(client, file, *force, json)?,
+    }
+    Ok(())
+}
+
+/// `voike ledger export`: every entry, oldest first, as JSON lines into `file` (`-`: stdout).
+fn ledger_export(
+    client: &Client,
+    file: &std::path::Path,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    // Asked before the file is touched: with the node down, no empty file is left behind.
+    // The newest entry's local position tells how many entries there are.
+    let newest: LedgerEntries = client.call("GET", "/ledger/recent?limit=1", None::<&()>)?;
+    let total = newest
+        .entries
+        .first()
+        .and_then(|e| e.position)
+        .map(|p| p + 1)
+        .unwrap_or(0);
+    let to_stdout = file.as_os_str() == "-";
+    let sink: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::stdout().lock())
+    } else {
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true);
+        if force {
+            open.create(true).truncate(true);
+        } else {
+            open.create_new(true);
         }
+        let f = open.open(file).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                anyhow!(
+                    "{} exists already; pass --force to overwrite it",
+                    file.display()
+                )
+            } else {
+                anyhow!("cannot create {}: {e}", file.display())
+            }
+        })?;
+        Box::new(f)
+    };
+    let mut out = std::io::BufWriter::new(sink);
+    // Drawn on stderr only when it is a terminal (indicatif hides it otherwise), and cleared at
+    // the end.
+    let progress = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template(
+            "exporting {pos}/{len} entries {wide_bar} {percent}%",
+        )
+        .map_err(|e| anyhow!("progress template: {e}"))?,
+    );
+    let mut written = 0u64;
+    let copied = (|| -> anyhow::Result<()> {
+        let mut next = 0u64;
+        loop {
+            let page: LedgerEntries = client.call(
+                "GET",
+                &format!("/ledger/recent?from={next}&limit=1000"),
+                None::<&()>,
+            )?;
+            if page.entries.is_empty() {
+                break;
+            }
+            for e in &page.entries {
+                writeln!(out, "{}", serde_json::to_string(e)?)?;
+                next = e.position.map(|p| p + 1).unwrap_or(next + 1);
+                written += 1;
+            }
+            progress.set_length(total.max(written));
+            progress.set_position(written);
+        }
+        Ok(out.flush()?)
+    })();
+    drop(out);
+    progress.finish_and_clear();
+    if let Err(e) = copied {
+        if !to_stdout {
+            // A cut export is not left to pass for a whole one.
+            let _ = std::fs::remove_file(file);
+        }
+        return Err(e.context(format!("export to {} failed", file.display())));
+    }
+    let shown = if to_stdout {
+        "stdout".to_string()
+    } else {
+        file.display().to_string()
+    };
+    if json {
+        let summary = serde_json::json!({ "file": shown, "entries": written });
+        if to_stdout {
+            eprintln!("{summary}");
+        } else {
+            print_json(&summary)?;
+        }
+    } else {
+        eprintln!("exported {written} entries to {shown}");
     }
     Ok(())
 }
@@ -988,6 +1207,18 @@ struct ZonesBody {
 #[derive(Debug, Serialize, Deserialize)]
 struct RecordBody {
     record: Record,
+}
+
+/// The answer of `POST /vdns/records`.
+#[derive(Debug, Serialize, Deserialize)]
+struct AddedRecord {
+    record: Record,
+    /// `added`, `updated` or `unchanged` (empty from a daemon that does not say).
+    #[serde(default)]
+    result: String,
+    /// The version an update replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<Record>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -1114,17 +1345,25 @@ fn record(client: &Client, cmd: &RecordCmd, json: bool) -> anyhow::Result<()> {
                 record["ttl"] = (*ttl).into();
             }
             let body = serde_json::json!({ "zoneId": zone, "record": record });
-            let r: RecordBody = client.call("POST", "/vdns/records", Some(&body))?;
+            let r: AddedRecord = client.call("POST", "/vdns/records", Some(&body))?;
             if json {
                 return print_json(&r);
             }
             // The id alone on stdout, so that `ID=$(voike record add ...)` works.
             println!("{}", r.record.id);
             let rec = &r.record;
-            eprintln!(
-                "added {} {} {} {} to zone {}",
-                rec.name, rec.ttl, rec.rtype, rec.value, rec.zone_id
-            );
+            let what = format!("{} {} {} {}", rec.name, rec.ttl, rec.rtype, rec.value);
+            match (r.result.as_str(), &r.previous) {
+                ("unchanged", _) => {
+                    eprintln!("unchanged: {what} is in zone {} already", rec.zone_id)
+                }
+                ("updated", Some(old)) => eprintln!(
+                    "updated {what} in zone {} (ttl was {})",
+                    rec.zone_id, old.ttl
+                ),
+                ("updated", None) => eprintln!("updated {what} in zone {}", rec.zone_id),
+                _ => eprintln!("added {what} to zone {}", rec.zone_id),
+            }
         }
         RecordCmd::Rm { id } => {
             let path = format!("/vdns/records/{}", url_part(id));
@@ -1179,6 +1418,27 @@ fn or_dash(s: &str) -> String {
         "-".into()
     } else {
         s.to_string()
+    }
+}
+
+/// `2026-12-02T02:35:00Z (in 59 min)`: a time in unix seconds, and how far from `now` it is.
+fn expiry(at: u64, now: u64) -> String {
+    let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(at));
+    let (ahead, secs) = if at >= now {
+        (true, at - now)
+    } else {
+        (false, now - at)
+    };
+    let span = match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 2 * 3600 => format!("{} min", s / 60),
+        s if s < 2 * 86_400 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    };
+    if ahead {
+        format!("{when} (in {span})")
+    } else {
+        format!("{when} ({span} ago)")
     }
 }
 
@@ -1362,16 +1622,20 @@ fn snrl_resolve(
 /// A DNS server address: `IP:PORT`, `IP` (port 53) or `HOST:PORT`.
 fn parse_server(s: &str) -> anyhow::Result<std::net::SocketAddr> {
     use std::net::ToSocketAddrs;
-    if let Ok(addr) = s.parse() {
-        return Ok(addr);
+    let addr = if let Ok(addr) = s.parse::<std::net::SocketAddr>() {
+        addr
+    } else if let Ok(ip) = s.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        (ip, 53).into()
+    } else {
+        s.to_socket_addrs()
+            .with_context(|| format!("--server {s}: not IP:PORT, IP or HOST:PORT"))?
+            .next()
+            .with_context(|| format!("--server {s}: the name has no address"))?
+    };
+    if addr.port() == 0 {
+        bail!("--server {s}: port 0 is no server's port; give one of 1-65535");
     }
-    if let Ok(ip) = s.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
-        return Ok((ip, 53).into());
-    }
-    s.to_socket_addrs()
-        .with_context(|| format!("--server {s}: not IP:PORT, IP or HOST:PORT"))?
-        .next()
-        .with_context(|| format!("--server {s}: the name has no address"))
+    Ok(addr)
 }
 
 /// The node's DNS listener from `/mesh/self` (a wildcard bind is reached over loopback).

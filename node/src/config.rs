@@ -513,8 +513,14 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid TOML: {message}")]
-    Syntax { path: PathBuf, message: String },
+    #[error("config file {path} is not valid TOML at line {line}, column {column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        /// 1-based, as editors count.
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("invalid value for key `{key}` ({origin}): {message}")]
     Key {
         key: String,
@@ -538,9 +544,14 @@ impl Config {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Syntax {
-                    path: path.to_path_buf(),
-                    message: e.message().to_string(),
+                toml::from_str::<toml::Table>(&text).map_err(|e| {
+                    let (line, column) = line_column(&text, e.span().map_or(0, |s| s.start));
+                    ConfigError::Syntax {
+                        path: path.to_path_buf(),
+                        line,
+                        column,
+                        message: e.message().trim_end().to_string(),
+                    }
                 })?
             }
             None => toml::Table::new(),
@@ -580,7 +591,7 @@ impl Config {
                 let key = e.path().to_string();
                 ConfigError::Key {
                     origin: origin_of(&key),
-                    message: e.into_inner().message().to_string(),
+                    message: with_duration_hint(e.into_inner().message()),
                     key,
                 }
             })?;
@@ -803,6 +814,29 @@ pub fn default_data_dir() -> PathBuf {
     dirs::data_dir()
         .map(|d| d.join("voiked"))
         .unwrap_or_else(|| PathBuf::from("voiked-data"))
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// A value error; a duration given as a bare number says how to write one (`5` → `"5s"`).
+fn with_duration_hint(message: &str) -> String {
+    if !message.contains("expected a duration") {
+        return message.to_string();
+    }
+    let example = message
+        .strip_prefix("invalid type: integer `")
+        .and_then(|r| r.split('`').next())
+        .map_or_else(
+            || "\"1500ms\" or \"2s\"".to_string(),
+            |n| format!("\"{n}s\""),
+        );
+    format!("{message}; write it with a unit, e.g. {example} (units: ms, s, m, h, d)")
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {

@@ -1085,21 +1085,28 @@ impl StateHandle {
         .await
     }
 
-    /// Adds a record to zone `zone_id` (this node must own the zone).
+    /// Adds a record to zone `zone_id` (this node must own the zone), or updates the record
+    /// that has its zone, name, type and value. With `keep_ttl` (the request named no TTL), an
+    /// existing record keeps its TTL instead of taking `input.ttl`.
+    ///
+    /// Returns the record as stored and the version it replaced: `None` when the record is new.
+    /// A record posted as it is stored already writes nothing (no change, no ledger entry), and
+    /// the two returned versions are equal.
     pub async fn add_record(
         &self,
         zone_id: &str,
         input: RecordInput,
-    ) -> Result<Record, StateError> {
+        keep_ttl: bool,
+    ) -> Result<(Record, Option<Record>), StateError> {
         let me = self.inner.node_id.clone();
         let zone_id = zone_id.to_string();
         let names = self.inner.zone_index.clone();
         self.local_write(DocId::Zones, "record.add", move |r, key, hlc| {
             let zone = zones::zone(&r.ranked(), &zone_id)
                 .ok_or_else(|| StateError::NotFound(format!("no zone {zone_id}")))?;
-            let input = zones::check_record(&zone.domain, &input)?;
-            let new_id = zones::record_id(&zone_id, &input);
-            {
+            let checked = zones::check_record(&zone.domain, &input)?;
+            let new_id = zones::record_id(&zone_id, &checked);
+            let existing = {
                 // The zone's records as of the document's heads, kept between local writes so
                 // that a write does not read every record of the zone again.
                 let mut index = lock(&names);
@@ -1111,13 +1118,23 @@ impl StateHandle {
                         zones::records(&r.ranked(), &zone_id).unwrap_or_default(),
                     );
                 }
-                zones::check_cname_rules(&zone.domain, &index.2, &input, &new_id)?;
-            }
+                zones::check_cname_rules(&zone.domain, &index.2, &checked, &new_id)?;
+                index.2.iter().find(|x| x.id == new_id).cloned()
+            };
             if !zone.owners.contains(&me) {
                 return Err(StateError::Forbidden(format!(
                     "this node does not own zone {zone_id} (owners: {})",
                     zone.owners.join(", ")
                 )));
+            }
+            let mut input = checked;
+            if let Some(old) = &existing {
+                if keep_ttl {
+                    input.ttl = old.ttl;
+                }
+                if old.ttl == input.ttl {
+                    return Ok((None, (old.clone(), existing.clone()), json!({})));
+                }
             }
             let obj = zones::zone_obj(&r.ranked(), &zone_id)
                 .ok_or_else(|| StateError::NotFound(format!("no zone {zone_id}")))?;
@@ -1137,7 +1154,7 @@ impl StateHandle {
                 "zone": zone_id, "record": record.id, "type": record.rtype,
                 "name": record.name, "value": record.value, "ttl": record.ttl,
             });
-            Ok((change, record, body))
+            Ok((change, (record, existing), body))
         })
         .await
     }

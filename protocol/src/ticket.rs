@@ -48,17 +48,22 @@ pub struct Ticket {
     pub issuer_proof: Option<Box<MembershipRecord>>,
 }
 
+/// What a ticket that does not decode says to do: it was almost always cut or changed when it
+/// was copied.
+const COPY_WHOLE: &str = "it was probably cut or changed when copied: copy the whole ticket \
+     (one line, starting with voike1) and quote it, e.g. --join \"$TICKET\"";
+
 /// Errors from reading a ticket string.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TicketError {
-    #[error("ticket does not start with {TICKET_PREFIX:?}")]
+    #[error("ticket does not start with {TICKET_PREFIX:?}; {COPY_WHOLE}")]
     Prefix,
     #[error("ticket is {len} bytes long, more than the {MAX_TICKET_LEN} allowed")]
     TooLong { len: usize },
-    #[error("ticket is not valid base64: {0}")]
+    #[error("ticket is not valid base64 ({0}); {COPY_WHOLE}")]
     Base64(String),
-    #[error("ticket is malformed: {0}")]
+    #[error("ticket is malformed ({0}); {COPY_WHOLE}")]
     Decode(String),
     #[error(
         "ticket carries {count} bootstrap addresses, more than the {MAX_BOOTSTRAP_ADDRS} allowed"
@@ -108,7 +113,7 @@ impl Ticket {
             .ok_or(TicketError::Prefix)?;
         let bytes = URL_SAFE_NO_PAD
             .decode(rest)
-            .map_err(|e| TicketError::Base64(e.to_string()))?;
+            .map_err(|e| TicketError::Base64(e.to_string().trim_end_matches('.').to_string()))?;
         let ticket: Ticket =
             postcard::from_bytes(&bytes).map_err(|e| TicketError::Decode(e.to_string()))?;
         if ticket.body.bootstrap.len() > MAX_BOOTSTRAP_ADDRS {

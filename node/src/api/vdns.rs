@@ -124,9 +124,28 @@ pub async fn add_record(
     State(state): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // Whether the request names a TTL (`RecordInput` fills in the default): a record that exists
+    // keeps its TTL unless one is given.
+    let ttl_given = body
+        .as_ref()
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .is_some_and(|v| v["record"].get("ttl").is_some());
     let req: NewRecord = parse_json(body, "record request", None)?;
-    let record = state.state.add_record(&req.zone_id, req.record).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "record": record }))).into_response())
+    let (record, before) = state
+        .state
+        .add_record(&req.zone_id, req.record, !ttl_given)
+        .await?;
+    let result = match &before {
+        None => "added",
+        Some(old) if *old == record => "unchanged",
+        Some(_) => "updated",
+    };
+    let mut answer = json!({ "record": record, "result": result });
+    if let Some(old) = before.filter(|_| result == "updated") {
+        answer["previous"] = json!(old);
+    }
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 pub async fn delete_record(
