@@ -786,6 +786,22 @@ fn run(args: Args) -> anyhow::Result<()> {
                 ],
                 vec!["doh".into(), s.doh_addr.unwrap_or_else(|| "off".into())],
                 vec!["listen".into(), s.listen_addrs.join("\n")],
+                vec![
+                    "reachability".into(),
+                    match s.reachability.as_str() {
+                        "public" => "public (members dial this node directly)".to_string(),
+                        "private" => format!(
+                            "behind NAT (reached through relays: {})",
+                            if s.relays.is_empty() {
+                                "none yet".to_string()
+                            } else {
+                                s.relays.iter().map(|r| short(r)).collect::<Vec<_>>().join(", ")
+                            }
+                        ),
+                        "" => "unknown".to_string(),
+                        other => other.to_string(),
+                    },
+                ],
                 vec!["version".into(), s.version],
                 vec![
                     "uptime".into(),
