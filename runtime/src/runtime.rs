@@ -189,6 +189,8 @@ impl Runtime {
     }
 
     fn run_job(&self, module: &Module, job: &JobSpec) -> Outcome {
+        // The epoch advances only while some job runs (an idle node does not tick).
+        let _ticking = self._ticker.running();
         let started = Instant::now();
         let entry = match Entry::resolve(module, job) {
             Ok(entry) => entry,
