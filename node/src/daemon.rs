@@ -249,7 +249,7 @@ async fn run_with_store(
     let app = api::router(ApiState {
         grid,
         dns: node_dns,
-        swarm: handle,
+        swarm: handle.clone(),
         ledger,
         state,
         hypermesh: hyper_handle,
@@ -275,6 +275,7 @@ async fn run_with_store(
             Err(e) => Err(anyhow::anyhow!("swarm task failed: {e}")),
         },
     };
+    say_goodbye(&handle, config.shutdown_timeout).await;
     cancel.cancel();
     if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
         .await
@@ -283,4 +284,31 @@ async fn run_with_store(
         warn!(timeout = ?config.shutdown_timeout, "tasks did not stop within the shutdown timeout");
     }
     result
+}
+
+/// A clean stop says goodbye before anything is cancelled: a signed leave to every connected
+/// member, so that they record `peer_left` rather than a failure. The wait for their answers is
+/// bounded by `/voike/leave/1`'s timeout and by half the shutdown timeout: a node that nobody
+/// answers still stops in time.
+async fn say_goodbye(swarm: &crate::swarm::SwarmHandle, shutdown_timeout: std::time::Duration) {
+    let wait = (shutdown_timeout / 2).min(std::time::Duration::from_millis(
+        voike_protocol::wire::LEAVE_TIMEOUT_MS,
+    ));
+    match tokio::time::timeout(wait, swarm.goodbye()).await {
+        Ok(Some(g)) if g.acked == g.sent => {
+            if g.sent > 0 {
+                info!(members = g.sent, "said goodbye to the members");
+            }
+        }
+        Ok(Some(g)) => warn!(
+            members = g.sent,
+            acked = g.acked,
+            "members did not answer the goodbye in time; stopping anyway"
+        ),
+        Ok(None) => {}
+        Err(_) => warn!(
+            ?wait,
+            "members did not answer the goodbye in time; stopping anyway"
+        ),
+    }
 }

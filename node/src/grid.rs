@@ -115,6 +115,11 @@ pub enum ModuleError {
     NotFound(String),
     #[error("{0}")]
     Store(String),
+    /// This node cannot run WebAssembly at all (see [`Grid::unusable`]): not the module's fault.
+    #[error(
+        "this node cannot compile WebAssembly ({0}); upload the module to a node with the grid capability"
+    )]
+    Unusable(String),
 }
 
 /// What `POST /vvm/modules` answers.
@@ -148,7 +153,14 @@ pub struct Grid {
     /// Ends the segment tasks at shutdown (a running module is left to finish on its thread,
     /// holding nothing but the runtime).
     cancel: CancellationToken,
+    /// Why this node cannot run WebAssembly (found at start by compiling [`PROBE_MODULE`]):
+    /// it then runs no segment and does not advertise [`GRID_CAPABILITY`].
+    unusable: Option<String>,
 }
+
+/// The smallest module with an entry, compiled at start: a runtime that cannot compile it (no
+/// executable memory under `MemoryDenyWriteExecute=yes` or `PR_SET_MDWE`) cannot run any job.
+const PROBE_MODULE: &str = r#"(module (func (export "run") (result i32) i32.const 1))"#;
 
 /// The capability every node with the grid on advertises in its health reports; the scheduler
 /// places segments only on nodes that advertise it.
@@ -192,6 +204,17 @@ impl Grid {
     ) -> anyhow::Result<Arc<Grid>> {
         let runtime = Runtime::new(runtime_config)
             .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly runtime: {e}"))?;
+        let unusable = runtime
+            .compile(PROBE_MODULE.as_bytes())
+            .err()
+            .map(|e| e.to_string());
+        if let Some(error) = &unusable {
+            tracing::error!(
+                %error,
+                "this node cannot run WebAssembly (wasmtime needs executable memory: is the process under MemoryDenyWriteExecute=yes or PR_SET_MDWE?); grid jobs are not run here and the grid capability is not advertised"
+            );
+            hypermesh.withdraw_capability(GRID_CAPABILITY);
+        }
         // Scratch directories left by a run that did not end (a crash, a kill): no job runs
         // yet, so all of them are stale.
         if config.scratch_root.exists()
@@ -213,6 +236,7 @@ impl Grid {
             backoff: Mutex::new(HashMap::new()),
             fair: Mutex::new(FairShare::new()),
             cancel,
+            unusable,
         }))
     }
 
@@ -229,6 +253,11 @@ impl Grid {
         }
     }
 
+    /// Why this node cannot run WebAssembly, if it cannot.
+    pub fn unusable(&self) -> Option<&str> {
+        self.unusable.as_deref()
+    }
+
     /// `POST /vvm/modules`: checks, compiles and stores a module (wasm or WAT bytes).
     pub async fn add_module(&self, bytes: Vec<u8>) -> Result<ModuleInfo, ModuleError> {
         if bytes.len() > MAX_MODULE_BYTES {
@@ -236,6 +265,9 @@ impl Grid {
                 size: bytes.len(),
                 limit: MAX_MODULE_BYTES,
             });
+        }
+        if let Some(why) = &self.unusable {
+            return Err(ModuleError::Unusable(why.clone()));
         }
         let size = bytes.len();
         let module = self.compile(bytes.clone()).await?;
@@ -370,6 +402,11 @@ impl Grid {
 
     /// Runs the scheduler until `cancel`.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        if self.unusable.is_some() {
+            // Nothing to schedule: this node takes no segment (others do, it is not eligible).
+            cancel.cancelled().await;
+            return;
+        }
         let mut docs = self.state.watch_docs();
         loop {
             self.schedule();

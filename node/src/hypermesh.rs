@@ -19,9 +19,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use voike_protocol::health::{
-    Activity, Detector, DetectorConfig, HealthReport, PeerState, ReportBody, Route, RouteInput,
-    Samples, Transition, rank_routes, spawn_advisory, time_to_limit,
+    Activity, Detector, DetectorConfig, HealthReport, Leave, PeerState, ReportBody, Route,
+    RouteInput, Samples, Transition, rank_routes, spawn_advisory, time_to_limit,
 };
+use voike_protocol::hlc::Hlc;
 
 use crate::config::HypermeshConfig;
 use crate::ledger::LedgerHandle;
@@ -34,6 +35,23 @@ pub const LEDGER_EVENTS_PER_MINUTE: u32 = 30;
 /// Samples kept for overload prediction.
 const TREND_POINTS: usize = 30;
 const INPUT_QUEUE: usize = 1024;
+/// What sysinfo reads for the machine figures on Linux: with /proc mounted `subset=pid` (systemd's
+/// `ProcSubset=pid`) none of them exists.
+const MACHINE_FILES: [&str; 3] = ["/proc/stat", "/proc/meminfo", "/proc/loadavg"];
+
+/// Why the machine cannot be sampled, in words for `/hypermesh/status` and the log.
+fn sampling_unavailable() -> String {
+    let unreadable: Vec<&str> = MACHINE_FILES
+        .iter()
+        .filter(|f| std::fs::File::open(f).is_err())
+        .copied()
+        .collect();
+    if unreadable.is_empty() {
+        "unavailable: the system reports no CPU or memory figures".into()
+    } else {
+        format!("unavailable: {} not readable", unreadable.join(", "))
+    }
+}
 
 /// What the swarm loop hands to the Hypermesh task.
 #[derive(Debug)]
@@ -50,6 +68,10 @@ pub enum HyperInput {
     Connections(u32),
     /// A member's connection was verified (counts as a heartbeat).
     Connected { peer: PeerId },
+    /// A member's leave, its signature and mesh verified (it stops cleanly).
+    Leave { from: PeerId, leave: Leave },
+    /// This node's capabilities changed: report at once.
+    CapabilitiesChanged,
 }
 
 /// A node work can be placed on (see [`HypermeshHandle::live_nodes`]).
@@ -86,6 +108,23 @@ struct PeerInfo {
     relayed: bool,
     /// The peer's clock minus this node's, from its last report (ms).
     clock_offset_ms: Option<i64>,
+    /// The stamp of its leave and when it arrived (wall ms), while it is gone.
+    left: Option<(Hlc, u64)>,
+    /// The newest stamp heard from it, report or leave: a leave must be newer.
+    seen: Option<Hlc>,
+}
+
+impl PeerInfo {
+    fn new() -> Self {
+        PeerInfo {
+            report: None,
+            rtt_ewma_ms: None,
+            relayed: false,
+            clock_offset_ms: None,
+            left: None,
+            seen: None,
+        }
+    }
 }
 
 struct Inner {
@@ -100,6 +139,11 @@ struct Inner {
     agents: [AgentRun; 3],
     /// Whether this node's clock was last found beyond the bound from its peers'.
     clock_skewed: bool,
+    /// Why PerfWatch cannot sample the machine (`None`: it can).
+    sampling: Option<String>,
+    /// What this node advertises: `hypermesh.capabilities`, less what was withdrawn (see
+    /// [`HypermeshHandle::withdraw_capability`]).
+    capabilities: Vec<String>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -175,6 +219,9 @@ impl HypermeshHandle {
                     "silent_ms": silent,
                     "rtt_ms": info.and_then(|i| i.rtt_ewma_ms),
                     "samples": info.and_then(|i| i.report.as_ref()).map(|r| &r.body.samples),
+                    "samples_known": info
+                        .and_then(|i| i.report.as_ref())
+                        .is_some_and(|r| r.body.samples.machine_known()),
                     "activity": info.and_then(|i| i.report.as_ref()).map(|r| r.body.activity),
                     "region": info.and_then(|i| i.report.as_ref()).map(|r| r.body.region.clone()),
                     "clock_offset_ms": info.and_then(|i| i.clock_offset_ms),
@@ -183,6 +230,12 @@ impl HypermeshHandle {
             .collect();
         let bound = self.config.clock_bound.as_millis() as i64;
         let offset = clock_offset(&h.peers);
+        let left: Vec<Value> = h
+            .peers
+            .iter()
+            .filter_map(|(p, i)| i.left.map(|(_, at)| (p, at)))
+            .map(|(p, at)| json!({ "node_id": p.to_string(), "left_at_ms": at }))
+            .collect();
         json!({
             "node_id": self.node_id,
             "clock": {
@@ -193,15 +246,19 @@ impl HypermeshHandle {
             },
             "activity": h.activity,
             "samples": h.samples,
+            "samples_known": h.sampling.is_none(),
+            "sampling": h.sampling.as_deref().unwrap_or("ok"),
             "region": self.config.region,
-            "capabilities": self.config.capabilities,
+            "capabilities": h.capabilities,
             "sample_interval_ms": h.sample_interval.as_millis() as u64,
             "mesh": {
                 "alive": counts.get("alive").copied().unwrap_or(0),
                 "suspect": counts.get("suspect").copied().unwrap_or(0),
                 "dead": counts.get("dead").copied().unwrap_or(0),
+                "left": left.len(),
             },
             "peers": peers,
+            "left": left,
         })
     }
 
@@ -235,13 +292,9 @@ impl HypermeshHandle {
             .collect();
         out.push(LiveNode {
             node: self.node_id.clone(),
-            health: voike_protocol::health::health_score(
-                PeerState::Alive,
-                h.samples.cpu_pct,
-                h.samples.mem_pct(),
-            ),
+            health: voike_protocol::health::health_of(PeerState::Alive, Some(&h.samples)),
             region: self.config.region.clone(),
-            capabilities: self.config.capabilities.clone(),
+            capabilities: h.capabilities.clone(),
         });
         out
     }
@@ -270,20 +323,42 @@ impl HypermeshHandle {
                 (id, health)
             })
             .collect();
+        // A member that left is not there: nothing is routed to it, its claims are free.
+        for (p, _) in h.peers.iter().filter(|(_, i)| i.left.is_some()) {
+            out.insert(
+                p.to_string(),
+                NodeHealth {
+                    state: PeerState::Dead,
+                    health: 0.0,
+                    rtt_ms: None,
+                    relayed: false,
+                },
+            );
+        }
         out.insert(
             self.node_id.clone(),
             NodeHealth {
                 state: PeerState::Alive,
-                health: voike_protocol::health::health_score(
-                    PeerState::Alive,
-                    h.samples.cpu_pct,
-                    h.samples.mem_pct(),
-                ),
+                health: voike_protocol::health::health_of(PeerState::Alive, Some(&h.samples)),
                 rtt_ms: Some(0.0),
                 relayed: false,
             },
         );
         out
+    }
+
+    /// Stops advertising `capability` (the grid does so when this node cannot run
+    /// WebAssembly); the next health report, sent at once, no longer lists it.
+    pub fn withdraw_capability(&self, capability: &str) {
+        let removed = {
+            let mut h = self.lock();
+            let before = h.capabilities.len();
+            h.capabilities.retain(|c| c != capability);
+            h.capabilities.len() != before
+        };
+        if removed {
+            let _ = self.tx.try_send(HyperInput::CapabilitiesChanged);
+        }
     }
 
     /// `GET /hypermesh/routes`.
@@ -394,6 +469,8 @@ impl Hypermesh {
                 routes: Vec::new(),
                 agents: [AgentRun::default(); 3],
                 clock_skewed: false,
+                sampling: None,
+                capabilities: config.capabilities.clone(),
             })),
             tx,
             started: Instant::now(),
@@ -485,13 +562,19 @@ impl Hypermesh {
                     if stale {
                         return;
                     }
+                    // A report made before the peer's leave (late, or relayed late) does not bring
+                    // it back; a newer one does (it restarted).
+                    if h.peers
+                        .get(&from)
+                        .and_then(|i| i.left)
+                        .is_some_and(|(at, _)| report.body.hlc <= at)
+                    {
+                        return;
+                    }
                     let t = h.detector.heartbeat(from, now);
-                    let info = h.peers.entry(from).or_insert(PeerInfo {
-                        report: None,
-                        rtt_ewma_ms: None,
-                        relayed: false,
-                        clock_offset_ms: None,
-                    });
+                    let info = h.peers.entry(from).or_insert_with(PeerInfo::new);
+                    info.left = None;
+                    info.seen = Some(report.body.hlc);
                     // A report is published as soon as it is made: its stamp, against this
                     // node's clock on arrival, gives the peer's clock offset (within the
                     // gossip delay, far below the skew bound).
@@ -510,7 +593,9 @@ impl Hypermesh {
                 self.metrics.hm_rtt.observe(rtt.as_secs_f64());
                 let transition = {
                     let mut h = self.handle.lock();
-                    let known = h.peers.contains_key(&peer);
+                    // A ping answered while a peer that left closes its connection is no sign
+                    // that it is back.
+                    let known = h.peers.get(&peer).is_some_and(|i| i.left.is_none());
                     let t = if known {
                         h.detector.heartbeat(peer, now)
                     } else {
@@ -531,15 +616,16 @@ impl Hypermesh {
                 self.recompute_routes();
             }
             HyperInput::Connections(n) => self.connections = n,
+            HyperInput::Leave { from, leave } => self.on_leave(from, leave),
+            HyperInput::CapabilitiesChanged => {
+                self.report(true);
+                self.recompute_routes();
+            }
             HyperInput::Connected { peer } => {
                 let transition = {
                     let mut h = self.handle.lock();
-                    h.peers.entry(peer).or_insert(PeerInfo {
-                        report: None,
-                        rtt_ewma_ms: None,
-                        relayed: false,
-                        clock_offset_ms: None,
-                    });
+                    // A member that left and connects again (its handshake verified) is back.
+                    h.peers.entry(peer).or_insert_with(PeerInfo::new).left = None;
                     h.detector.heartbeat(peer, now)
                 };
                 if let Some(t) = transition {
@@ -547,6 +633,35 @@ impl Hypermesh {
                 }
                 self.recompute_routes();
             }
+        }
+    }
+
+    /// A verified leave: taken when newer than all heard from the peer and within the clock
+    /// bound; the peer is then no longer watched (no suspect, no down, no spawn advisory).
+    fn on_leave(&mut self, from: PeerId, leave: Leave) {
+        let bound = self.handle.config.clock_bound.as_millis() as u64;
+        let now_wall = wall_ms();
+        let taken = {
+            let mut h = self.handle.lock();
+            let seen = h.peers.get(&from).and_then(|i| i.seen);
+            match leave.check_fresh(seen, now_wall, bound) {
+                Ok(()) => {
+                    let info = h.peers.entry(from).or_insert_with(PeerInfo::new);
+                    info.left = Some((leave.body.hlc, now_wall));
+                    info.seen = Some(leave.body.hlc);
+                    info.clock_offset_ms = None;
+                    info.rtt_ewma_ms = None;
+                    Some(h.detector.leave(from))
+                }
+                Err(error) => {
+                    warn!(peer = %from, %error, "refused a leave message");
+                    None
+                }
+            }
+        };
+        if let Some(t) = taken {
+            self.on_transition(t);
+            self.recompute_routes();
         }
     }
 
@@ -563,19 +678,33 @@ impl Hypermesh {
             );
             rss = self.system.process(pid).map_or(0, |p| p.memory());
         }
-        let samples = Samples {
-            cpu_pct: self.system.global_cpu_usage(),
-            mem_used_bytes: self.system.used_memory(),
-            mem_total_bytes: self.system.total_memory(),
-            load1: System::load_average().one as f32,
-            rss_bytes: rss,
-            connections: self.connections,
+        // Without the machine's figures sysinfo says 0 (no memory, no CPU, idle): that is
+        // reported as unknown (`mem_total_bytes` 0, see `Samples`), never as an idle machine.
+        let blind = self.system.total_memory() == 0 || self.system.cpus().is_empty();
+        let samples = if blind {
+            Samples {
+                rss_bytes: rss,
+                connections: self.connections,
+                ..Samples::default()
+            }
+        } else {
+            Samples {
+                cpu_pct: self.system.global_cpu_usage(),
+                mem_used_bytes: self.system.used_memory(),
+                mem_total_bytes: self.system.total_memory(),
+                load1: System::load_average().one as f32,
+                rss_bytes: rss,
+                connections: self.connections,
+            }
         };
+        self.note_sampling(blind);
         let now = self.handle.mono_ms();
-        self.trend
-            .push_back((now, f64::from(samples.cpu_pct.max(samples.mem_pct()))));
-        if self.trend.len() > TREND_POINTS {
-            self.trend.pop_front();
+        if !blind {
+            self.trend
+                .push_back((now, f64::from(samples.cpu_pct.max(samples.mem_pct()))));
+            if self.trend.len() > TREND_POINTS {
+                self.trend.pop_front();
+            }
         }
         let (fast, slow) = (self.config().sample_fast, self.config().sample_slow);
         let interval = {
@@ -610,6 +739,26 @@ impl Hypermesh {
         interval
     }
 
+    /// Says once, when it changes, whether PerfWatch can sample the machine.
+    fn note_sampling(&mut self, blind: bool) {
+        let mut h = self.handle.lock();
+        match (blind, h.sampling.is_some()) {
+            (true, false) => {
+                let why = sampling_unavailable();
+                warn!(
+                    sampling = %why,
+                    "cannot sample this machine's CPU, memory and load; health reports say unknown (is /proc mounted with subset=pid, e.g. systemd ProcSubset=pid?)"
+                );
+                h.sampling = Some(why);
+            }
+            (false, true) => {
+                info!("machine sampling works again");
+                h.sampling = None;
+            }
+            _ => {}
+        }
+    }
+
     fn predict_overload(&mut self) {
         let points: Vec<(u64, f64)> = self.trend.iter().copied().collect();
         let limit = self.config().overload_limit_pct;
@@ -638,9 +787,9 @@ impl Hypermesh {
 
     /// Publishes a signed health report (a heartbeat).
     fn report(&mut self, material: bool) {
-        let (samples, activity) = {
+        let (samples, activity, capabilities) = {
             let h = self.handle.lock();
-            (h.samples.clone(), h.activity)
+            (h.samples.clone(), h.activity, h.capabilities.clone())
         };
         let mut hlc = voike_protocol::hlc::Hlc {
             wall_ms: wall_ms(),
@@ -661,7 +810,7 @@ impl Hypermesh {
             samples: samples.clone(),
             activity,
             region: self.config().region.clone(),
-            capabilities: self.config().capabilities.clone(),
+            capabilities,
             addrs: Vec::new(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
@@ -754,6 +903,7 @@ impl Hypermesh {
             Transition::PeerSuspect { peer } => ("peer_suspect", peer.clone(), "suspect"),
             Transition::PeerDown { peer } => ("peer_down", peer.clone(), "dead"),
             Transition::PeerRecovered { peer } => ("peer_recovered", peer.clone(), "alive"),
+            Transition::PeerLeft { peer } => ("peer_left", peer.clone(), "left"),
         };
         self.metrics
             .hm_transitions
@@ -762,6 +912,7 @@ impl Hypermesh {
         match kind {
             "peer_down" => warn!(%peer, "peer down"),
             "peer_recovered" => info!(%peer, "peer recovered"),
+            "peer_left" => info!(%peer, "peer left (stopped cleanly)"),
             _ => debug!(%peer, "peer suspect"),
         }
         self.push_event(json!({ "kind": kind, "peer": peer }));
@@ -818,6 +969,7 @@ impl Hypermesh {
                     relayed: info.is_some_and(|i| i.relayed),
                     cpu_pct: report.map_or(0.0, |r| r.body.samples.cpu_pct),
                     mem_pct: report.map_or(0.0, |r| r.body.samples.mem_pct()),
+                    samples_known: report.is_some_and(|r| r.body.samples.machine_known()),
                     region: report.map(|r| r.body.region.clone()).unwrap_or_default(),
                     capabilities: report
                         .map(|r| r.body.capabilities.clone())
@@ -825,11 +977,7 @@ impl Hypermesh {
                 }
             })
             .collect();
-        h.routes = rank_routes(
-            &inputs,
-            &self.handle.config.region,
-            &self.handle.config.capabilities,
-        );
+        h.routes = rank_routes(&inputs, &self.handle.config.region, &h.capabilities);
         h.agents[2].last = Some(Instant::now());
         h.agents[2].runs += 1;
     }

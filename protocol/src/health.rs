@@ -1,6 +1,6 @@
-//! Hypermesh health, without I/O: signed health reports, the MeshSurgeon failure detector
-//! (phi accrual over heartbeat arrivals), overload prediction, spawn advisories, and the
-//! HyperRoute ranking.
+//! Hypermesh health, without I/O: signed health reports, signed leave messages (a clean stop's
+//! goodbye), the MeshSurgeon failure detector (phi accrual over heartbeat arrivals), overload
+//! prediction, spawn advisories, and the HyperRoute ranking.
 //!
 //! Everything here is driven by `(now, input)`: the node feeds report arrivals and pings in and
 //! polls [`Detector::tick`] for state transitions, so the same code runs under a fake clock in
@@ -18,8 +18,16 @@ use crate::signing::{self, SigningError};
 pub const REPORT_DOMAIN: &[u8] = b"voike/health-report/v1\0";
 /// Largest encoded report accepted.
 pub const MAX_REPORT_BYTES: usize = 8 * 1024;
+/// Domain of leave message signatures.
+pub const LEAVE_DOMAIN: &[u8] = b"voike/leave/v1\0";
 
 /// What PerfWatch samples.
+///
+/// When PerfWatch cannot sample the machine (for instance /proc mounted `subset=pid`, where
+/// `/proc/stat`, `/proc/meminfo` and `/proc/loadavg` do not exist), it sends every machine
+/// figure as 0 and `mem_total_bytes` 0, which no machine has: the samples are then *unknown*
+/// ([`Samples::machine_known`]), and the node's health is [`UNKNOWN_HEALTH`], not that of an
+/// idle machine. (A marker in the existing layout, so reports stay readable by older nodes.)
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Samples {
     /// Whole-machine CPU use, percent (0–100).
@@ -34,6 +42,11 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// Whether the machine figures (CPU, memory, load) were sampled at all.
+    pub fn machine_known(&self) -> bool {
+        self.mem_total_bytes > 0
+    }
+
     pub fn mem_pct(&self) -> f32 {
         if self.mem_total_bytes == 0 {
             0.0
@@ -111,6 +124,106 @@ impl HealthReport {
     }
 }
 
+/// The signed part of a leave message: "node N of mesh M stops cleanly at `hlc`".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaveBody {
+    /// Protobuf-encoded public key of the leaving node.
+    pub node: Vec<u8>,
+    /// The mesh id (32 bytes): a leave is not valid in another mesh.
+    pub mesh: Vec<u8>,
+    /// When the node stopped. Its counter is `u32::MAX`, so that the leave sorts after every
+    /// report the node made in the same millisecond.
+    pub hlc: Hlc,
+}
+
+/// A leave message and its signature, sent by a node that stops cleanly to every member it is
+/// connected to (`/voike/leave/1`, see `wire`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Leave {
+    pub body: LeaveBody,
+    pub signature: Vec<u8>,
+}
+
+/// Why a leave message was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaveError {
+    #[error("leave key is not ed25519")]
+    BadKey,
+    #[error("leave signature does not verify")]
+    BadSignature,
+    #[error("leave is for another mesh")]
+    WrongMesh,
+    /// Not newer than a report or a leave already taken from the node: a replay.
+    #[error("leave stamped {leave} is not newer than {seen}, already heard from the node")]
+    Replayed { leave: Hlc, seen: Hlc },
+    /// Stamped too far from this node's clock: an old leave replayed to a node that has no
+    /// memory of the sender, or a clock beyond the skew bound.
+    #[error("leave stamped {leave} is {off_ms} ms from this node's clock (at most {bound_ms} ms)")]
+    OutOfWindow {
+        leave: Hlc,
+        off_ms: u64,
+        bound_ms: u64,
+    },
+}
+
+impl Leave {
+    /// Signs a leave for `mesh` at wall-clock `now_ms`.
+    pub fn sign(key: &Keypair, mesh: &[u8], now_ms: u64) -> Result<Self, SigningError> {
+        let body = LeaveBody {
+            node: key.public().encode_protobuf(),
+            mesh: mesh.to_vec(),
+            hlc: Hlc {
+                wall_ms: now_ms,
+                counter: u32::MAX,
+            },
+        };
+        let signature = signing::sign(key, LEAVE_DOMAIN, "leave", &body)?;
+        Ok(Leave { body, signature })
+    }
+
+    /// Checks the signature and the mesh; returns the leaving node.
+    pub fn verify(&self, mesh: &[u8]) -> Result<PeerId, LeaveError> {
+        let key = signing::decode_key(&self.body.node).map_err(|_| LeaveError::BadKey)?;
+        match signing::verify(&key, LEAVE_DOMAIN, "leave", &self.body, &self.signature) {
+            Ok(true) => {}
+            _ => return Err(LeaveError::BadSignature),
+        }
+        if self.body.mesh != mesh {
+            return Err(LeaveError::WrongMesh);
+        }
+        Ok(key.to_peer_id())
+    }
+
+    /// Whether a verified leave is to be taken: it must be newer than everything already heard
+    /// from its node (`seen`: the last report's or leave's stamp), and within `bound_ms` of
+    /// `now_ms` (this node's wall clock). A replayed leave fails one or the other: once the node
+    /// is back, its reports are newer than the old leave; a receiver that never heard of the
+    /// node refuses a leave older than the bound.
+    pub fn check_fresh(
+        &self,
+        seen: Option<Hlc>,
+        now_ms: u64,
+        bound_ms: u64,
+    ) -> Result<(), LeaveError> {
+        let leave = self.body.hlc;
+        if let Some(seen) = seen
+            && leave <= seen
+        {
+            return Err(LeaveError::Replayed { leave, seen });
+        }
+        let off_ms = leave.wall_ms.abs_diff(now_ms);
+        if off_ms > bound_ms {
+            return Err(LeaveError::OutOfWindow {
+                leave,
+                off_ms,
+                bound_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Liveness of a peer as the detector sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -162,9 +275,19 @@ struct Track {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Transition {
-    PeerSuspect { peer: String },
-    PeerDown { peer: String },
-    PeerRecovered { peer: String },
+    PeerSuspect {
+        peer: String,
+    },
+    PeerDown {
+        peer: String,
+    },
+    PeerRecovered {
+        peer: String,
+    },
+    /// The peer said goodbye (a verified [`Leave`]): it stopped cleanly, it did not fail.
+    PeerLeft {
+        peer: String,
+    },
 }
 
 /// Phi-accrual failure detector (Hayashibara et al.): for each peer, the mean and deviation of
@@ -230,6 +353,16 @@ impl Detector {
     /// Forgets a peer (it left the mesh).
     pub fn remove(&mut self, peer: &PeerId) {
         self.peers.remove(peer);
+    }
+
+    /// A peer stopped cleanly (its [`Leave`] was verified and fresh): it is no longer watched,
+    /// so its silence makes it neither suspect nor dead; its next heartbeat tracks it anew.
+    /// Returns `PeerLeft`, whatever state it was in.
+    pub fn leave(&mut self, peer: PeerId) -> Transition {
+        self.peers.remove(&peer);
+        Transition::PeerLeft {
+            peer: peer.to_string(),
+        }
     }
 
     /// Phi of `peer` at `now_ms` (0 for unknown peers).
@@ -391,6 +524,9 @@ pub struct RouteInput {
     pub relayed: bool,
     pub cpu_pct: f32,
     pub mem_pct: f32,
+    /// Whether `cpu_pct` and `mem_pct` were sampled (false when the peer has not reported yet
+    /// or cannot sample its machine): the health is then [`UNKNOWN_HEALTH`].
+    pub samples_known: bool,
     pub region: String,
     pub capabilities: Vec<String>,
 }
@@ -405,6 +541,23 @@ pub struct Route {
     pub path: String,
     pub region: String,
     pub capabilities: Vec<String>,
+}
+
+/// The health of a node whose load is not known (it cannot sample its machine, or has not
+/// reported yet): neither idle nor busy.
+pub const UNKNOWN_HEALTH: f64 = 0.5;
+
+/// The health of a node from its samples: [`health_score`] when they are known, else
+/// [`UNKNOWN_HEALTH`] (kept by a quarter while suspect, 0 when dead).
+pub fn health_of(state: PeerState, samples: Option<&Samples>) -> f64 {
+    match samples.filter(|s| s.machine_known()) {
+        Some(s) => health_score(state, s.cpu_pct, s.mem_pct()),
+        None => match state {
+            PeerState::Alive => UNKNOWN_HEALTH,
+            PeerState::Suspect => UNKNOWN_HEALTH * 0.25,
+            PeerState::Dead => 0.0,
+        },
+    }
 }
 
 /// A node's health score in 0..=1: 1 when idle, falling with CPU and memory pressure; 0.25 of
@@ -427,7 +580,11 @@ pub fn rank_routes(inputs: &[RouteInput], region: &str, capabilities: &[String])
         .iter()
         .filter(|i| i.state != PeerState::Dead)
         .map(|i| {
-            let health = health_score(i.state, i.cpu_pct, i.mem_pct);
+            let health = if i.samples_known {
+                health_score(i.state, i.cpu_pct, i.mem_pct)
+            } else {
+                health_of(i.state, None)
+            };
             let rtt = i.rtt_ms.unwrap_or(50.0).max(0.0) + if i.relayed { 50.0 } else { 0.0 };
             let latency = 1.0 / (1.0 + rtt / 50.0);
             let region_match = if !region.is_empty() && i.region == region {

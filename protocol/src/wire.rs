@@ -4,6 +4,10 @@
 //! side verifies it and answers [`HelloReply::Welcome`] with the members it knows (so records and
 //! addresses spread) or [`HelloReply::Rejected`] with the reason, then disconnects. A peer that has
 //! not presented a valid record is never synced with and is disconnected after a short deadline.
+//!
+//! A node that stops cleanly sends a signed [`Leave`](crate::health::Leave) to every member it
+//! is connected to (`/voike/leave/1`) and waits, up to [`LEAVE_TIMEOUT_MS`], for their
+//! [`LeaveAck`]s before it closes its connections.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +25,21 @@ pub const MAX_MEMBERS_PER_REPLY: usize = 1024;
 pub const MAX_RECEIPTS: usize = 8;
 /// Most addresses listed per member.
 pub const MAX_ADDRS_PER_MEMBER: usize = 16;
+/// Protocol name of the goodbye of a node that stops cleanly.
+pub const LEAVE_PROTOCOL: &str = "/voike/leave/1";
+/// Largest leave request accepted, in bytes.
+pub const MAX_LEAVE_BYTES: u64 = 1024;
+/// Largest leave answer accepted, in bytes.
+pub const MAX_LEAVE_ACK_BYTES: u64 = 64;
+/// How long a stopping node waits for the members' answers to its leave (ms).
+pub const LEAVE_TIMEOUT_MS: u64 = 2_000;
+
+/// Answer to a [`Leave`](crate::health::Leave): the member received it (whether it took it is
+/// its own business: a refused leave changes nothing for the leaving node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaveAck {
+    pub received: bool,
+}
 
 /// A peer's proof of membership, sent when a connection opens.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -61,9 +61,9 @@ impl EpochTicker {
                     #[cfg(test)]
                     {
                         *shared.tid.lock().unwrap_or_else(|e| e.into_inner()) =
-                            std::fs::read_link("/proc/thread-self")
-                                .ok()
-                                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+                            std::fs::read_link("/proc/thread-self").ok().and_then(|p| {
+                                p.file_name().map(|n| n.to_string_lossy().into_owned())
+                            });
                     }
                     let mut s = shared.lock();
                     loop {
@@ -151,12 +151,18 @@ mod tests {
         let before = wakeups(&ticker);
         std::thread::sleep(Duration::from_millis(200));
         let busy = wakeups(&ticker) - before;
-        assert!(busy >= 2, "the ticker woke only {busy} times in 200 ms of a running job");
+        assert!(
+            busy >= 2,
+            "the ticker woke only {busy} times in 200 ms of a running job"
+        );
         drop(guard);
         std::thread::sleep(Duration::from_millis(20));
         let before = wakeups(&ticker);
         std::thread::sleep(Duration::from_millis(200));
         let after = wakeups(&ticker) - before;
-        assert!(after <= 3, "the ticker kept waking ({after}) after the job ended");
+        assert!(
+            after <= 3,
+            "the ticker kept waking ({after}) after the job ended"
+        );
     }
 }

@@ -55,6 +55,11 @@ pub async fn add_module(
                 ApiError::new(StatusCode::BAD_REQUEST, "module_over_limit", m)
             }
             ModuleError::Compile(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_module", m),
+            ModuleError::Unusable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "grid_unusable",
+                e.to_string(),
+            ),
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -8,8 +8,9 @@ use libp2p::{
     StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, gossipsub, identify,
     identity::Keypair, noise, ping, relay, request_response, tcp, tls, yamux,
 };
+use voike_protocol::health::Leave;
 use voike_protocol::sync::{MAX_DIGEST_BYTES, SYNC_PROTOCOL};
-use voike_protocol::wire::{self, Hello, HelloReply};
+use voike_protocol::wire::{self, Hello, HelloReply, LeaveAck};
 
 use super::codec::SyncCodec;
 use super::forget::Forgetful;
@@ -41,6 +42,9 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub member: Forgetful<request_response::cbor::Behaviour<Hello, HelloReply>>,
+    /// The goodbye of a node that stops cleanly (`/voike/leave/1`); the event loop takes a
+    /// leave only from a verified member.
+    pub leave: Forgetful<request_response::cbor::Behaviour<Leave, LeaveAck>>,
     pub autonat: autonat::Behaviour,
     pub dcutr: dcutr::Behaviour,
     pub gossipsub: Forgetful<gossipsub::Behaviour>,
@@ -115,6 +119,17 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
                 )],
                 request_response::Config::default().with_request_timeout(handshake_timeout),
             );
+            let leave = request_response::cbor::Behaviour::with_codec(
+                request_response::cbor::codec::Codec::default()
+                    .set_request_size_maximum(wire::MAX_LEAVE_BYTES)
+                    .set_response_size_maximum(wire::MAX_LEAVE_ACK_BYTES),
+                [(
+                    StreamProtocol::new(wire::LEAVE_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_millis(wire::LEAVE_TIMEOUT_MS)),
+            );
             // Probes start soon after the first connections and test any address, not only
             // global ones (a lab or a private network has no other kind).
             let autonat = autonat::Behaviour::new(
@@ -179,6 +194,7 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
                 identify,
                 ping,
                 member: Forgetful::new(member),
+                leave: Forgetful::new(leave),
                 autonat,
                 dcutr,
                 gossipsub: Forgetful::gated(gossipsub),

@@ -27,13 +27,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use voike_protocol::api::{InviteResponse, NodeInfo, SelfInfo};
+use voike_protocol::health::Leave;
 use voike_protocol::membership::{AdmissionReceipt, Admitted};
 use voike_protocol::mesh::Role;
 use voike_protocol::sync::{Digest, SyncRequest, SyncResponse};
 use voike_protocol::ticket::{MAX_BOOTSTRAP_ADDRS, Ticket, TicketBody};
 use voike_protocol::wire::{
-    Hello, HelloReply, MAX_ADDRS_PER_MEMBER, MAX_MEMBERS_PER_REPLY, MAX_RECEIPTS, MemberInfo,
-    RejectCode,
+    Hello, HelloReply, LeaveAck, MAX_ADDRS_PER_MEMBER, MAX_MEMBERS_PER_REPLY, MAX_RECEIPTS,
+    MemberInfo, RejectCode,
 };
 
 use super::behaviour::{Behaviour, BehaviourEvent};
@@ -123,6 +124,28 @@ pub enum Command {
         channel: ResponseChannel<SyncResponse>,
         resp: SyncResponse,
     },
+    /// The node is stopping cleanly: sends a signed leave to every connected member, stops
+    /// publishing health reports, and replies once every member answered (or failed to).
+    Goodbye {
+        reply: oneshot::Sender<Goodbye>,
+    },
+}
+
+/// What became of a goodbye (see [`SwarmHandle::goodbye`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Goodbye {
+    /// Members the leave was sent to.
+    pub sent: usize,
+    /// Members that acknowledged it.
+    pub acked: usize,
+}
+
+/// A goodbye waiting for the members' answers.
+#[derive(Debug)]
+struct PendingGoodbye {
+    waiting: HashSet<OutboundRequestId>,
+    outcome: Goodbye,
+    reply: oneshot::Sender<Goodbye>,
 }
 
 /// Why an invite could not be issued.
@@ -184,6 +207,12 @@ impl SwarmHandle {
         role: Role,
     ) -> Option<Result<InviteResponse, InviteError>> {
         self.ask(|reply| Command::Invite { ttl, role, reply }).await
+    }
+
+    /// Says goodbye to the connected members (a signed leave) and waits for their answers;
+    /// the caller bounds the wait. `None` when the loop has ended.
+    pub async fn goodbye(&self) -> Option<Goodbye> {
+        self.ask(|reply| Command::Goodbye { reply }).await
     }
 }
 
@@ -311,6 +340,10 @@ pub struct EventLoop {
     announced_addrs: Vec<Multiaddr>,
     /// When the members were last asked for addresses after a failed dial.
     asked_addrs_at: Option<Instant>,
+    /// Set by a goodbye: the node is stopping, its health reports are no longer published (a
+    /// report after the leave would make the members take it for alive again).
+    leaving: bool,
+    goodbye: Option<PendingGoodbye>,
 }
 
 /// Sync-related parts of the event loop.
@@ -540,6 +573,8 @@ impl EventLoop {
                 announced_hash: Vec::new(),
                 announced_addrs: Vec::new(),
                 asked_addrs_at: None,
+                leaving: false,
+                goodbye: None,
             },
             SwarmHandle { tx },
         ))
@@ -911,6 +946,7 @@ impl EventLoop {
         let b = self.swarm.behaviour_mut();
         b.sync.forget(conn);
         b.member.forget(conn);
+        b.leave.forget(conn);
         b.gossipsub.forget(conn);
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
@@ -1115,6 +1151,7 @@ impl EventLoop {
         match event {
             BehaviourEvent::Member(event) => self.on_member_event(event).await?,
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Leave(event) => self.on_leave_event(event),
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
@@ -1576,6 +1613,7 @@ impl EventLoop {
             Command::Sessions { reply } => {
                 let _ = reply.send(self.sessions());
             }
+            Command::Goodbye { reply } => self.say_goodbye(reply),
             Command::Ready { reply } => {
                 let _ = reply.send(self.mesh.is_member() && self.listeners_pending.is_empty());
             }
@@ -1663,7 +1701,7 @@ impl EventLoop {
     }
 
     fn publish_health(&mut self, report: Vec<u8>) {
-        if !self.mesh.is_member() {
+        if !self.mesh.is_member() || self.leaving {
             return;
         }
         let n = self.swarm.connected_peers().count() as u32;
@@ -1690,6 +1728,131 @@ impl EventLoop {
         {
             Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(error) => debug!(%error, "{what} not published"),
+        }
+    }
+
+    /// Sends a signed leave to every connected member; `reply` gets the outcome once all
+    /// answered (see [`SwarmHandle::goodbye`]).
+    fn say_goodbye(&mut self, reply: oneshot::Sender<Goodbye>) {
+        self.leaving = true;
+        let members: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.verified && p.connected())
+            .map(|(id, _)| *id)
+            .collect();
+        if !self.mesh.is_member() || members.is_empty() || self.goodbye.is_some() {
+            let _ = reply.send(Goodbye::default());
+            return;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let leave = match Leave::sign(&self.mesh.key, &self.mesh.mesh_id().0, now_ms) {
+            Ok(l) => l,
+            Err(error) => {
+                warn!(%error, "cannot sign a leave message");
+                let _ = reply.send(Goodbye::default());
+                return;
+            }
+        };
+        let waiting: HashSet<OutboundRequestId> = members
+            .iter()
+            .map(|peer| {
+                self.swarm
+                    .behaviour_mut()
+                    .leave
+                    .inner_mut()
+                    .send_request(peer, leave.clone())
+            })
+            .collect();
+        info!(members = waiting.len(), "saying goodbye to the members");
+        self.goodbye = Some(PendingGoodbye {
+            outcome: Goodbye {
+                sent: waiting.len(),
+                acked: 0,
+            },
+            waiting,
+            reply,
+        });
+    }
+
+    fn on_leave_event(&mut self, event: request_response::Event<Leave, LeaveAck>) {
+        let done = match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.on_leave(peer, request);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .leave
+                    .inner_mut()
+                    .send_response(channel, LeaveAck { received: true });
+                None
+            }
+            request_response::Event::Message {
+                message: request_response::Message::Response { request_id, .. },
+                ..
+            } => Some((request_id, true)),
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                debug!(%peer, %error, "leave not acknowledged");
+                Some((request_id, false))
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "leave from peer failed");
+                None
+            }
+            request_response::Event::ResponseSent { .. } => None,
+        };
+        let Some((id, acked)) = done else {
+            return;
+        };
+        let Some(g) = self.goodbye.as_mut() else {
+            return;
+        };
+        if g.waiting.remove(&id) && acked {
+            g.outcome.acked += 1;
+        }
+        if g.waiting.is_empty()
+            && let Some(g) = self.goodbye.take()
+        {
+            let _ = g.reply.send(g.outcome);
+        }
+    }
+
+    /// A member's leave: taken only through a verified member, signed by a member of this mesh
+    /// (not this node); Hypermesh then checks it is newer than all it heard from that member.
+    fn on_leave(&mut self, via: PeerId, leave: Leave) {
+        let via_verified = self.peers.get(&via).is_some_and(|p| p.verified);
+        let author = if !self.mesh.is_member() || !via_verified {
+            Err("not sent by a verified member".to_string())
+        } else {
+            match leave.verify(&self.mesh.mesh_id().0) {
+                Ok(author) if author == self.mesh.peer_id => Err("signed by this node".into()),
+                Ok(author) if !self.mesh.directory.contains(&author) => {
+                    Err(format!("signed by {author}, not a member"))
+                }
+                Ok(author) => Ok(author),
+                Err(error) => Err(error.to_string()),
+            }
+        };
+        match author {
+            Ok(from) => {
+                debug!(%via, node = %from, "leave received");
+                let _ = self.hyper_tx.try_send(HyperInput::Leave { from, leave });
+            }
+            Err(reason) => warn!(%via, %reason, "refused a leave message"),
         }
     }
 

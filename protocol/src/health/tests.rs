@@ -184,6 +184,7 @@ fn input(
         relayed: false,
         cpu_pct: cpu,
         mem_pct: 10.0,
+        samples_known: true,
         region: region.into(),
         capabilities: caps.iter().map(|c| c.to_string()).collect(),
     }
@@ -209,4 +210,115 @@ fn routes_rank_by_health_latency_region_and_capabilities() {
     assert!(pos("near") < pos("far"));
     assert!(pos("busy") < pos("shaky") || pos("nocap") < pos("shaky"));
     assert_eq!(spawn_advisory(&routes, "near").as_deref(), Some(order[1]));
+}
+
+const MESH: [u8; 32] = [7; 32];
+
+#[test]
+fn a_signed_leave_verifies_for_its_mesh_and_names_its_node() {
+    let key = Keypair::generate_ed25519();
+    let leave = Leave::sign(&key, &MESH, 1_000).expect("signs");
+    assert_eq!(leave.verify(&MESH), Ok(key.public().to_peer_id()));
+    assert_eq!(leave.verify(&[8; 32]), Err(LeaveError::WrongMesh));
+}
+
+#[test]
+fn a_forged_leave_is_refused() {
+    let victim = Keypair::generate_ed25519();
+    let forger = Keypair::generate_ed25519();
+    // Signed by another key but naming the victim.
+    let mut forged = Leave::sign(&forger, &MESH, 1_000).expect("signs");
+    forged.body.node = victim.public().encode_protobuf();
+    assert_eq!(forged.verify(&MESH), Err(LeaveError::BadSignature));
+    // The victim's own leave with its stamp changed.
+    let mut altered = Leave::sign(&victim, &MESH, 1_000).expect("signs");
+    altered.body.hlc.wall_ms += 1;
+    assert_eq!(altered.verify(&MESH), Err(LeaveError::BadSignature));
+    let mut junk = Leave::sign(&victim, &MESH, 1_000).expect("signs");
+    junk.body.node = vec![1, 2, 3];
+    assert_eq!(junk.verify(&MESH), Err(LeaveError::BadKey));
+}
+
+#[test]
+fn a_replayed_leave_is_refused_once_the_node_was_heard_again() {
+    let key = Keypair::generate_ed25519();
+    let bound = 5_000;
+    let leave = Leave::sign(&key, &MESH, 10_000).expect("signs");
+    // The last report came in the same millisecond: the leave still sorts after it.
+    let report = Hlc {
+        wall_ms: 10_000,
+        counter: 3,
+    };
+    assert_eq!(leave.check_fresh(Some(report), 10_010, bound), Ok(()));
+    // Taken once; the same leave again is a replay.
+    assert!(matches!(
+        leave.check_fresh(Some(leave.body.hlc), 10_020, bound),
+        Err(LeaveError::Replayed { .. })
+    ));
+    // The node came back and reported: its old leave is a replay.
+    let back = Hlc {
+        wall_ms: 12_000,
+        counter: 0,
+    };
+    assert!(matches!(
+        leave.check_fresh(Some(back), 12_100, bound),
+        Err(LeaveError::Replayed { .. })
+    ));
+    // A receiver that never heard of the node refuses an old leave.
+    assert!(matches!(
+        leave.check_fresh(None, 10_000 + bound + 1, bound),
+        Err(LeaveError::OutOfWindow { .. })
+    ));
+    assert_eq!(leave.check_fresh(None, 10_000 + bound, bound), Ok(()));
+}
+
+#[test]
+fn a_peer_that_left_is_neither_suspect_nor_dead_and_is_tracked_anew_when_back() {
+    let mut d = Detector::new(DetectorConfig::default());
+    let p = peer();
+    for t in (0..=5_000).step_by(1_000) {
+        d.heartbeat(p, t);
+    }
+    assert_eq!(
+        d.leave(p),
+        Transition::PeerLeft {
+            peer: p.to_string()
+        }
+    );
+    assert!(
+        d.tick(60_000).is_empty(),
+        "a peer that left has no transitions"
+    );
+    assert_eq!(d.state(&p), None);
+    assert_eq!(
+        d.heartbeat(p, 70_000),
+        None,
+        "back: tracked anew, not recovered"
+    );
+    assert_eq!(d.state(&p), Some(PeerState::Alive));
+}
+
+#[test]
+fn unknown_samples_are_not_taken_for_an_idle_machine() {
+    let blind = Samples {
+        rss_bytes: 30 << 20,
+        connections: 2,
+        ..Samples::default()
+    };
+    assert!(!blind.machine_known());
+    assert_eq!(health_of(PeerState::Alive, Some(&blind)), UNKNOWN_HEALTH);
+    assert_eq!(health_of(PeerState::Alive, None), UNKNOWN_HEALTH);
+    let idle = Samples {
+        mem_used_bytes: 1 << 30,
+        mem_total_bytes: 16 << 30,
+        ..Samples::default()
+    };
+    assert!(health_of(PeerState::Alive, Some(&idle)) > UNKNOWN_HEALTH);
+    let mut unknown = input("blind", PeerState::Alive, 2.0, 0.0, "eu", &["http"]);
+    unknown.samples_known = false;
+    unknown.mem_pct = 0.0;
+    let known = input("idle", PeerState::Alive, 2.0, 0.0, "eu", &["http"]);
+    let routes = rank_routes(&[unknown, known], "eu", &[]);
+    assert_eq!(routes[0].peer, "idle");
+    assert_eq!(routes[1].health, UNKNOWN_HEALTH);
 }
