@@ -795,7 +795,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                             if s.relays.is_empty() {
                                 "none yet".to_string()
                             } else {
-                                s.relays.iter().map(|r| short(r)).collect::<Vec<_>>().join(", ")
+                                s.relays
+                                    .iter()
+                                    .map(|r| short(r))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             }
                         ),
                         "" => "unknown".to_string(),
