@@ -358,6 +358,8 @@ enum RecordCmd {
 #[derive(Debug, Subcommand)]
 enum SnrlCmd {
     /// Register an endpoint of this node for SERVICE and print its id.
+    ///
+    /// Warns on stderr when no zone holds SERVICE: SNRL ranks it, but DNS will not answer it.
     Register {
         /// The service's name (`api.demo.mesh.`).
         service: String,
@@ -389,7 +391,9 @@ enum SnrlCmd {
     },
     /// Ranked candidates for DOMAIN, signed by the node, with the signature checked.
     ///
-    /// Exits 1 when the signature does not verify; an expired answer is reported, not refused.
+    /// Exits 0 with at least one candidate; 1 when there is none (`no endpoints for DOMAIN`, as
+    /// `voike resolve` on NXDOMAIN), when the signature does not verify, or on an API error. An
+    /// expired answer is reported, not refused.
     Resolve {
         /// The service's name (`api.demo.mesh.`).
         domain: String,
@@ -1249,6 +1253,9 @@ struct RecordsBody {
 #[derive(Debug, Serialize, Deserialize)]
 struct EndpointBody {
     endpoint: Endpoint,
+    /// Set by `POST /snrl/endpoints` when DNS will not answer the service (no zone holds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -1502,6 +1509,9 @@ fn snrl(client: &Client, cmd: &SnrlCmd, json: bool) -> anyhow::Result<()> {
                 or_dash(&e.capabilities.join(",")),
                 e.weight
             );
+            if let Some(w) = &r.warning {
+                eprintln!("warning: {w}");
+            }
         }
         SnrlCmd::List { service } => {
             let path = match service {
@@ -1588,9 +1598,7 @@ fn snrl_resolve(
         }
         print_json(&raw)?;
     } else {
-        if answer.candidates.is_empty() {
-            println!("no endpoints for {domain}");
-        } else {
+        if !answer.candidates.is_empty() {
             let rows: Vec<Vec<String>> = answer
                 .candidates
                 .iter()
@@ -1636,7 +1644,12 @@ fn snrl_resolve(
             );
         }
     }
-    verified.map_err(|e| anyhow!("the answer for {domain} does not verify: {e}"))
+    verified.map_err(|e| anyhow!("the answer for {domain} does not verify: {e}"))?;
+    if answer.candidates.is_empty() {
+        // As `voike resolve` on NXDOMAIN: a script can tell "nothing there" from an answer.
+        bail!("no endpoints for {domain}");
+    }
+    Ok(())
 }
 
 /// A DNS server address: `IP:PORT`, `IP` (port 53) or `HOST:PORT`.

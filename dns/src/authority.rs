@@ -552,7 +552,11 @@ impl Snapshot {
         if self.services.contains(&qname) {
             if matches!(
                 qtype,
-                RecordType::A | RecordType::AAAA | RecordType::TXT | RecordType::ANY
+                RecordType::A
+                    | RecordType::AAAA
+                    | RecordType::TXT
+                    | RecordType::SRV
+                    | RecordType::ANY
             ) {
                 return Lookup::Service {
                     soa: Some(zone.negative_soa()),

@@ -117,6 +117,7 @@ async fn doh_post(State(st): State<DohState>, headers: HeaderMap, body: Bytes) -
 }
 
 async fn answer(st: &DohState, bytes: &[u8]) -> Response {
+    let arrived = Instant::now();
     if bytes.len() < 12 || bytes[2] & 0x80 != 0 {
         st.engine.metrics.malformed.inc();
         return problem(StatusCode::BAD_REQUEST, "not a DNS query");
@@ -128,7 +129,7 @@ async fn answer(st: &DohState, bytes: &[u8]) -> Response {
     {
         return problem(StatusCode::BAD_REQUEST, "not a DNS message");
     }
-    st.counters.inc(answer.rcode);
+    st.counters.answered(answer.rcode, arrived);
     let mut r = (StatusCode::OK, answer.bytes.clone()).into_response();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));

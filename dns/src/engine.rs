@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, TXT};
-use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+use hickory_proto::rr::rdata::{A, AAAA, SRV, TXT};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -33,9 +33,21 @@ pub const EDNS_PAYLOAD: u16 = 1232;
 pub struct ServiceAnswer {
     /// Addresses, best first.
     pub addrs: Vec<IpAddr>,
+    /// SRV targets (RFC 2782), best first: the answer to an `SRV` query at the service name.
+    pub srv: Vec<ServiceTarget>,
     /// TXT text describing the signature (who signed, when, the signature).
     pub txt: String,
     pub ttl: u32,
+}
+
+/// One SRV record of a service: `priority weight port target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceTarget {
+    pub priority: u16,
+    pub weight: u16,
+    pub port: u16,
+    /// An absolute host name (`node.nodes.voike.internal.`).
+    pub target: String,
 }
 
 /// The source of SNRL answers (the node ranks with Hypermesh data and signs).
@@ -282,6 +294,29 @@ impl Engine {
             };
             resp.answers
                 .push(Record::from_rdata(owner.clone(), ans.ttl, data));
+        }
+        if matches!(qtype, RecordType::SRV | RecordType::ANY) {
+            for t in &ans.srv {
+                let Ok(target) = Name::from_ascii(&t.target) else {
+                    continue;
+                };
+                let srv = SRV::new(t.priority, t.weight, t.port, target.clone());
+                resp.answers
+                    .push(Record::from_rdata(owner.clone(), ans.ttl, RData::SRV(srv)));
+                // The target's addresses, when this node serves them (RFC 2782's additional data).
+                if qtype == RecordType::SRV {
+                    let snapshot = self.snapshot.load();
+                    for rtype in [RecordType::A, RecordType::AAAA] {
+                        if let Lookup::Answer(a) = snapshot.lookup(&target, rtype) {
+                            for r in a.answers {
+                                if !resp.additionals.contains(&r) {
+                                    resp.additionals.push(r);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
         if qtype == RecordType::TXT {
             resp.answers.push(txt);

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use authority::{RecordData, Snapshot, Withheld, ZoneData};
-pub use engine::{Engine, ForwardConfig, ServiceAnswer, Services};
+pub use engine::{Engine, ForwardConfig, ServiceAnswer, ServiceTarget, Services};
 pub use metrics::Metrics;
 pub use udp::RrlConfig;
 

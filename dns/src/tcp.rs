@@ -134,6 +134,7 @@ async fn connection(mut s: TcpStream, engine: &Engine, idle: Duration) -> std::i
             Ok(Ok(_)) => {}
             _ => return Ok(()),
         }
+        let arrived = std::time::Instant::now();
         let Some(answer) = engine.answer_packet(&buf).await else {
             return Ok(());
         };
@@ -141,7 +142,7 @@ async fn connection(mut s: TcpStream, engine: &Engine, idle: Duration) -> std::i
         let Ok(len) = u16::try_from(bytes.len()) else {
             return Ok(());
         };
-        counters.inc(rcode);
+        counters.answered(rcode, arrived);
         s.write_all(&len.to_be_bytes()).await?;
         s.write_all(bytes).await?;
     }

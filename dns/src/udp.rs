@@ -122,7 +122,7 @@ struct Sender {
 }
 
 impl Sender {
-    fn send(&self, bytes: &[u8], peer: SocketAddr, rcode: ResponseCode) {
+    fn send(&self, bytes: &[u8], peer: SocketAddr, rcode: ResponseCode, arrived: Instant) {
         if let Some(rrl) = &self.rrl
             && !(self.exempt_loopback && peer.ip().is_loopback())
         {
@@ -156,7 +156,8 @@ impl Sender {
                 }
             }
         }
-        self.counters.inc(rcode);
+        // Counted before it is sent, so that a client that has its answer sees it counted.
+        self.counters.answered(rcode, arrived);
         let _ = self.socket.send_to(bytes, peer);
     }
 }
@@ -196,6 +197,7 @@ impl Worker {
                     continue;
                 }
             };
+            let arrived = Instant::now();
             let packet = &buf[..n];
             let generation = self.engine.generation();
             if generation != self.generation {
@@ -210,18 +212,18 @@ impl Worker {
             {
                 hits.inc();
                 let rcode = rcode_of(&out);
-                self.send(&out, peer, rcode);
+                self.send(&out, peer, rcode, arrived);
                 continue;
             }
-            self.slow(packet, peer, plain.is_some().then_some(&key));
+            self.slow(packet, peer, plain.is_some().then_some(&key), arrived);
         }
     }
 
-    fn send(&self, bytes: &[u8], peer: SocketAddr, rcode: ResponseCode) {
-        self.out.send(bytes, peer, rcode);
+    fn send(&self, bytes: &[u8], peer: SocketAddr, rcode: ResponseCode, arrived: Instant) {
+        self.out.send(bytes, peer, rcode, arrived);
     }
 
-    fn slow(&mut self, packet: &[u8], peer: SocketAddr, key: Option<&Vec<u8>>) {
+    fn slow(&mut self, packet: &[u8], peer: SocketAddr, key: Option<&Vec<u8>>, arrived: Instant) {
         if packet.len() < 12 || packet[2] & 0x80 != 0 {
             // Too short to be DNS, or a response: never answered (no reflection loops).
             self.engine.metrics.malformed.inc();
@@ -232,7 +234,7 @@ impl Worker {
             Err(_) => {
                 self.engine.metrics.malformed.inc();
                 if let Some(resp) = formerr(packet) {
-                    self.send(&resp, peer, ResponseCode::FormErr);
+                    self.send(&resp, peer, ResponseCode::FormErr, arrived);
                 }
                 return;
             }
@@ -252,7 +254,7 @@ impl Worker {
                 self.engine
                     .metrics
                     .count(&self.engine.metrics.answer_cache, "miss");
-                self.send(&bytes, peer, resp.metadata.response_code);
+                self.send(&bytes, peer, resp.metadata.response_code, arrived);
                 if cacheable == Cacheable::Yes
                     && let Some(k) = key
                 {
@@ -267,7 +269,7 @@ impl Worker {
                 let Some(slot) = self.engine.forward_slot() else {
                     resp.metadata.response_code = ResponseCode::ServFail;
                     if let Some(bytes) = encode(&resp, limit) {
-                        self.send(&bytes, peer, ResponseCode::ServFail);
+                        self.send(&bytes, peer, ResponseCode::ServFail, arrived);
                     }
                     return;
                 };
@@ -277,7 +279,7 @@ impl Worker {
                     let _slot = slot;
                     let resp = engine.forward(resp).await;
                     if let Some(bytes) = encode(&resp, limit) {
-                        out.send(&bytes, peer, resp.metadata.response_code);
+                        out.send(&bytes, peer, resp.metadata.response_code, arrived);
                     }
                 });
             }

@@ -282,20 +282,24 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid {what}: {e}")))
 }
 
-/// Prometheus text exposition (no token: loopback only, no secrets).
-async fn metrics(State(state): State<ApiState>) -> Response {
+/// The metrics (no token: loopback only, no secrets): OpenMetrics 1.0, or the Prometheus text
+/// format 0.0.4 when the `Accept` header prefers `text/plain` (see [`crate::metrics::Format`]).
+async fn metrics(State(state): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
+    let format = crate::metrics::Format::negotiate(
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    );
     let s = state.state.clone();
     let text = tokio::task::spawn_blocking(move || {
         s.refresh_gauges();
-        s.metrics().encode()
+        s.metrics().encode_as(format)
     })
     .await
     .unwrap_or_default();
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "Accept"),
+        ],
         text,
     )
         .into_response()

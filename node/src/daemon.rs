@@ -59,7 +59,11 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs a node until SIGINT/SIGTERM (returns `Ok`) or a fatal error such as a refused join.
+///
+/// The listen ports are probed first, before anything in the data directory is created or
+/// opened, so a busy port ends start-up at once and leaves no new mesh behind.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    crate::ports::check_listen_ports(&config)?;
     let data_dir = config.data_dir();
     prepare_data_dir(&data_dir)?;
     // Absolute from here on: the module cache and the scratch directories need absolute paths,

@@ -56,6 +56,8 @@ pub struct Snrl {
     hypermesh: HypermeshHandle,
     key: Keypair,
     ttl: u32,
+    /// `dns.mesh_domain`, lower case and absolute: SRV targets are `<node>.nodes.<mesh_domain>`.
+    mesh_domain: String,
     dns_answers: Mutex<HashMap<String, (Instant, Option<ServiceAnswer>)>>,
 }
 
@@ -104,6 +106,7 @@ impl Services for Snrl {
                         .filter(|ip| seen.insert(*ip))
                         .collect()
                 },
+                srv: srv_targets(&signed.candidates, &self.mesh_domain),
                 txt: format!(
                     "snrl=v1 signer={} issued={} ttl={} sig={}",
                     signed.signer, signed.issued_at, signed.ttl, signed.signature
@@ -121,6 +124,25 @@ impl Services for Snrl {
         cache.insert(domain.to_string(), (Instant::now(), ans.clone()));
         ans
     }
+}
+
+/// The SRV records (RFC 2782) of a service's ranked candidates: `0 WEIGHT PORT
+/// <node>.nodes.<mesh_domain>` for each node and port, in rank order. Every target has the same
+/// priority, so that clients spread load by the endpoints' weights (1 to 1000); an endpoint's
+/// own address is in the A/AAAA answer of the service name, the target names the node that
+/// registered it.
+fn srv_targets(candidates: &[snrl::Candidate], mesh_domain: &str) -> Vec<voike_dns::ServiceTarget> {
+    let mut seen = std::collections::HashSet::new();
+    candidates
+        .iter()
+        .filter(|c| seen.insert((c.node.clone(), c.port)))
+        .map(|c| voike_dns::ServiceTarget {
+            priority: 0,
+            weight: u16::try_from(c.weight).unwrap_or(u16::MAX),
+            port: c.port,
+            target: format!("{}.nodes.{mesh_domain}", c.node.to_ascii_lowercase()),
+        })
+        .collect()
 }
 
 /// Remembers each zone's content fingerprint and serial.
@@ -171,6 +193,22 @@ pub struct NodeDns {
 impl NodeDns {
     pub fn engine(&self) -> &Arc<Engine> {
         self.server.engine()
+    }
+
+    /// `dns.mesh_domain`, lower case and absolute.
+    pub fn mesh_domain(&self) -> &str {
+        &self.mesh_domain
+    }
+
+    /// Whether DNS answers `service` (a normalised name): it lies in the mesh domain or in a
+    /// zone this node serves. SNRL (`/snrl/resolve`) answers every registered service either way.
+    pub fn answers_service(&self, state: &StateHandle, service: &str) -> bool {
+        use voike_protocol::zones::is_within;
+        is_within(service, &self.mesh_domain)
+            || state
+                .served_zones()
+                .iter()
+                .any(|z| !is_within(&z.domain, &self.mesh_domain) && is_within(service, &z.domain))
     }
 
     /// The service every node registers itself under.
@@ -324,6 +362,7 @@ pub async fn start(
         hypermesh,
         key,
         ttl: d.snrl_ttl,
+        mesh_domain: mesh_domain.clone(),
         dns_answers: Mutex::new(HashMap::new()),
     });
     let dns_metrics = Arc::new(voike_dns::Metrics::default());

@@ -10,6 +10,7 @@
 //! - [`state`]: the signed documents in memory, local writes and the merge of remote changes.
 //! - [`sync`]: the worker that turns digests into pulls (announce and anti-entropy).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`ports`]: listen-port probes run before the data directory is touched.
 //! - [`swarm`]: the libp2p behaviour and the one event loop that owns the swarm.
 //! - [`api`]: the admin HTTP API.
 //! - `faults`: test-only fault injection (feature `fault-injection`).
@@ -25,6 +26,7 @@ pub mod hypermesh;
 pub mod ledger;
 pub mod mesh;
 pub mod metrics;
+pub mod ports;
 pub mod state;
 pub mod swarm;
 pub mod sync;

@@ -98,6 +98,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_format);
+    // Before `voiked.pid` (which creates the data directory): a busy port leaves nothing behind.
+    if let Err(e) = voiked::ports::check_listen_ports(&config) {
+        tracing::error!(error = %format!("{e:#}"), "voiked cannot start");
+        eprintln!("Error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let pid_file = match PidFile::write(&config.data_dir()) {
         Ok(p) => p,
         Err(e) => {

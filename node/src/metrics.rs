@@ -2,12 +2,13 @@
 
 use std::sync::Mutex;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -78,7 +79,8 @@ pub struct Metrics {
     pub hm_gossip_bytes: Family<DirectionLabel, Counter>,
     pub hm_rtt: Histogram,
     pub hm_sample_interval: Gauge<f64, AtomicU64>,
-    /// This node's clock minus the median of its peers' (from their health reports), ms.
+    /// This node's clock minus the median of its peers' (from their health reports), ms;
+    /// exported as `voike_clock_offset_seconds`.
     pub clock_offset_ms: Gauge,
     /// Endpoints not served because their node has no right to the service name.
     pub snrl_endpoints_unserved: Gauge,
@@ -242,11 +244,8 @@ impl Metrics {
             "Members revoked by an admin (in the members document this node holds)",
             m.members_revoked.clone(),
         );
-        r.register(
-            "voike_clock_offset_ms",
-            "This node's clock minus the median of its peers' clocks (from their health reports), in milliseconds",
-            m.clock_offset_ms.clone(),
-        );
+        // Kept in milliseconds where Hypermesh sets it, exported in seconds (base units).
+        r.register_collector(Box::new(ClockOffset(m.clock_offset_ms.clone())));
         r.register(
             "voike_clock_future",
             "Remote document changes (reason=change) and ledger entries (reason=entry) stamped more than sync.max_future_skew ahead of this node's clock",
@@ -327,6 +326,7 @@ impl Metrics {
             Unit::Seconds,
             m.hm_sample_interval.clone(),
         );
+        r.register_collector(Box::new(ProcessCollector));
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = r;
         m
     }
@@ -384,7 +384,7 @@ impl Metrics {
         f(&mut self.registry.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    /// The text exposition.
+    /// The OpenMetrics 1.0 exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -392,5 +392,295 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out
+    }
+
+    /// The exposition in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.encode(),
+            Format::Prometheus => to_prometheus_text(&self.encode()),
+        }
+    }
+}
+
+/// The two expositions `GET /metrics` answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 (`application/openmetrics-text; version=1.0.0`), the default.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (`text/plain; version=0.0.4`).
+    Prometheus,
+}
+
+impl Format {
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+
+    /// The format an `Accept` header asks for: Prometheus text when `text/plain` has a higher
+    /// q-value than `application/openmetrics-text` (so `Accept: text/plain` alone gets it),
+    /// OpenMetrics otherwise (no header, `*/*`, or OpenMetrics preferred or tied).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::OpenMetrics;
+        };
+        let (mut openmetrics, mut text) = (None::<f64>, None::<f64>);
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+                .unwrap_or(1.0);
+            let slot = match media.as_str() {
+                "application/openmetrics-text" => &mut openmetrics,
+                "text/plain" => &mut text,
+                _ => continue,
+            };
+            *slot = Some(slot.map_or(q, |old| old.max(q)));
+        }
+        match (text, openmetrics) {
+            (Some(t), om) if t > 0.0 && t > om.unwrap_or(0.0) => Format::Prometheus,
+            _ => Format::OpenMetrics,
+        }
+    }
+}
+
+/// Rewrites an OpenMetrics exposition as Prometheus text 0.0.4: a counter's `# HELP` and
+/// `# TYPE` name its `_total` samples (OpenMetrics names the family without the suffix, which
+/// leaves the text format's samples without help), `# UNIT` and `# EOF` are dropped, and so are
+/// `_created` samples of counters. Samples, labels and escaping are the same in both formats.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, t)| t.trim() == "counter")
+        .map(|(name, _)| name)
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                out.push_str(&format!("{prefix}{name}_total {tail}"));
+                out.push('\n');
+                continue;
+            }
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap_or("");
+            if name
+                .strip_suffix("_created")
+                .is_some_and(|family| counters.contains(family))
+            {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Linux's `USER_HZ`: the unit of the CPU times and the start time in `/proc/PID/stat`. It is
+/// part of the kernel's ABI and 100 on every architecture Rust's Linux targets run on except
+/// Alpha, so it is not read with `sysconf(_SC_CLK_TCK)` (which would need `unsafe` or a crate).
+const USER_HZ: f64 = 100.0;
+
+/// One reading of `/proc/self` (and `btime` of `/proc/stat`), taken at scrape time.
+#[derive(Debug, Default, PartialEq)]
+struct ProcessSample {
+    cpu_seconds: Option<f64>,
+    resident_bytes: Option<f64>,
+    open_fds: Option<i64>,
+    start_time_seconds: Option<f64>,
+}
+
+impl ProcessSample {
+    fn read() -> ProcessSample {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let system = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| i64::try_from(d.count()).unwrap_or(i64::MAX));
+        ProcessSample {
+            open_fds,
+            ..Self::parse(&stat, &status, &system)
+        }
+    }
+
+    /// `stat` is `/proc/self/stat`, `status` `/proc/self/status`, `system` `/proc/stat`; what
+    /// cannot be read is left out (not reported as zero).
+    fn parse(stat: &str, status: &str, system: &str) -> ProcessSample {
+        // Fields after the command name's closing parenthesis start at field 3 (state).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        let cpu_seconds = field(14)
+            .zip(field(15))
+            .map(|(utime, stime)| (utime + stime) / USER_HZ);
+        let resident_bytes = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|kib| kib * 1024.0);
+        let boot = system
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        let start_time_seconds = boot
+            .zip(field(22))
+            .map(|(boot, ticks)| boot + ticks / USER_HZ);
+        ProcessSample {
+            cpu_seconds,
+            resident_bytes,
+            open_fds: None,
+            start_time_seconds,
+        }
+    }
+}
+
+/// `voike_clock_offset_seconds`, from the millisecond gauge Hypermesh sets.
+#[derive(Debug)]
+struct ClockOffset(Gauge);
+
+impl Collector for ClockOffset {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let g = ConstGauge::new(self.0.get() as f64 / 1000.0);
+        g.encode(encoder.encode_descriptor(
+            "voike_clock_offset",
+            "This node's clock minus the median of its peers' clocks (from their health reports)",
+            Some(&Unit::Seconds),
+            g.metric_type(),
+        )?)
+    }
+}
+
+/// The standard `process_*` metrics of Prometheus client libraries, read at every scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let p = ProcessSample::read();
+        if let Some(v) = p.cpu_seconds {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(
+                "process_cpu",
+                "Total user and system CPU time spent in seconds",
+                Some(&Unit::Seconds),
+                c.metric_type(),
+            )?)?;
+        }
+        if let Some(v) = p.resident_bytes {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(
+                "process_resident_memory",
+                "Resident memory size in bytes",
+                Some(&Unit::Bytes),
+                g.metric_type(),
+            )?)?;
+        }
+        if let Some(v) = p.open_fds {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        if let Some(v) = p.start_time_seconds {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(
+                "process_start_time",
+                "Start time of the process since unix epoch in seconds",
+                Some(&Unit::Seconds),
+                g.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_header_picks_the_format() {
+        use Format::*;
+        for (accept, want) in [
+            (None, OpenMetrics),
+            (Some("*/*"), OpenMetrics),
+            (Some("text/plain"), Prometheus),
+            (Some("text/plain;version=0.0.4"), Prometheus),
+            (
+                Some("application/openmetrics-text;version=1.0.0"),
+                OpenMetrics,
+            ),
+            // Prometheus 2.x and 3.x scrapers: OpenMetrics preferred.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+                ),
+                OpenMetrics,
+            ),
+            // A scraper with OpenMetrics turned off.
+            (Some("text/plain;version=0.0.4;q=1,*/*;q=0.1"), Prometheus),
+            (Some("text/plain;q=0"), OpenMetrics),
+        ] {
+            assert_eq!(Format::negotiate(accept), want, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn prometheus_text_names_counter_help_and_type_after_the_samples() {
+        let om = "# HELP voike_x Things done.\n# TYPE voike_x counter\nvoike_x_total{a=\"b\"} 3\nvoike_x_created 1.5\n# HELP voike_t Time.\n# TYPE voike_t_seconds histogram\n# UNIT voike_t_seconds seconds\nvoike_t_seconds_sum 0.5\n# EOF\n";
+        let text = to_prometheus_text(om);
+        assert_eq!(
+            text,
+            "# HELP voike_x_total Things done.\n# TYPE voike_x_total counter\nvoike_x_total{a=\"b\"} 3\n# HELP voike_t Time.\n# TYPE voike_t_seconds histogram\nvoike_t_seconds_sum 0.5\n"
+        );
+    }
+
+    #[test]
+    fn process_sample_reads_proc_fields_and_leaves_out_what_is_missing() {
+        let stat = "4242 (voiked (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 12345 1000 200";
+        let status = "Name:\tvoiked\nVmRSS:\t  2048 kB\n";
+        let p = ProcessSample::parse(stat, status, "cpu 1 2 3\nbtime 1700000000\n");
+        assert_eq!(p.cpu_seconds, Some(3.0));
+        assert_eq!(p.resident_bytes, Some(2048.0 * 1024.0));
+        assert_eq!(p.start_time_seconds, Some(1_700_000_123.45));
+        // /proc/stat hidden (ProcSubset=pid): no start time rather than a wrong one.
+        let p = ProcessSample::parse(stat, status, "");
+        assert_eq!(p.start_time_seconds, None);
+        assert_eq!(ProcessSample::parse("", "", ""), ProcessSample::default());
+    }
+
+    #[test]
+    fn process_metrics_are_exposed() {
+        let text = Metrics::new().encode_as(Format::Prometheus);
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(name)), "{name}: {text}");
+        }
     }
 }

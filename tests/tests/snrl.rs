@@ -207,3 +207,84 @@ fn endpoints_replicate_are_owned_and_dead_nodes_drop_out() -> anyhow::Result<()>
     answer.verify()?;
     Ok(())
 }
+
+#[test]
+fn a_service_outside_every_zone_is_registered_with_a_warning() -> anyhow::Result<()> {
+    let node = TestNode::spawn("snrl-warn", &[])?;
+    let r = node.post(
+        "/snrl/endpoints",
+        &json!({ "service": "api.demo.mesh.", "address": "10.0.0.1", "port": 443 }),
+    )?;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        r.body["warning"],
+        "no zone holds api.demo.mesh.: DNS will not answer it; SNRL will"
+    );
+    // SNRL answers it all the same.
+    assert_eq!(addresses(&resolve(&node, "", &[])?), ["10.0.0.1"]);
+    // The CLI passes the warning on (stderr), the id alone stays on stdout.
+    let out = voike_tests::voike(
+        &node,
+        &["snrl", "register", "api.demo.mesh.", "10.0.0.2", "443"],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: no zone holds api.demo.mesh.: DNS will not answer it"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    // Inside a served zone (and in the mesh's own domain) there is nothing to warn about.
+    node.create_zone("demo", "demo.mesh.")?;
+    for service in ["api.demo.mesh.", "web.voike.internal."] {
+        let r = node.post(
+            "/snrl/endpoints",
+            &json!({ "service": service, "address": "10.0.0.3", "port": 443 }),
+        )?;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert!(r.body.get("warning").is_none(), "{service}: {}", r.body);
+    }
+    let out = voike_tests::voike(
+        &node,
+        &["snrl", "register", "api.demo.mesh.", "10.0.0.4", "443"],
+    )?;
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn snrl_resolve_exits_1_when_there_are_no_candidates() -> anyhow::Result<()> {
+    let node = TestNode::spawn("snrl-exit", &[])?;
+    node.create_zone("demo", "demo.mesh.")?;
+    register(&node, "10.0.0.1", "eu", &[], 100)?;
+    let out = voike_tests::voike(&node, &["snrl", "resolve", "nosuch.demo.mesh"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no endpoints for nosuch.demo.mesh"),
+        "{stderr}"
+    );
+    // The signed (empty) answer is still shown and checked.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("signature: verified"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = voike_tests::voike(&node, &["--json", "snrl", "resolve", "nosuch.demo.mesh"])?;
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["candidates"], json!([]));
+    let out = voike_tests::voike(&node, &["snrl", "resolve", "api.demo.mesh."])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10.0.0.1:443"));
+    Ok(())
+}

@@ -3,6 +3,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use voike_tests::TestNode;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -82,5 +84,75 @@ fn json_logs_are_one_object_per_line() -> anyhow::Result<()> {
         lines += 1;
     }
     assert!(lines >= 3, "{log}");
+    Ok(())
+}
+
+/// Starts `voiked` in a fresh data directory with `listen` as its p2p addresses (everything else
+/// on port 0) and returns its output, how long it ran and the data directory.
+fn start_on(
+    listen: &[String],
+) -> anyhow::Result<(std::process::Output, Duration, tempfile::TempDir)> {
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path().join("data");
+    let dir = dir.to_str().context("temp path is not UTF-8")?.to_string();
+    let mut args = vec![
+        "--data-dir",
+        &dir,
+        "--api",
+        "127.0.0.1:0",
+        "--dns",
+        "127.0.0.1:0",
+        "--doh",
+        "off",
+    ];
+    for a in listen {
+        args.extend(["--listen", a.as_str()]);
+    }
+    let started = std::time::Instant::now();
+    let out = voike_tests::voiked_output(&args, DEADLINE)?;
+    Ok((out, started.elapsed(), temp))
+}
+
+/// What a user checks after a start on a busy port: it failed at once, said which port, and
+/// left no mesh (identity, token, database) in the new data directory.
+fn assert_refused_cleanly(
+    out: &std::process::Output,
+    took: Duration,
+    temp: &tempfile::TempDir,
+    port: u16,
+) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(took < Duration::from_secs(2), "took {took:?}: {stderr}");
+    assert!(stderr.contains(&format!("/{port}")), "{stderr}");
+    assert!(stderr.contains("p2p.listen"), "{stderr}");
+    assert!(!stderr.contains("shutdown timeout"), "{stderr}");
+    let dir = temp.path().join("data");
+    for f in ["state.redb", "node.key", "admin.token"] {
+        assert!(!dir.join(f).exists(), "{f} was created: {stderr}");
+    }
+}
+
+#[test]
+fn busy_tcp_port_exits_at_once_without_founding_a_mesh() -> anyhow::Result<()> {
+    let held = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = held.local_addr()?.port();
+    let (out, took, temp) = start_on(&[
+        format!("/ip4/127.0.0.1/tcp/{port}"),
+        "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+    ])?;
+    assert_refused_cleanly(&out, took, &temp, port);
+    Ok(())
+}
+
+#[test]
+fn busy_udp_port_exits_at_once_without_founding_a_mesh() -> anyhow::Result<()> {
+    let held = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let port = held.local_addr()?.port();
+    let (out, took, temp) = start_on(&[
+        "/ip4/127.0.0.1/tcp/0".into(),
+        format!("/ip4/127.0.0.1/udp/{port}/quic-v1"),
+    ])?;
+    assert_refused_cleanly(&out, took, &temp, port);
     Ok(())
 }

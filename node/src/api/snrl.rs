@@ -34,14 +34,23 @@ pub async fn list_endpoints(
     Ok(Json(json!({ "endpoints": endpoints })).into_response())
 }
 
-/// `POST /snrl/endpoints`: registers an endpoint of this node.
+/// `POST /snrl/endpoints`: registers an endpoint of this node; the answer carries a `warning`
+/// when no served zone holds the service's name (DNS will not answer it).
 pub async fn register_endpoint(
     State(state): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let input: EndpointInput = parse_json(body, "endpoint", None)?;
     let endpoint = state.state.register_endpoint(input).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "endpoint": endpoint }))).into_response())
+    let mut body = json!({ "endpoint": endpoint });
+    // Accepted (SNRL ranks it), but a name outside every zone never reaches DNS: say so.
+    if !state.dns.answers_service(&state.state, &endpoint.service) {
+        body["warning"] = json!(format!(
+            "no zone holds {}: DNS will not answer it; SNRL will",
+            endpoint.service
+        ));
+    }
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// `DELETE /snrl/endpoints/{id}`.
