@@ -97,6 +97,13 @@ fn members_behind_two_cone_nats_reach_each_other_and_survive_losing_a_relay() ->
 }
 
 #[test]
+fn members_behind_a_cone_and_a_symmetric_nat_reach_each_other() -> anyhow::Result<()> {
+    // Direct if the punch works from the cone side, relayed otherwise: reachable either way.
+    voike_tests::require_netns!();
+    run([Nat::Cone, Nat::Symmetric], "natm")
+}
+
+#[test]
 fn members_behind_two_symmetric_nats_reach_each_other_through_a_relay() -> anyhow::Result<()> {
     voike_tests::require_netns!();
     run([Nat::Symmetric, Nat::Symmetric], "nats")

@@ -393,6 +393,14 @@ fn without_peer(addr: &Multiaddr) -> Multiaddr {
     a
 }
 
+fn is_loopback(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
 fn is_circuit(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
@@ -1058,7 +1066,18 @@ impl EventLoop {
             .cloned()
             .chain(self.swarm.external_addresses().cloned());
         let relayed = self.listen_addrs.iter().filter(|a| is_circuit(a)).cloned();
-        let bound = self.listen_addrs.iter().filter(|a| !is_circuit(a)).cloned();
+        // Loopback addresses only reach this host: advertised only by a node that has nothing
+        // else (nodes on one host, as in a test), never beside real ones.
+        let only_loopback = self
+            .listen_addrs
+            .iter()
+            .filter(|a| !is_circuit(a))
+            .all(is_loopback);
+        let bound = self
+            .listen_addrs
+            .iter()
+            .filter(|a| !is_circuit(a) && (only_loopback || !is_loopback(a)))
+            .cloned();
         for a in external.chain(relayed).chain(bound) {
             if !out.contains(&a) {
                 out.push(a);
