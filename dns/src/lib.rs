@@ -70,6 +70,8 @@ pub struct DnsServer {
     engine: Arc<Engine>,
     pub dns_addr: SocketAddr,
     pub doh_addr: Option<SocketAddr>,
+    /// The UDP workers' sockets (they block in `recv_from`; woken at shutdown).
+    udp_sockets: Vec<Arc<std::net::UdpSocket>>,
     stop: Arc<AtomicBool>,
     /// Cancels the listeners and every open TCP/DoH connection.
     shutdown: tokio_util::sync::CancellationToken,
@@ -164,8 +166,10 @@ impl DnsServer {
             config.tcp_idle_timeout,
             shutdown.clone(),
         )));
+        let udp_sockets: Vec<Arc<std::net::UdpSocket>> =
+            udp_sockets.into_iter().map(Arc::new).collect();
         udp::spawn(
-            udp_sockets,
+            udp_sockets.clone(),
             engine.clone(),
             Some(config.rrl),
             tokio::runtime::Handle::current(),
@@ -180,6 +184,7 @@ impl DnsServer {
             engine,
             dns_addr,
             doh_addr,
+            udp_sockets,
             stop,
             shutdown,
             tasks,
@@ -194,6 +199,7 @@ impl DnsServer {
 impl Drop for DnsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        udp::wake_for_shutdown(&self.udp_sockets);
         self.shutdown.cancel();
         for t in &self.tasks {
             t.abort();

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hickory_proto::op::{Message, ResponseCode};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -40,9 +40,9 @@ fn reuseport_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.bind(&addr.into())?;
-    let s: UdpSocket = s.into();
-    s.set_read_timeout(Some(Duration::from_millis(250)))?;
-    Ok(s)
+    // Blocking with no timeout: an idle worker sleeps until a packet comes, and is woken for
+    // shutdown by `wake_for_shutdown`.
+    Ok(s.into())
 }
 
 /// Binds `workers` sockets on `addr`. A fixed port that anything else holds is refused: a
@@ -57,9 +57,17 @@ pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<UdpSocket>>
         .collect()
 }
 
-/// Runs the workers until `stop` is set.
+/// Wakes workers blocked in `recv_from` once `stop` is set: a read shutdown wakes them even on
+/// an unconnected UDP socket (Linux), and they see `stop`.
+pub fn wake_for_shutdown(sockets: &[Arc<UdpSocket>]) {
+    for s in sockets {
+        let _ = socket2::SockRef::from(s.as_ref()).shutdown(std::net::Shutdown::Read);
+    }
+}
+
+/// Runs the workers until `stop` is set (and [`wake_for_shutdown`] is called).
 pub fn spawn(
-    sockets: Vec<UdpSocket>,
+    sockets: Vec<Arc<UdpSocket>>,
     engine: Arc<Engine>,
     rrl: Option<RrlConfig>,
     runtime: tokio::runtime::Handle,
@@ -78,7 +86,6 @@ pub fn spawn(
         .into_iter()
         .enumerate()
         .map(|(i, socket)| {
-            let socket = Arc::new(socket);
             let mut w = Worker {
                 out: Sender {
                     socket: socket.clone(),

@@ -1,0 +1,69 @@
+//! Idle means idle (issue "Costs that do not grow with history"): on a node with nothing to do,
+//! the threads that used to wake on a timer — the VVM's epoch ticker (100 times a second) and
+//! the DNS UDP workers (4 times a second each) — sleep until there is work: a packet, a job, or
+//! shutdown. Counted from the kernel's voluntary context switches of each thread.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use voike_tests::{TestNode, wait_for};
+
+/// Voluntary context switches of the threads of `pid` whose name starts with one of `names`.
+fn switches(pid: u32, names: &[&str]) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?.path();
+        let comm = std::fs::read_to_string(task.join("comm"))?
+            .trim()
+            .to_string();
+        if !names.iter().any(|n| comm.starts_with(n)) {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status"))?;
+        let n = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.insert(
+            format!(
+                "{comm}/{}",
+                task.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            n,
+        );
+    }
+    Ok(out)
+}
+
+#[test]
+fn an_idle_node_does_not_wake_its_epoch_ticker_or_dns_workers() -> anyhow::Result<()> {
+    let node = TestNode::genesis("idle")?;
+    let pid = node.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let names = ["vvm-epoch", "dns-udp"];
+    wait_for(Duration::from_secs(30), "the threads started", || {
+        Ok(switches(pid, &names)?.len() >= 2)
+    })?;
+    let before = switches(pid, &names)?;
+    // The measurement window: two seconds of nothing to do.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = switches(pid, &names)?;
+    for (thread, n) in &after {
+        let woke = n - before.get(thread).copied().unwrap_or(*n);
+        assert!(
+            woke <= 2,
+            "{thread} woke {woke} times in 2 s on an idle node (a timer without work)"
+        );
+    }
+    // And the DNS workers still answer.
+    let m = voike_tests::dns::udp(
+        node.dns_addr()?,
+        &format!(
+            "{}.nodes.voike.internal.",
+            node.node_id.to_ascii_lowercase()
+        ),
+        voike_tests::dns::RecordType::A,
+    )?;
+    assert!(!voike_tests::dns::answers(&m).is_empty());
+    Ok(())
+}
