@@ -1248,6 +1248,9 @@ struct AddedRecord {
 #[derive(Debug, Serialize, Deserialize)]
 struct RecordsBody {
     records: Vec<Record>,
+    /// The cursor of the next page (`GET ...&after=NEXT`), absent on the last one.
+    #[serde(default, skip_serializing)]
+    next: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -1261,6 +1264,8 @@ struct EndpointBody {
 #[derive(Debug, Serialize, Deserialize)]
 struct EndpointsBody {
     endpoints: Vec<Endpoint>,
+    #[serde(default, skip_serializing)]
+    next: Option<String>,
 }
 
 fn zone_table(zones: &[Zone]) {
@@ -1406,7 +1411,17 @@ fn record(client: &Client, cmd: &RecordCmd, json: bool) -> anyhow::Result<()> {
         }
         RecordCmd::List { zone } => {
             let path = format!("/vdns/records?zoneId={}", url_part(zone));
+            // Every page, following the cursor.
             let mut r: RecordsBody = client.call("GET", &path, None::<&()>)?;
+            while let Some(next) = r.next.take() {
+                let more: RecordsBody = client.call(
+                    "GET",
+                    &format!("{path}&after={}", url_part(&next)),
+                    None::<&()>,
+                )?;
+                r.records.extend(more.records);
+                r.next = more.next;
+            }
             if json {
                 return print_json(&r);
             }
@@ -1519,6 +1534,16 @@ fn snrl(client: &Client, cmd: &SnrlCmd, json: bool) -> anyhow::Result<()> {
                 None => "/snrl/endpoints".to_string(),
             };
             let mut r: EndpointsBody = client.call("GET", &path, None::<&()>)?;
+            let sep = if path.contains('?') { '&' } else { '?' };
+            while let Some(next) = r.next.take() {
+                let more: EndpointsBody = client.call(
+                    "GET",
+                    &format!("{path}{sep}after={}", url_part(&next)),
+                    None::<&()>,
+                )?;
+                r.endpoints.extend(more.endpoints);
+                r.next = more.next;
+            }
             if json {
                 return print_json(&r);
             }

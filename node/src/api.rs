@@ -27,6 +27,7 @@ use crate::swarm::{InviteError, SwarmHandle};
 
 mod grid;
 mod hypermesh;
+mod page;
 mod snrl;
 mod trust;
 mod vdns;

@@ -17,6 +17,8 @@ use crate::state::StateError;
 #[serde(deny_unknown_fields)]
 pub struct EndpointQuery {
     service: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
 }
 
 /// `GET /snrl/endpoints[?service=NAME]`.
@@ -31,7 +33,10 @@ pub async fn list_endpoints(
             .map_err(|e| ApiError::from(StateError::from(e)))?;
         endpoints.retain(|e| e.service == service);
     }
-    Ok(Json(json!({ "endpoints": endpoints })).into_response())
+    let limit = super::page::limit(q.limit)?;
+    let (endpoints, next) =
+        super::page::page(endpoints, |e| e.id.as_str(), q.after.as_deref(), limit);
+    Ok(Json(json!({ "endpoints": endpoints, "next": next })).into_response())
 }
 
 /// `POST /snrl/endpoints`: registers an endpoint of this node; the answer carries a `warning`

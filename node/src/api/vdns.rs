@@ -36,6 +36,8 @@ pub struct NewRecord {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RecordQuery {
     zone_id: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
 }
 
 pub async fn list_zones(State(state): State<ApiState>) -> Response {
@@ -110,8 +112,13 @@ pub async fn list_records(
     let zone = q
         .zone_id
         .ok_or_else(|| ApiError::bad_request("missing `zoneId` query parameter"))?;
+    let limit = super::page::limit(q.limit)?;
     match state.state.records(&zone) {
-        Some(records) => Ok(Json(json!({ "records": records })).into_response()),
+        Some(records) => {
+            let (records, next) =
+                super::page::page(records, |r| r.id.as_str(), q.after.as_deref(), limit);
+            Ok(Json(json!({ "records": records, "next": next })).into_response())
+        }
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
