@@ -1,6 +1,6 @@
 //! `voike job`: grid jobs. `submit` uploads a module (`POST /vvm/modules`), submits the job
 //! (`POST /grid/jobs`) and with `--wait` polls `GET /grid/jobs/{id}` until it ends; `list`,
-//! `show` and `logs` read `GET /grid/jobs`. Results are shown with their runner's signature
+//! `show` and `logs` read `GET /grid/jobs`; `cancel` is `POST /grid/jobs/{id}/cancel`. Results are shown with their runner's signature
 //! checked ([`SegmentResult::verify`]).
 
 use std::collections::BTreeMap;
@@ -117,6 +117,25 @@ pub(crate) fn job(client: &Client, cmd: &JobCmd, json: bool) -> anyhow::Result<(
                 show(&view);
             }
             check_signatures(&view)
+        }
+        JobCmd::Cancel { id } => {
+            let path = format!("/grid/jobs/{}/cancel", url_part(id));
+            let text = client.send("POST", &path, None::<&()>)?;
+            let raw: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow!("{path}: unexpected response: {e}"))?;
+            if json {
+                return print_json(&raw);
+            }
+            let view: JobBody = serde_json::from_value(raw)
+                .map_err(|e| anyhow!("{path}: unexpected response: {e}"))?;
+            let view = view
+                .job
+                .with_context(|| format!("{path}: the daemon answered without the job"))?;
+            match &view.cancelled {
+                Some(c) => println!("job {id} cancelled ({})", cancel_text(c)),
+                None => println!("job {id}: state {}", state_name(view.state)),
+            }
+            Ok(())
         }
         JobCmd::Logs { id, segment } => {
             let (_, view) = get_job(client, id)?;
@@ -269,6 +288,9 @@ fn submit(client: &Client, a: &SubmitArgs, json: bool) -> anyhow::Result<()> {
         );
     }
     check_signatures(&view)?;
+    if let Some(c) = &view.cancelled {
+        bail!("job {id} was cancelled ({})", cancel_text(c));
+    }
     match (&view.state, &view.result) {
         (JobState::Done, Some(r)) if r.ok => Ok(()),
         (JobState::Done, _) => bail!("job {id} ended without success: {}", failures(&view)),
@@ -327,8 +349,16 @@ fn wait(
 ) -> anyhow::Result<(serde_json::Value, JobView, bool)> {
     let deadline = Instant::now() + timeout;
     let mut last = None;
+    let mut said: Option<String> = None;
     loop {
         let (raw, view) = get_job(client, id)?;
+        // Said once (again only when the reason changes); the job may still get a node.
+        if let Some(why) = &view.waiting
+            && said.as_ref() != Some(why)
+        {
+            eprintln!("waiting: {why}; the job stays pending until such a node is live");
+            said = Some(why.clone());
+        }
         let progress = (
             count(&view, JobState::Done),
             count(&view, JobState::Running),
@@ -346,7 +376,10 @@ fn wait(
             eprintln!("{line})");
             last = Some(progress);
         }
-        let ended = matches!(view.state, JobState::Done | JobState::Failed);
+        let ended = matches!(
+            view.state,
+            JobState::Done | JobState::Failed | JobState::Cancelled
+        );
         // Replicas may still be running after the first result of every segment is in.
         let leased = view
             .segments
@@ -369,7 +402,18 @@ fn state_name(s: JobState) -> &'static str {
         JobState::Running => "running",
         JobState::Done => "done",
         JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
     }
+}
+
+/// `by <node>, <reason>, 12s ago`.
+fn cancel_text(c: &voike_protocol::jobs::Cancel) -> String {
+    let mut out = format!("by {}", c.by);
+    if !c.reason.is_empty() {
+        out.push_str(&format!(", {}", c.reason));
+    }
+    out.push_str(&format!(", {} ago", age(now_ms().saturating_sub(c.at_ms))));
+    out
 }
 
 fn count(view: &JobView, state: JobState) -> usize {
@@ -415,14 +459,41 @@ fn outcome(r: &SegmentResult) -> String {
     match r.exit_code {
         Some(code) if r.status == "exit" => format!("exit {code}"),
         _ if r.status == "module_unavailable" || r.status == "scratch_quota" => {
-            let reason = r.stdout_bytes().unwrap_or_default();
-            let reason = String::from_utf8_lossy(&reason);
-            match reason.trim() {
+            match reason(r).as_str() {
                 "" => r.status.clone(),
                 reason => format!("{} ({reason})", r.status),
             }
         }
         _ => r.status.clone(),
+    }
+}
+
+/// Why a run did not succeed, in the runner's words (the missing argument, the trap, the host
+/// error); empty when it succeeded or says nothing more than its status. Results signed before
+/// reasons existed carry the reason of `module_unavailable` and `scratch_quota` in their output.
+fn reason(r: &SegmentResult) -> String {
+    if r.succeeded() || r.status == "exit" {
+        return String::new();
+    }
+    if !r.reason.trim().is_empty() {
+        return r.reason.trim().to_string();
+    }
+    if r.status == "module_unavailable" || r.status == "scratch_quota" {
+        let out = r.stdout_bytes().unwrap_or_default();
+        return String::from_utf8_lossy(&out).trim().to_string();
+    }
+    String::new()
+}
+
+/// `trap (trapped: unreachable)`: the status with its reason, for failure lines.
+fn outcome_and_reason(r: &SegmentResult) -> String {
+    let head = match r.exit_code {
+        Some(code) if r.status == "exit" => format!("exit {code}"),
+        _ => r.status.clone(),
+    };
+    match reason(r).as_str() {
+        "" => head,
+        why => format!("{head} ({why})"),
     }
 }
 
@@ -432,7 +503,9 @@ fn failures(view: &JobView) -> String {
         .segments
         .iter()
         .filter_map(|s| match s.results.first() {
-            Some(r) if !r.succeeded() => Some(format!("segment {} {}", s.index, outcome(r))),
+            Some(r) if !r.succeeded() => {
+                Some(format!("segment {} {}", s.index, outcome_and_reason(r)))
+            }
             _ => None,
         })
         .collect();
@@ -526,6 +599,12 @@ fn show(view: &JobView) {
             job.submitted_by
         ),
     );
+    if let Some(c) = &view.cancelled {
+        kv("cancelled", cancel_text(c));
+    }
+    if let Some(why) = &view.waiting {
+        kv("waiting", why);
+    }
     println!();
     let now = now_ms();
     let mut rows: Vec<Vec<String>> = Vec::new();
@@ -583,6 +662,24 @@ fn show(view: &JobView) {
     );
     if view.segments.iter().any(|s| s.mismatch) {
         println!("! the runners of this segment report different results");
+    }
+    // Why runs failed, one line each: reasons are too long for the table.
+    let mut first = true;
+    for s in &view.segments {
+        for r in &s.results {
+            let why = reason(r);
+            if why.is_empty() || r.status == "module_unavailable" || r.status == "scratch_quota" {
+                continue; // nothing to say, or said in the STATUS column already
+            }
+            if first {
+                println!();
+                first = false;
+            }
+            kv(
+                "reason",
+                format!("segment {} by {}: {why}", s.index, short(&r.runner)),
+            );
+        }
     }
     println!();
     match &view.result {

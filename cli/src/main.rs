@@ -184,7 +184,7 @@ enum JobCmd {
     /// Every job with its state and progress.
     List {
         /// Only the jobs in this state.
-        #[arg(long, value_parser = ["pending", "running", "done", "failed"])]
+        #[arg(long, value_parser = ["pending", "running", "done", "failed", "cancelled"])]
         state: Option<String>,
     },
     /// A job, its segments with their verified results, and the gathered result.
@@ -192,6 +192,14 @@ enum JobCmd {
     /// Exits 1 when a result's signature does not verify.
     Show {
         /// The job's id (from `voike job submit` or `voike job list`).
+        id: String,
+    },
+    /// Cancel a job: no segment of it starts any more and runs under way are stopped.
+    ///
+    /// Only the node that accepted the job (its submitter) or an admin may cancel it; send the
+    /// command to that node. Exits 1 when the job is done already.
+    Cancel {
+        /// The job's id.
         id: String,
     },
     /// The captured stdout of each segment run, in segment order.

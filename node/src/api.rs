@@ -150,6 +150,7 @@ pub fn router(state: ApiState) -> Router {
                 .layer(DefaultBodyLimit::max(256 * 1024)),
         )
         .route("/grid/jobs/{id}", get(grid::get_job))
+        .route("/grid/jobs/{id}/cancel", post(grid::cancel_job))
         .route(
             "/vdns/records",
             get(vdns::list_records).post(vdns::add_record),

@@ -15,8 +15,14 @@
 //! bounded by the runtime's scratch quota and removed after the run, and when more segments
 //! fall to this node than it runs at once they start in [`jobs::FairShare`] order
 //! (least-recently-served submitter first).
+//!
+//! A job is cancelled by a cancel marker in the document ([`Grid::cancel`], written by the
+//! submitter or an admin; see [`jobs::CANCEL_SEGMENT`]): the scheduler then starts none of its
+//! segments, and a segment this node runs is stopped at once for the mesh (a `cancelled`
+//! result, the claim dropped), its slot held until the module's thread ends (the runtime cannot
+//! interrupt a run from outside; its fuel and wall-time limits still end it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -144,8 +150,9 @@ pub struct Grid {
     config: GridConfig,
     /// Compiled modules, least recently used first out, bounded in bytes of compiled code.
     compiled: Mutex<ModuleCache>,
-    /// Segments this node is running: (job, segment).
-    running: Mutex<HashSet<(String, u32)>>,
+    /// Segments this node is running: (job, segment), each with the token that stops it when
+    /// its job is cancelled.
+    running: Mutex<HashMap<(String, u32), CancellationToken>>,
     /// Segments this node gave up on for now (module not found), with when to retry.
     backoff: Mutex<HashMap<(String, u32), u64>>,
     /// Which submitter this node started a segment for when: the order of the next starts.
@@ -232,7 +239,7 @@ impl Grid {
             metrics,
             config,
             compiled: Mutex::new(ModuleCache::new(MODULE_CACHE_BYTES)),
-            running: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
             fair: Mutex::new(FairShare::new()),
             cancel,
@@ -431,7 +438,7 @@ impl Grid {
         for j in jobs {
             *counts.entry(state_name(j.state)).or_default() += 1;
         }
-        for s in ["pending", "running", "done", "failed"] {
+        for s in ["pending", "running", "done", "failed", "cancelled"] {
             self.metrics
                 .vvm_jobs(s)
                 .set(counts.get(s).copied().unwrap_or(0));
@@ -442,11 +449,16 @@ impl Grid {
     /// fair-share order (least-recently-served submitter first) while slots are free.
     fn schedule(self: &Arc<Self>) {
         let now = now_ms();
-        let all = self.state.jobs(now);
+        let admins = self.state.authority().admins.clone();
+        let mut all = self.state.jobs(now);
+        for job in &mut all {
+            job.honour_admins(|n| admins.contains(n));
+        }
         self.refresh_gauges(&all);
+        self.stop_cancelled(&all);
         let active: HashSet<&str> = all
             .iter()
-            .filter(|j| j.state != JobState::Done)
+            .filter(|j| !matches!(j.state, JobState::Done | JobState::Cancelled))
             .map(|j| j.job.submitted_by.as_str())
             .collect();
         self.fair
@@ -472,7 +484,7 @@ impl Grid {
         for job in all {
             // A failed job may still have segments to run (one segment's trap does not stop
             // the others, and a "module unavailable" result is retried elsewhere).
-            if job.state == JobState::Done {
+            if job.state == JobState::Done || job.is_cancelled() {
                 continue;
             }
             let eligible: Vec<(String, f64)> = live
@@ -500,6 +512,72 @@ impl Grid {
         }
     }
 
+    /// Stops the segments this node runs of jobs that are cancelled.
+    fn stop_cancelled(&self, all: &[JobView]) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.is_empty() {
+            return;
+        }
+        for job in all.iter().filter(|j| j.is_cancelled()) {
+            for ((id, _), stop) in running.iter() {
+                if *id == job.job.id && !stop.is_cancelled() {
+                    stop.cancel();
+                }
+            }
+        }
+    }
+
+    /// Job `id` as this node sees it: admins' cancellations applied and, when nothing can run
+    /// its pending segments, why ([`annotate`]).
+    pub fn job_view(&self, id: &str) -> Option<JobView> {
+        let mut view = self.state.job(id, now_ms())?;
+        annotate(
+            &mut view,
+            &self.hypermesh.live_nodes(),
+            &self.state.authority().admins,
+        );
+        Some(view)
+    }
+
+    /// `POST /grid/jobs/{id}/cancel`: writes this node's cancel marker for job `id` when this
+    /// node submitted it or is an admin. Cancelling a cancelled job changes nothing.
+    pub async fn cancel(&self, id: &str) -> Result<JobView, CancelError> {
+        let view = self
+            .job_view(id)
+            .ok_or_else(|| CancelError::NotFound(id.to_string()))?;
+        if view.is_cancelled() {
+            return Ok(view);
+        }
+        if view.state == JobState::Done {
+            return Err(CancelError::Done(id.to_string()));
+        }
+        let reason = if view.job.submitted_by == self.node_id {
+            "cancelled by its submitter".to_string()
+        } else if self.state.authority().admins.contains(&self.node_id) {
+            format!("cancelled by admin {}", self.node_id)
+        } else {
+            return Err(CancelError::Forbidden {
+                job: id.to_string(),
+                submitter: view.job.submitted_by.clone(),
+            });
+        };
+        let marker = RunOutcome {
+            status: Status::Cancelled,
+            exit_code: None,
+            returns: Vec::new(),
+            stdout: Vec::new(),
+            stdout_truncated: false,
+            fuel_used: 0,
+            duration_us: 0,
+            finished_ms: now_ms(),
+            reason,
+        };
+        self.record(id, jobs::CANCEL_SEGMENT, &marker).await?;
+        info!(job = %id, "cancelled a job");
+        self.job_view(id)
+            .ok_or_else(|| CancelError::NotFound(id.to_string()))
+    }
+
     fn should_run(
         &self,
         job: &JobView,
@@ -513,7 +591,7 @@ impl Grid {
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&key)
+            .contains_key(&key)
         {
             return false;
         }
@@ -569,14 +647,16 @@ impl Grid {
     /// Starts segment `segment` of `job` unless every slot is taken (then `false`).
     fn start(self: &Arc<Self>, job: &JobView, segment: u32) -> bool {
         let key = (job.job.id.clone(), segment);
+        let stop = CancellationToken::new();
         {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             if running.len() >= self.config.max_parallel {
                 return false;
             }
-            if !running.insert(key.clone()) {
+            if running.contains_key(&key) {
                 return true;
             }
+            running.insert(key.clone(), stop.clone());
         }
         self.fair
             .lock()
@@ -586,7 +666,7 @@ impl Grid {
         let job = job.clone();
         tokio::spawn(async move {
             let id = key.0.clone();
-            if let Err(e) = grid.run_segment(&job, segment).await {
+            if let Err(e) = grid.run_segment(&job, segment, stop).await {
                 warn!(job = %id, segment, error = %e, "segment run not recorded");
             }
             grid.running
@@ -597,7 +677,12 @@ impl Grid {
         true
     }
 
-    async fn run_segment(self: &Arc<Self>, job: &JobView, segment: u32) -> Result<(), StateError> {
+    async fn run_segment(
+        self: &Arc<Self>,
+        job: &JobView,
+        segment: u32,
+        stop: CancellationToken,
+    ) -> Result<(), StateError> {
         let id = job.job.id.clone();
         let lease = self.config.lease;
         let attempt = job
@@ -625,6 +710,7 @@ impl Grid {
                     fuel_used: 0,
                     duration_us: 0,
                     finished_ms: now_ms(),
+                    reason: e.to_string(),
                 };
                 return self.record(&id, segment, &outcome).await;
             }
@@ -642,6 +728,25 @@ impl Grid {
             tokio::select! {
                 done = &mut run => break done,
                 _ = self.cancel.cancelled() => return Ok(()),
+                _ = stop.cancelled() => {
+                    info!(job = %id, segment, "job cancelled; segment stopped");
+                    let stopped = RunOutcome {
+                        status: Status::Cancelled,
+                        exit_code: None,
+                        returns: Vec::new(),
+                        stdout: Vec::new(),
+                        stdout_truncated: false,
+                        fuel_used: 0,
+                        duration_us: 0,
+                        finished_ms: now_ms(),
+                        reason: "the job was cancelled while this segment ran".into(),
+                    };
+                    let recorded = self.record(&id, segment, &stopped).await;
+                    // The slot stays taken until the module's thread is done with it.
+                    drop(scratch);
+                    let _ = run.await;
+                    return recorded;
+                }
                 _ = tokio::time::sleep(lease / 3) => {
                     let until = now_ms() + lease.as_millis() as u64;
                     if let Err(e) = self.state.claim_segment(&id, segment, until, attempt).await {
@@ -674,6 +779,12 @@ impl Grid {
             fuel_used: outcome.fuel_used,
             duration_us: outcome.duration.as_micros() as u64,
             finished_ms: now_ms(),
+            // The runtime's words: the missing argument, the trap, the host error.
+            reason: if outcome.status.is_ok() {
+                String::new()
+            } else {
+                outcome.status.to_string()
+            },
         };
         info!(job = %id, segment, status = %outcome.status, "segment finished");
         self.record(&id, segment, &result).await
@@ -759,5 +870,39 @@ fn state_name(s: JobState) -> &'static str {
         JobState::Running => "running",
         JobState::Done => "done",
         JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
     }
+}
+
+/// Why a job was not cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no job {0}")]
+    NotFound(String),
+    #[error("job {0} is done; there is nothing to cancel")]
+    Done(String),
+    #[error(
+        "job {job} may be cancelled only by the node that accepted it ({submitter}) or an admin"
+    )]
+    Forbidden { job: String, submitter: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Completes a job view as a node shows it: cancel markers of `admins` applied
+/// ([`JobView::honour_admins`]) and, while a segment is pending and no node of `live` that
+/// runs grid jobs meets the job's requirements, why in [`JobView::waiting`].
+pub fn annotate(view: &mut JobView, live: &[LiveNode], admins: &BTreeSet<String>) {
+    view.honour_admins(|n| admins.contains(n));
+    let pending = matches!(view.state, JobState::Pending | JobState::Running)
+        && view.segments.iter().any(|s| s.state == JobState::Pending);
+    if !pending {
+        return;
+    }
+    let runners: Vec<(&str, &[String])> = live
+        .iter()
+        .filter(|n| n.capabilities.iter().any(|c| c == GRID_CAPABILITY))
+        .map(|n| (n.region.as_str(), n.capabilities.as_slice()))
+        .collect();
+    view.waiting = jobs::no_eligible_node(&view.job.spec.requirements, &runners);
 }

@@ -18,9 +18,16 @@
 //! - `claim:<job_id>:<segment>` → `{job, segment, runner, lease_until_ms, attempt, hlc}`, written
 //!   by the node running the segment.
 //! - `result:<job_id>:<segment>` → `{job, segment, runner, status, exit_code, returns, stdout,
-//!   stdout_truncated, fuel_used, duration_us, finished_ms, signature, hlc}`, written by the
-//!   runner; `returns` holds JSON, `stdout` and `signature` standard base64, and `exit_code` is
-//!   absent when there is none.
+//!   stdout_truncated, fuel_used, duration_us, finished_ms, reason, signature, hlc}`, written by
+//!   the runner; `returns` holds JSON, `stdout` and `signature` standard base64, and
+//!   `exit_code` is absent when there is none, `reason` (why the run ended so, signed with the
+//!   rest) when there is none or the result predates it.
+//! - `result:<job_id>:64` ([`CANCEL_SEGMENT`]) with status `cancelled`: a cancel marker, a
+//!   signed result written by the node that cancels the job. It counts when its writer is the
+//!   job's submitter (every reader checks this against the job) or an admin (checked by the
+//!   node against its member directory, [`JobView::honour_admins`]); runners then start no
+//!   segment of the job and stop those they run, each recording a `cancelled` result. Readers
+//!   older than the marker skip it (unknown status, segment out of range).
 //!
 //! Every write puts a whole new map, so concurrent writes leave whole versions side by side and
 //! readers take the one with the highest HLC (then the highest Automerge op id), as in
@@ -110,6 +117,12 @@ pub const MAX_RETURNS: usize = 64;
 pub const MAX_ENTRY_LEN: usize = 64;
 /// Weight given to nodes whose weight is zero, negative or not a number.
 pub const MIN_WEIGHT: f64 = 1e-9;
+/// Longest reason a result carries, in bytes (longer ones are cut at a character boundary).
+pub const MAX_REASON_BYTES: usize = 1024;
+/// The segment number of a job's cancel marker: a `cancelled` result stored as
+/// `result:<job>:64`, one past the last segment any job can have, so that no run ever writes
+/// the same key (see [`JobView::cancelled`]).
+pub const CANCEL_SEGMENT: u32 = MAX_SPLIT;
 
 /// A grid job as submitted (`POST /grid/jobs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -466,6 +479,9 @@ pub enum JobState {
     Done,
     /// Every result is a failure and nobody is running it again; for a job, some segment failed.
     Failed,
+    /// The job was cancelled (by its submitter, or by an admin) before every segment was done;
+    /// for a segment, it was not done when the job was cancelled.
+    Cancelled,
 }
 
 /// How a segment's run ended.
@@ -493,10 +509,14 @@ pub enum Status {
     /// `scratch quota of N bytes exceeded`, is in `stdout`). Readers older than this status
     /// skip such results, as they skip any status they do not know.
     ScratchQuota,
+    /// The run was stopped (or never started) because the job was cancelled; also the status
+    /// of a job's cancel marker ([`CANCEL_SEGMENT`]). Readers older than this status skip such
+    /// results, so to them a cancelled job stays as it was.
+    Cancelled,
 }
 
 impl Status {
-    pub const ALL: [Status; 9] = [
+    pub const ALL: [Status; 10] = [
         Status::Ok,
         Status::Exit,
         Status::Trap,
@@ -506,6 +526,7 @@ impl Status {
         Status::InvalidEntry,
         Status::ModuleUnavailable,
         Status::ScratchQuota,
+        Status::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -519,6 +540,7 @@ impl Status {
             Status::InvalidEntry => "invalid_entry",
             Status::ModuleUnavailable => "module_unavailable",
             Status::ScratchQuota => "scratch_quota",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -548,6 +570,10 @@ pub struct RunOutcome {
     pub duration_us: u64,
     /// Unix milliseconds.
     pub finished_ms: u64,
+    /// Why the run ended as it did, in words (the runtime's message: the missing argument of
+    /// an `invalid_entry`, the trap, the host error); empty when there is nothing to add. Only
+    /// the first [`MAX_REASON_BYTES`] bytes are kept.
+    pub reason: String,
 }
 
 /// The signed result of one run of one segment. Only integers, strings and booleans, so it
@@ -572,6 +598,10 @@ pub struct SegmentResult {
     pub duration_us: u64,
     /// Unix milliseconds.
     pub finished_ms: u64,
+    /// Why the run ended as it did ([`RunOutcome::reason`]); empty (or absent, in results
+    /// signed before it existed) when there is nothing to add.
+    #[serde(default)]
+    pub reason: String,
     /// Standard base64 of the runner's ed25519 signature (domain [`RESULT_DOMAIN`]).
     pub signature: String,
 }
@@ -590,7 +620,8 @@ pub enum ResultError {
     Signing(#[from] SigningError),
 }
 
-/// What the signature covers: everything but the signature itself.
+/// What the signature covers: everything but the signature itself. An empty `reason` is left
+/// out, so results signed before it existed (and results without one) sign the same bytes.
 #[derive(Serialize)]
 struct ResultBody<'a> {
     job: &'a str,
@@ -604,6 +635,24 @@ struct ResultBody<'a> {
     fuel_used: u64,
     duration_us: u64,
     finished_ms: u64,
+    #[serde(skip_serializing_if = "is_empty")]
+    reason: &'a str,
+}
+
+fn is_empty(s: &&str) -> bool {
+    s.is_empty()
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+fn cut_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 impl SegmentResult {
@@ -620,6 +669,7 @@ impl SegmentResult {
             fuel_used: self.fuel_used,
             duration_us: self.duration_us,
             finished_ms: self.finished_ms,
+            reason: &self.reason,
         }
     }
 
@@ -653,6 +703,7 @@ impl SegmentResult {
             fuel_used: outcome.fuel_used,
             duration_us: outcome.duration_us,
             finished_ms: outcome.finished_ms,
+            reason: cut_str(outcome.reason.trim(), MAX_REASON_BYTES).to_string(),
             signature: String::new(),
         };
         let sig = signing::sign(key, RESULT_DOMAIN, "job result", &result.body())?;
@@ -722,11 +773,22 @@ impl SegmentResult {
         if !is_job_id(&self.job) {
             return Some(format!("job id {} is malformed", self.job));
         }
-        if self.segment >= MAX_SPLIT {
+        let marker = self.segment == CANCEL_SEGMENT;
+        if self.segment > CANCEL_SEGMENT {
             return Some(format!("segment {} is out of range", self.segment));
         }
-        if self.status().is_none() {
-            return Some(format!("status {} is unknown", self.status));
+        match self.status() {
+            None => return Some(format!("status {} is unknown", self.status)),
+            Some(s) if marker && s != Status::Cancelled => {
+                return Some(format!(
+                    "segment {CANCEL_SEGMENT} holds only a cancel marker, not {}",
+                    self.status
+                ));
+            }
+            Some(_) => {}
+        }
+        if self.reason.len() > MAX_REASON_BYTES {
+            return Some(format!("reason is longer than {MAX_REASON_BYTES} bytes"));
         }
         if self.returns.len() > MAX_RETURNS {
             return Some(format!("more than {MAX_RETURNS} return values"));
@@ -798,6 +860,73 @@ pub struct JobView {
     pub segments: Vec<SegmentView>,
     /// Present once every segment has at least one result.
     pub result: Option<Gathered>,
+    /// Who cancelled the job, when and why; absent unless its submitter cancelled it or (once
+    /// [`JobView::honour_admins`] has run) an admin did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<Cancel>,
+    /// Why nothing runs the job's pending segments, when the node that shows the job knows no
+    /// live node able to (`no live node has capability gpu`); absent otherwise. Set by the
+    /// node from its live nodes ([`no_eligible_node`]), not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// Cancel markers written by nodes other than the submitter: they count only for an admin
+    /// ([`JobView::honour_admins`]). Not shown.
+    #[serde(skip)]
+    pub cancel_requests: Vec<Cancel>,
+}
+
+/// A job's cancellation, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cancel {
+    /// The node that cancelled it: the submitter or an admin.
+    pub by: String,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// Why, in words; may be empty.
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl JobView {
+    /// Marks the job cancelled by `c` (the earliest cancellation wins): its segments that are
+    /// not done and have no run of their own to show become `cancelled`, and so does the job
+    /// unless every segment was done already.
+    fn apply_cancel(&mut self, c: Cancel) {
+        match &self.cancelled {
+            Some(old) if (old.at_ms, &old.by) <= (c.at_ms, &c.by) => {}
+            _ => self.cancelled = Some(c),
+        }
+        let stopped = |r: &SegmentResult| {
+            matches!(
+                r.status(),
+                Some(Status::Cancelled | Status::ModuleUnavailable)
+            )
+        };
+        for s in &mut self.segments {
+            if s.state != JobState::Done && s.results.iter().all(stopped) {
+                s.state = JobState::Cancelled;
+            }
+        }
+        if self.state != JobState::Done {
+            self.state = JobState::Cancelled;
+        }
+    }
+
+    /// Applies the cancel markers of the nodes that `is_admin` says are admins (the member
+    /// directory, which the document does not hold); the others stay ignored.
+    pub fn honour_admins(&mut self, is_admin: impl Fn(&str) -> bool) {
+        for c in std::mem::take(&mut self.cancel_requests) {
+            if is_admin(&c.by) {
+                self.apply_cancel(c);
+            }
+        }
+    }
+
+    /// Whether the job is cancelled (as far as this view knows: see [`JobView::honour_admins`]).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.is_some()
+    }
 }
 
 fn job_key(id: &str) -> String {
@@ -959,6 +1088,9 @@ pub fn put_result(
     tx.put(&obj, "fuel_used", result.fuel_used)?;
     tx.put(&obj, "duration_us", result.duration_us)?;
     tx.put(&obj, "finished_ms", result.finished_ms)?;
+    if !result.reason.is_empty() {
+        tx.put(&obj, "reason", result.reason.as_str())?;
+    }
     tx.put(&obj, "signature", result.signature.as_str())?;
     tx.put(&obj, "hlc", pack_hlc(hlc))?;
     Ok(())
@@ -1080,6 +1212,11 @@ fn result_of(
         fuel_used: uint_of(doc, obj, "fuel_used")?,
         duration_us: uint_of(doc, obj, "duration_us")?,
         finished_ms: uint_of(doc, obj, "finished_ms")?,
+        // Absent in results written before reasons existed.
+        reason: match doc.get(obj, "reason").ok()? {
+            None => String::new(),
+            Some(_) => str_of(doc, obj, "reason")?,
+        },
         signature: str_of(doc, obj, "signature")?,
     };
     if result.job != job || result.segment != segment || result.runner != node {
@@ -1136,6 +1273,8 @@ struct Scan {
     jobs: BTreeMap<String, (u64, Job)>,
     claims: BTreeMap<(String, u32, String), (u64, ClaimView)>,
     results: BTreeMap<(String, u32, String), (u64, SegmentResult)>,
+    /// Cancel markers ([`CANCEL_SEGMENT`]) by (job, writer).
+    cancels: BTreeMap<(String, String), (u64, SegmentResult)>,
 }
 
 impl Scan {
@@ -1160,8 +1299,13 @@ impl Scan {
             }
             Entry::Result(job, seg) => {
                 if let Some(found) = result_of(doc, node, job, seg, &obj) {
-                    let k = (job.to_string(), seg, node.to_string());
-                    keep_newest(&mut self.results, k, found);
+                    if seg == CANCEL_SEGMENT {
+                        let k = (job.to_string(), node.to_string());
+                        keep_newest(&mut self.cancels, k, found);
+                    } else {
+                        let k = (job.to_string(), seg, node.to_string());
+                        keep_newest(&mut self.results, k, found);
+                    }
                 }
             }
         }
@@ -1219,12 +1363,34 @@ impl Scan {
             JobState::Pending
         };
         let result = gather(&segments);
-        JobView {
+        let mut view = JobView {
             job: job.clone(),
             state,
             segments,
             result,
+            cancelled: None,
+            waiting: None,
+            cancel_requests: Vec::new(),
+        };
+        let lo = (job.id.clone(), String::new());
+        let markers: Vec<Cancel> = self
+            .cancels
+            .range(lo..)
+            .take_while(|((j, _), _)| *j == job.id)
+            .map(|(_, (_, r))| Cancel {
+                by: r.runner.clone(),
+                at_ms: r.finished_ms,
+                reason: r.reason.clone(),
+            })
+            .collect();
+        for c in markers {
+            if c.by == job.submitted_by {
+                view.apply_cancel(c);
+            } else {
+                view.cancel_requests.push(c);
+            }
         }
+        view
     }
 
     fn segment(&self, job: &Job, index: u32, now_ms: u64) -> SegmentView {
@@ -1337,6 +1503,56 @@ pub fn eligible(req: &Requirements, region: &str, caps: &[String]) -> bool {
             caps.iter()
                 .any(|have| have.trim().eq_ignore_ascii_case(want.trim()))
         })
+}
+
+/// Why no node of `nodes` (the live nodes that run grid jobs, as `(region, capabilities)`)
+/// may run a job with requirements `req`; `None` when one may. The reason names what is
+/// missing: `no live node runs grid jobs`, `no live node is in region eu`, `no live node has
+/// capability gpu`, `no live node in region eu has capabilities gpu, ssd`, `no live node has
+/// all of capabilities gpu, ssd`.
+pub fn no_eligible_node(req: &Requirements, nodes: &[(&str, &[String])]) -> Option<String> {
+    if nodes
+        .iter()
+        .any(|(region, caps)| eligible(req, region, caps))
+    {
+        return None;
+    }
+    if nodes.is_empty() {
+        return Some("no live node runs grid jobs".into());
+    }
+    let region = req.region.trim();
+    let in_region: Vec<&[String]> = nodes
+        .iter()
+        .filter(|(r, _)| region.is_empty() || region.eq_ignore_ascii_case(r.trim()))
+        .map(|(_, caps)| *caps)
+        .collect();
+    if in_region.is_empty() {
+        return Some(format!("no live node is in region {region}"));
+    }
+    let where_ = if region.is_empty() {
+        String::new()
+    } else {
+        format!(" in region {region}")
+    };
+    let missing: Vec<&str> = req
+        .capabilities
+        .iter()
+        .map(|c| c.trim())
+        .filter(|want| {
+            !in_region.iter().any(|caps| {
+                caps.iter()
+                    .any(|have| have.trim().eq_ignore_ascii_case(want))
+            })
+        })
+        .collect();
+    Some(match missing.as_slice() {
+        [one] => format!("no live node{where_} has capability {one}"),
+        [] => format!(
+            "no live node{where_} has all of capabilities {}",
+            req.capabilities.join(", ")
+        ),
+        many => format!("no live node{where_} has capabilities {}", many.join(", ")),
+    })
 }
 
 /// A uniform number in the open interval (0, 1) drawn from sha256(job, segment, node).

@@ -12,7 +12,7 @@ use serde_json::json;
 use voike_protocol::jobs::JobInput;
 
 use super::{ApiError, ApiState, body_bytes, parse_json};
-use crate::grid::{Grid, ModuleError};
+use crate::grid::{CancelError, Grid, ModuleError, annotate};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -29,6 +29,20 @@ fn grid(state: &ApiState) -> Result<&std::sync::Arc<Grid>, ApiError> {
             "grid jobs are off on this node (grid.enabled = false)",
         )
     })
+}
+
+/// A job view as this node shows it: admins' cancellations applied and the waiting hint set
+/// from the live nodes this node knows ([`annotate`]).
+fn shown(
+    state: &ApiState,
+    mut view: voike_protocol::jobs::JobView,
+) -> voike_protocol::jobs::JobView {
+    annotate(
+        &mut view,
+        &state.hypermesh.live_nodes(),
+        &state.state.authority().admins,
+    );
+    view
 }
 
 /// `POST /vvm/modules`: the body is the module, WebAssembly binary or WAT text. A module over
@@ -76,7 +90,7 @@ pub async fn submit_job(
 ) -> Result<Response, ApiError> {
     let input: JobInput = parse_json(body, "job", None)?;
     let job = grid(&state)?.submit(input).await?;
-    let view = state.state.job(&job.id, now_ms());
+    let view = state.state.job(&job.id, now_ms()).map(|v| shown(&state, v));
     Ok((StatusCode::CREATED, Json(json!({ "job": view }))).into_response())
 }
 
@@ -86,17 +100,22 @@ pub struct JobQuery {
     state: Option<String>,
 }
 
-/// `GET /grid/jobs[?state=pending|running|done|failed]`.
+/// `GET /grid/jobs[?state=pending|running|done|failed|cancelled]`.
 pub async fn list_jobs(
     State(state): State<ApiState>,
     query: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let live = state.hypermesh.live_nodes();
+    let admins = state.state.authority().admins.clone();
     let mut jobs = state.state.jobs(now_ms());
+    for j in &mut jobs {
+        annotate(j, &live, &admins);
+    }
     if let Some(want) = q.state {
-        if !["pending", "running", "done", "failed"].contains(&want.as_str()) {
+        if !["pending", "running", "done", "failed", "cancelled"].contains(&want.as_str()) {
             return Err(ApiError::bad_request(
-                "state must be pending, running, done or failed",
+                "state must be pending, running, done, failed or cancelled",
             ));
         }
         jobs.retain(|j| serde_json::to_value(j.state).ok() == Some(json!(want)));
@@ -110,11 +129,31 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     match state.state.job(&id, now_ms()) {
-        Some(job) => Ok(Json(json!({ "job": job })).into_response()),
+        Some(job) => Ok(Json(json!({ "job": shown(&state, job) })).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no job {id}"),
         )),
     }
+}
+
+/// `POST /grid/jobs/{id}/cancel`: this node cancels job `id`, when it accepted the job or is an
+/// admin (403 `forbidden` otherwise; 404 `not_found`; 409 `job_done` when every segment is
+/// done). Answers the job, state `cancelled`; cancelling it again answers the same.
+pub async fn cancel_job(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let view = grid(&state)?.cancel(&id).await.map_err(|e| match e {
+        CancelError::NotFound(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        }
+        CancelError::Done(_) => ApiError::new(StatusCode::CONFLICT, "job_done", e.to_string()),
+        CancelError::Forbidden { .. } => {
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+        }
+        CancelError::State(e) => e.into(),
+    })?;
+    Ok(Json(json!({ "job": view })).into_response())
 }

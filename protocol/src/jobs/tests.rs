@@ -71,6 +71,7 @@ fn outcome(ret: i64, stdout: &str, finished_ms: u64) -> RunOutcome {
         fuel_used: 1234,
         duration_us: 5678,
         finished_ms,
+        reason: String::new(),
     }
 }
 
@@ -1092,6 +1093,7 @@ fn signed_result_verifies_and_any_change_breaks_it() {
         ("fuelUsed", Box::new(|r| r.fuel_used += 1)),
         ("durationUs", Box::new(|r| r.duration_us += 1)),
         ("finishedMs", Box::new(|r| r.finished_ms += 1)),
+        ("reason", Box::new(|r| r.reason = "made up".into())),
         (
             "signature bytes",
             Box::new(|r| {
@@ -1356,4 +1358,138 @@ proptest::proptest! {
         reversed.reverse();
         proptest::prop_assert_eq!(rendezvous("job", seed, &reversed), order);
     }
+}
+
+#[test]
+fn a_reason_is_signed_and_results_without_one_verify_as_before() {
+    let n = node();
+    let with = RunOutcome {
+        status: Status::InvalidEntry,
+        reason: "invalid entry: fib needs 1 argument, got 0".into(),
+        ..outcome(0, "", NOW)
+    };
+    let r = signed(&n, "0123456789abcdef01234567", 0, &with);
+    r.verify().expect("verifies");
+    assert_eq!(r.reason, with.reason);
+    let json = serde_json::to_string(&r).expect("json");
+    let back: SegmentResult = serde_json::from_str(&json).expect("decode");
+    back.verify().expect("verifies after a JSON round trip");
+
+    // A result signed before reasons existed: no field in the JSON, and the same signature.
+    let old = signed(&n, "0123456789abcdef01234567", 0, &outcome(1, "x", NOW));
+    let mut value = serde_json::to_value(&old).expect("json");
+    value.as_object_mut().expect("object").remove("reason");
+    let decoded: SegmentResult = serde_json::from_value(value).expect("decodes without reason");
+    assert_eq!(decoded.reason, "");
+    decoded.verify().expect("an old result still verifies");
+
+    // Stored in the document and read back.
+    let mut doc = Automerge::new();
+    let job = submit(&mut doc, &n.id, &input(), 1);
+    let r = signed(&n, &job.id, 0, &with);
+    report(&mut doc, &r, 2);
+    let view = super::job(&doc, &job.id, NOW).expect("job");
+    assert_eq!(view.segments[0].results[0].reason, with.reason);
+    view.segments[0].results[0].verify().expect("verifies");
+}
+
+fn cancel_marker(n: &Node, job: &str, at: u64) -> SegmentResult {
+    let o = RunOutcome {
+        status: Status::Cancelled,
+        returns: Vec::new(),
+        reason: "cancelled by its submitter".into(),
+        ..outcome(0, "", NOW + at)
+    };
+    signed(n, job, CANCEL_SEGMENT, &o)
+}
+
+#[test]
+fn a_job_cancelled_by_its_submitter_is_cancelled_and_others_need_to_be_admins() {
+    let (a, b, c) = (node(), node(), node());
+    let mut doc = Automerge::new();
+    let spec = JobInput {
+        split: 2,
+        ..input()
+    };
+    let job = submit(&mut doc, &a.id, &spec, 1);
+    report(&mut doc, &signed(&b, &job.id, 0, &outcome(1, "", NOW)), 2);
+
+    // A stranger's marker changes nothing unless the node says it is an admin.
+    report(&mut doc, &cancel_marker(&c, &job.id, 3), 3);
+    let mut view = super::job(&doc, &job.id, NOW).expect("job");
+    assert_eq!(view.state, JobState::Running);
+    assert!(!view.is_cancelled());
+    assert_eq!(view.cancel_requests.len(), 1);
+    view.clone().honour_admins(|_| false);
+    view.honour_admins(|n| n == c.id);
+    assert_eq!(view.state, JobState::Cancelled);
+    assert_eq!(
+        view.cancelled.as_ref().map(|x| x.by.as_str()),
+        Some(c.id.as_str())
+    );
+
+    // The submitter's marker counts on every reader; the done segment stays done.
+    report(&mut doc, &cancel_marker(&a, &job.id, 4), 4);
+    let view = super::job(&doc, &job.id, NOW).expect("job");
+    assert_eq!(view.state, JobState::Cancelled);
+    assert_eq!(view.segments[0].state, JobState::Done);
+    assert_eq!(view.segments[1].state, JobState::Cancelled);
+    assert_eq!(view.segments.len(), 2, "the marker is not a segment");
+    let json = serde_json::to_value(&view).expect("json");
+    assert_eq!(json["state"], "cancelled");
+    assert_eq!(json["cancelled"]["by"], a.id.as_str());
+}
+
+#[test]
+fn a_cancel_marker_holds_only_the_cancelled_status() {
+    let n = node();
+    let o = outcome(0, "", NOW);
+    let not_cancel = signed(&n, "0123456789abcdef01234567", CANCEL_SEGMENT, &o);
+    let mut doc = Automerge::new();
+    let mut tx = doc.transaction();
+    assert!(put_result(&mut tx, &n.id, &not_cancel, hlc(1)).is_err());
+    let beyond = signed(
+        &n,
+        "0123456789abcdef01234567",
+        CANCEL_SEGMENT + 1,
+        &RunOutcome {
+            status: Status::Cancelled,
+            ..o
+        },
+    );
+    assert!(put_result(&mut tx, &n.id, &beyond, hlc(1)).is_err());
+}
+
+#[test]
+fn no_eligible_node_names_what_is_missing() {
+    let gpu = vec!["grid".to_string(), "gpu".to_string()];
+    let plain = vec!["grid".to_string()];
+    let req = |region: &str, caps: &[&str]| Requirements {
+        region: region.into(),
+        capabilities: caps.iter().map(|c| c.to_string()).collect(),
+    };
+    let nodes: Vec<(&str, &[String])> = vec![("eu", &plain), ("us", &gpu)];
+    assert_eq!(no_eligible_node(&req("", &["gpu"]), &nodes), None);
+    assert_eq!(
+        no_eligible_node(&req("", &["tpu"]), &nodes).as_deref(),
+        Some("no live node has capability tpu")
+    );
+    assert_eq!(
+        no_eligible_node(&req("eu", &["gpu"]), &nodes).as_deref(),
+        Some("no live node in region eu has capability gpu")
+    );
+    assert_eq!(
+        no_eligible_node(&req("ap", &[]), &nodes).as_deref(),
+        Some("no live node is in region ap")
+    );
+    let ssd = vec!["ssd".to_string()];
+    let split: Vec<(&str, &[String])> = vec![("eu", &ssd), ("eu", &gpu)];
+    assert_eq!(
+        no_eligible_node(&req("", &["gpu", "ssd"]), &split).as_deref(),
+        Some("no live node has all of capabilities gpu, ssd")
+    );
+    assert_eq!(
+        no_eligible_node(&req("", &[]), &[]).as_deref(),
+        Some("no live node runs grid jobs")
+    );
 }
