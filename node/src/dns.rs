@@ -219,7 +219,7 @@ impl NodeDns {
     /// BIND text of the zone with id or domain `zone`.
     pub async fn export(&self, state: &StateHandle, zone: &str) -> Option<String> {
         // Read your writes: wait (briefly) for the snapshot of the current documents.
-        let want = *state.watch_docs().borrow();
+        let want = *state.watch_served_docs().borrow();
         let mut rx = self.published.subscribe();
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(2),
@@ -249,6 +249,7 @@ fn build_snapshot(
     nameserver: &str,
     serials: &mut Serials,
 ) -> Snapshot {
+    state.metrics().dns_snapshot_builds.inc();
     let mut zones: Vec<ZoneData> = Vec::new();
     for z in state.served_zones() {
         // The mesh domain is the nodes' own namespace: a zone at or under it (merged from a
@@ -369,7 +370,8 @@ pub async fn start(
     metrics.register_with(|r| dns_metrics.register(r));
     let mut serials = Serials::default();
     // Subscribed before the first build, so that a change made while it builds is rebuilt.
-    let mut docs_rx = state.watch_docs();
+    // Only the documents DNS serves from: a job claim or lease renewal rebuilds nothing.
+    let mut docs_rx = state.watch_served_docs();
     let first_version = *docs_rx.borrow_and_update();
     let first = build_snapshot(1, &state, &mesh_domain, &nameserver, &mut serials);
     let engine = Arc::new(Engine::new(first, snrl.clone(), forward, dns_metrics));

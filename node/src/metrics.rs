@@ -87,6 +87,7 @@ pub struct Metrics {
     pub members_revoked: Gauge,
     pub relay_reservations_total: Family<ReasonLabel, Counter>,
     pub relay_circuits_total: Counter,
+    pub dns_snapshot_builds: Counter,
     pub hole_punches_total: Family<ReasonLabel, Counter>,
     /// Remote document changes and ledger entries stamped beyond `sync.max_future_skew`.
     pub clock_future_total: Family<ReasonLabel, Counter>,
@@ -143,6 +144,7 @@ impl Metrics {
             members_revoked: Gauge::default(),
             relay_reservations_total: Family::default(),
             relay_circuits_total: Counter::default(),
+            dns_snapshot_builds: Counter::default(),
             hole_punches_total: Family::default(),
             clock_future_total: Family::default(),
             vvm_modules: Counter::default(),
@@ -233,6 +235,11 @@ impl Metrics {
             "voike_relay_circuits",
             "Circuits this node relayed between members",
             m.relay_circuits_total.clone(),
+        );
+        r.register(
+            "voike_dns_snapshot_builds",
+            "DNS snapshots built from the zones, endpoints and members documents (one per burst of changes to them)",
+            m.dns_snapshot_builds.clone(),
         );
         r.register(
             "voike_hole_punches",

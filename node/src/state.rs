@@ -134,6 +134,9 @@ struct Inner {
     changed: Arc<Notify>,
     /// Bumped on every durable local or merged document change (DNS rebuilds on it).
     docs_version: tokio::sync::watch::Sender<u64>,
+    /// Bumped only on changes of the documents DNS serves from (zones, endpoints, members):
+    /// a job claim or lease renewal does not rebuild the DNS snapshot.
+    served_version: tokio::sync::watch::Sender<u64>,
     clock: Arc<Mutex<HlcClock>>,
     /// The records of the zone last written to, as of the zones document's heads (for the CNAME
     /// rules; rebuilt when the heads moved by anything but this node's own record writes).
@@ -371,6 +374,7 @@ impl StateHandle {
                 roster: RwLock::new(HashMap::new()),
                 changed,
                 docs_version: tokio::sync::watch::Sender::new(0),
+                served_version: tokio::sync::watch::Sender::new(0),
                 max_future_ms,
                 rejected: Mutex::new(Rejected::default()),
                 reported: Mutex::new(Rejected::default()),
@@ -475,7 +479,7 @@ impl StateHandle {
         }
         self.repair_orphans().await;
         self.inner.changed.notify_one();
-        self.inner.docs_version.send_modify(|v| *v += 1);
+        self.bump_versions(None);
     }
 
     /// The grants and revocations in force.
@@ -617,7 +621,7 @@ impl StateHandle {
                     self.refresh_authority();
                 }
                 self.inner.changed.notify_one();
-                self.inner.docs_version.send_modify(|v| *v += 1);
+                self.bump_versions(Some(doc));
                 Ok(value)
             }
             Err(e) => {
@@ -1321,6 +1325,18 @@ impl StateHandle {
     }
 
     /// Resolves when a document changed (locally or by merging) after the last seen version.
+    /// Changes whenever a document DNS serves from (zones, endpoints, members) changed.
+    pub fn watch_served_docs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.served_version.subscribe()
+    }
+
+    fn bump_versions(&self, doc: Option<DocId>) {
+        self.inner.docs_version.send_modify(|v| *v += 1);
+        if doc.is_none_or(|d| d != DocId::Jobs) {
+            self.inner.served_version.send_modify(|v| *v += 1);
+        }
+    }
+
     pub fn watch_docs(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.docs_version.subscribe()
     }
@@ -1593,7 +1609,7 @@ impl StateHandle {
             self.refresh_authority();
         }
         self.inner.changed.notify_one();
-        self.inner.docs_version.send_modify(|v| *v += 1);
+        self.bump_versions(Some(doc));
         debug!(%from, doc = doc.as_str(), merged = n, pending = outcome.pending, "merged changes");
         Ok(n)
     }

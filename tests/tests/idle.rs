@@ -67,3 +67,36 @@ fn an_idle_node_does_not_wake_its_epoch_ticker_or_dns_workers() -> anyhow::Resul
     assert!(!voike_tests::dns::answers(&m).is_empty());
     Ok(())
 }
+
+/// Jobs do not rebuild DNS: a job's submission, claim and result are changes of the jobs
+/// document only, and DNS rebuilds its snapshot only for the documents it serves from (before,
+/// one version for all documents made every lease renewal rebuild every record).
+#[test]
+fn grid_jobs_do_not_rebuild_the_dns_snapshot_and_records_do() -> anyhow::Result<()> {
+    use voike_tests::grid_util::{job_finished, submit_job, upload_ok};
+    let node = TestNode::genesis("idle-dns")?;
+    node.create_zone("demo", "demo.mesh.")?;
+    let builds = || node.metric("voike_dns_snapshot_builds_total");
+    // Settled: the start-up changes are built.
+    wait_for(Duration::from_secs(30), "a settled snapshot", || {
+        let a = builds()?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(builds()? == a && a >= 1.0)
+    })?;
+    let before = builds()?;
+    let fib = upload_ok(&node, include_bytes!("../../examples/fib.wat"))?;
+    for _ in 0..3 {
+        let id = submit_job(
+            &node,
+            &serde_json::json!({ "module": fib, "entry": "fib", "args": ["20"] }),
+        )?;
+        let j = job_finished(&node, &id, Duration::from_secs(60))?;
+        assert_eq!(j["state"], "done", "{j}");
+    }
+    assert_eq!(builds()?, before, "grid jobs rebuilt the DNS snapshot");
+    node.add_a("demo", "www.demo.mesh.", "10.0.0.7")?;
+    wait_for(Duration::from_secs(10), "a record rebuilds it", || {
+        Ok(builds()? > before)
+    })?;
+    Ok(())
+}
