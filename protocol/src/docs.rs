@@ -37,6 +37,9 @@ pub const CHANGE_DOMAIN: &[u8] = b"voike/doc-change/v1\0";
 pub const MAX_CHANGE_BYTES: usize = 256 * 1024;
 /// Most changes held back waiting for their dependencies.
 pub const MAX_PENDING: usize = 100_000;
+/// Most bytes of changes held back waiting for their dependencies (a peer sending 100,000
+/// changes of 256 KiB each must not take 25 GiB of memory).
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
 /// Deepest object path accepted (zone / records / record / field).
 pub const MAX_DEPTH: u16 = 6;
 
@@ -344,6 +347,9 @@ pub struct Replica {
     sigs: HashMap<ChangeHash, Vec<u8>>,
     objects: HashMap<ObjKey, ObjInfo>,
     pending: HashMap<ChangeHash, (SignedChange, Change)>,
+    /// Encoded bytes of the changes in `pending`, and their bound.
+    pending_bytes: usize,
+    max_pending_bytes: usize,
     /// Stamp (Unix ms) of the next local change; see [`Replica::set_time`].
     time_ms: i64,
     /// The namespace rules and revocations every change is judged with.
@@ -358,6 +364,8 @@ impl Replica {
             sigs: HashMap::new(),
             objects: HashMap::new(),
             pending: HashMap::new(),
+            pending_bytes: 0,
+            max_pending_bytes: MAX_PENDING_BYTES,
             time_ms: 0,
             authority: Default::default(),
         }
@@ -459,8 +467,8 @@ impl Replica {
                             seq: Some(change.seq()),
                             reason: UnappliedReason::Excluded(why),
                         });
-                        if self.pending.len() < MAX_PENDING {
-                            self.pending.insert(change.hash(), (sc, change));
+                        if self.has_room(&sc) {
+                            self.pend(change.hash(), sc, change);
                         }
                         decoded.push(None);
                         continue;
@@ -578,8 +586,8 @@ impl Replica {
                 seq: Some(c.seq()),
                 reason: UnappliedReason::MissingDeps(missing),
             });
-            if self.pending.len() < MAX_PENDING {
-                self.pending.insert(c.hash(), (sc, c));
+            if self.has_room(&sc) {
+                self.pend(c.hash(), sc, c);
             }
         }
         report.unapplied.sort_by_key(|u| u.index);
@@ -600,7 +608,7 @@ impl Replica {
 
     /// Forgets a pending change (once its content was written again by [`Replica::replay`]).
     pub fn drop_pending(&mut self, hash: &ChangeHash) {
-        self.pending.remove(hash);
+        self.unpend(hash);
     }
 
     /// Writes the content of `orphan` — a change of this node whose dependencies are lost, or
@@ -687,6 +695,33 @@ impl Replica {
             .unwrap_or(0)
     }
 
+    /// Whether one more change may wait for its dependencies (by count and by bytes).
+    fn has_room(&self, sc: &SignedChange) -> bool {
+        self.pending.len() < MAX_PENDING
+            && self.pending_bytes + sc.bytes.len() + sc.signature.len() <= self.max_pending_bytes
+    }
+
+    fn pend(&mut self, hash: ChangeHash, sc: SignedChange, change: Change) {
+        let size = sc.bytes.len() + sc.signature.len();
+        if let Some((old, _)) = self.pending.insert(hash, (sc, change)) {
+            self.pending_bytes -= old.bytes.len() + old.signature.len();
+        }
+        self.pending_bytes += size;
+    }
+
+    fn unpend(&mut self, hash: &ChangeHash) -> Option<(SignedChange, Change)> {
+        let out = self.pending.remove(hash);
+        if let Some((sc, _)) = &out {
+            self.pending_bytes -= sc.bytes.len() + sc.signature.len();
+        }
+        out
+    }
+
+    /// Bytes of changes waiting for their dependencies.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
     pub fn is_pending(&self, hash: &ChangeHash) -> bool {
         self.pending.contains_key(hash)
     }
@@ -762,11 +797,11 @@ impl Replica {
                 self.merge(sc, change, roster, &mut out)?;
                 continue;
             }
-            if self.pending.len() >= MAX_PENDING {
+            if !self.has_room(&sc) {
                 out.rejected.push((Some(hash), Reject::Backlog));
                 continue;
             }
-            self.pending.insert(hash, (sc, change));
+            self.pend(hash, sc, change);
         }
         self.drain_pending(roster, &mut out)?;
         out.pending = self.pending.len();
@@ -842,7 +877,7 @@ impl Replica {
             // already, so the order among ready changes does not change the result.
             ready.sort();
             for hash in ready {
-                if let Some((sc, change)) = self.pending.remove(&hash) {
+                if let Some((sc, change)) = self.unpend(&hash) {
                     self.merge(sc, change, roster, out)?;
                 }
             }
@@ -864,7 +899,7 @@ impl Replica {
                 .collect();
             rejected.clear();
             for h in doomed {
-                self.pending.remove(&h);
+                self.unpend(&h);
                 rejected.insert(h);
                 out.rejected.push((
                     Some(h),

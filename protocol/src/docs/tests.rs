@@ -523,3 +523,56 @@ fn changes_after_a_revocation_cutoff_are_refused() {
         "{out:?}"
     );
 }
+
+/// Changes waiting for their dependencies are bounded in bytes, not only in count: a peer that
+/// sends large orphans is refused (`backlog`) once the bound is reached, and the bytes are given
+/// back when the waiting changes are merged.
+#[test]
+fn waiting_changes_are_bounded_in_bytes() {
+    let a = node();
+    let ros = roster(&[(&a, Role::Admin)]);
+    let mut src = Replica::new(DocId::Zones);
+    let first = create_zone(&mut src, &a, "big");
+    let value = "x".repeat(3000);
+    let mut orphans = Vec::new();
+    for i in 0..6 {
+        let obj = zones::zone_obj(src.doc(), "big").expect("zone");
+        let c = src
+            .change(&a.key, |tx| {
+                for j in 0..8 {
+                    let r = RecordInput {
+                        rtype: "TXT".into(),
+                        name: format!("r{i}-{j}.big.mesh."),
+                        value: value.clone(),
+                        ttl: 60,
+                    };
+                    zones::put_record(tx, "big", &obj, &r, &a.id, hlc(i))?;
+                }
+                Ok(())
+            })
+            .expect("change")
+            .expect("not empty");
+        orphans.push(c);
+    }
+    let size = orphans[0].bytes.len() + orphans[0].signature.len();
+    let mut r = Replica::new(DocId::Zones);
+    r.max_pending_bytes = size * 3 + size / 2;
+    let out = r.receive(orphans.clone(), &ros).expect("receive");
+    assert_eq!(out.pending, 3, "{out:?}");
+    assert_eq!(
+        out.rejected
+            .iter()
+            .filter(|(_, why)| matches!(why, Reject::Backlog))
+            .count(),
+        3,
+        "{out:?}"
+    );
+    assert!(r.pending_bytes() <= r.max_pending_bytes);
+    // The missing parent arrives: the waiting ones merge and their bytes are given back; the
+    // refused ones come again (a later round) and merge too.
+    let out = r.receive(vec![first], &ros).expect("receive");
+    assert_eq!(out.applied.len(), 4, "{out:?}");
+    assert_eq!(r.pending_bytes(), 0);
+    let out = r.receive(orphans, &ros).expect("receive");
+    assert_eq!(out.applied.len(), 3, "{out:?}");
+}
