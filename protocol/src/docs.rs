@@ -339,6 +339,14 @@ impl std::fmt::Display for UnappliedReason {
     }
 }
 
+/// What a peer lacks, as of its heads and ours (see [`Replica::changes_since`]).
+#[derive(Debug)]
+struct SinceCache {
+    theirs: Vec<ChangeHash>,
+    ours: Vec<ChangeHash>,
+    list: Vec<ChangeHash>,
+}
+
 /// One replicated document with the signatures of all its changes.
 #[derive(Debug)]
 pub struct Replica {
@@ -347,6 +355,8 @@ pub struct Replica {
     sigs: HashMap<ChangeHash, Vec<u8>>,
     objects: HashMap<ObjKey, ObjInfo>,
     pending: HashMap<ChangeHash, (SignedChange, Change)>,
+    /// The change list of the last `changes_since` walk (see there).
+    since_cache: std::sync::Mutex<Option<SinceCache>>,
     /// Encoded bytes of the changes in `pending`, and their bound.
     pending_bytes: usize,
     max_pending_bytes: usize,
@@ -366,6 +376,7 @@ impl Replica {
             pending: HashMap::new(),
             pending_bytes: 0,
             max_pending_bytes: MAX_PENDING_BYTES,
+            since_cache: std::sync::Mutex::new(None),
             time_ms: 0,
             authority: Default::default(),
         }
@@ -1192,11 +1203,36 @@ impl Replica {
             .filter(|h| self.sigs.contains_key(h))
             .copied()
             .collect();
-        let changes = self.doc.get_changes(&known);
+        // The list of what the holder lacks is computed once per walk and kept for its later
+        // pages (a walk asks for offsets 0, n, 2n, ... with the same heads while this document
+        // is unchanged): catching up costs the list once, not once per page.
+        let mut cache = self.since_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = self.doc.get_heads();
+        let fresh = match cache.as_ref() {
+            Some(c) => c.theirs != known || c.ours != ours || offset == 0,
+            None => true,
+        };
+        if fresh {
+            let list: Vec<ChangeHash> = self
+                .doc
+                .get_changes(&known)
+                .into_iter()
+                .map(|c| c.hash())
+                .collect();
+            *cache = Some(SinceCache {
+                theirs: known.clone(),
+                ours,
+                list,
+            });
+        }
+        let list: &[ChangeHash] = cache.as_ref().map_or(&[], |c| c.list.as_slice());
         let mut out = Vec::new();
         let mut size = 0;
         let mut more = false;
-        for change in changes.into_iter().skip(offset) {
+        for hash in list.iter().skip(offset) {
+            let Some(change) = self.doc.get_change_by_hash(hash) else {
+                continue;
+            };
             if size >= max_bytes && !out.is_empty() {
                 more = true;
                 break;
