@@ -204,7 +204,11 @@ async fn run_with_store(
             health_rx,
         },
     )?;
-    std::fs::write(data_dir.join(API_ADDR_FILE), format!("{api_addr}\n"))
+    // Written whole or not at all (a reader never sees an empty file): a temporary file,
+    // then a rename.
+    let tmp = data_dir.join(format!("{API_ADDR_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{api_addr}\n"))
+        .and_then(|()| std::fs::rename(&tmp, data_dir.join(API_ADDR_FILE)))
         .with_context(|| format!("cannot write {}", data_dir.join(API_ADDR_FILE).display()))?;
     info!(%api_addr, "admin API listening");
 

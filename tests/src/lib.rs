@@ -363,7 +363,8 @@ impl TestNode {
             &format!("{} to write api.addr", self.name),
             || {
                 self.fail_if_exited()?;
-                Ok(addr_file.exists())
+                // Whole: an address, not a file being written.
+                Ok(fs::read_to_string(&addr_file).is_ok_and(|t| t.ends_with('\n')))
             },
         )?;
         self.api = format!("http://{}", fs::read_to_string(&addr_file)?.trim());
