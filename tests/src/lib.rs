@@ -525,14 +525,28 @@ impl TestNode {
 
     /// Names of the records of `zone` (empty when the zone is unknown here).
     pub fn record_names(&self, zone: &str) -> anyhow::Result<Vec<String>> {
-        let r = self.get(&format!("/vdns/records?zoneId={zone}"))?;
-        let mut names: Vec<String> = r.body["records"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|r| r["name"].as_str().map(String::from))
-            .collect();
+        // Every page (the answer is paged: `next` is the cursor of the following one).
+        let mut names: Vec<String> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let path = match &after {
+                Some(a) => format!("/vdns/records?zoneId={zone}&limit=10000&after={a}"),
+                None => format!("/vdns/records?zoneId={zone}&limit=10000"),
+            };
+            let r = self.get(&path)?;
+            names.extend(
+                r.body["records"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|r| r["name"].as_str().map(String::from)),
+            );
+            match r.body["next"].as_str() {
+                Some(n) => after = Some(n.to_string()),
+                None => break,
+            }
+        }
         names.sort();
         Ok(names)
     }

@@ -38,7 +38,7 @@ fn summary(name: &str, mut v: Vec<f64>) {
 
 /// Polls `node` until zone `demo` holds `name`; returns when it does.
 fn has_record(node: &TestNode, name: &str) -> bool {
-    node.get("/vdns/records?zoneId=demo")
+    node.get("/vdns/records?zoneId=demo&limit=10000")
         .map(|r| {
             r.body["records"]
                 .as_array()
@@ -205,7 +205,7 @@ fn main() -> anyhow::Result<()> {
     let mut records_at = None;
     wait_for(Duration::from_secs(600), "e fully synced", || {
         if records_at.is_none() {
-            let n = e.get("/vdns/records?zoneId=demo")?.body["records"]
+            let n = e.get("/vdns/records?zoneId=demo&limit=10000")?.body["records"]
                 .as_array()
                 .map_or(0, |a| a.len());
             if n >= want {
