@@ -102,8 +102,11 @@ fn a_member_invited_as_admin_can_invite_others() -> anyhow::Result<()> {
     )?;
     assert_eq!(r.status, 201, "{}", r.body);
     let admin = TestNode::join("admin", r.body["ticket"].as_str().unwrap_or_default())?;
+    // Joined on both sides: Genesis admitted it, and it applied Genesis's welcome (only then
+    // may it issue tickets).
     wait_for(DEADLINE, "admin joined", || {
-        genesis.sees_connected(&admin.node_id)
+        Ok(genesis.sees_connected(&admin.node_id)?
+            && admin.get("/mesh/self")?.body["membership"] == "member")
     })?;
     let member = TestNode::join("member", &admin.invite("10m")?)?;
     wait_for(DEADLINE, "everyone connected", || {

@@ -30,10 +30,11 @@ fn a_revoked_member_is_cut_off_everywhere() -> anyhow::Result<()> {
     assert_eq!(r.status, 201, "{}", r.body);
     let b = TestNode::join("rev-b", r.body["ticket"].as_str().unwrap_or_default())?;
     let mut c = TestNode::join("rev-c", &a.invite("10m")?)?;
-    wait_for(DEADLINE, "all connected", || {
+    wait_for(DEADLINE, "all connected, B joined", || {
         Ok(a.sees_connected(&b.node_id)?
             && a.sees_connected(&c.node_id)?
-            && b.sees_connected(&c.node_id)?)
+            && b.sees_connected(&c.node_id)?
+            && b.get("/mesh/self")?.body["membership"] == "member")
     })?;
     let b_ticket = b.invite("10m")?;
     b.create_zone("bz", "b.example.")?;
