@@ -347,15 +347,14 @@ pub struct P2pConfig {
 }
 
 /// `[p2p.relay]`: every member is a circuit-relay v2 server for members only (non-members'
-/// requests are never looked at), and a node that is not known to be publicly reachable
-/// reserves slots on members it reached directly, so that others can reach it through them.
+/// requests are never looked at), and a node AutoNAT found behind NAT reserves slots on members
+/// it reached directly, so that others can reach it through them.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
     /// Relay for other members. Default true.
     pub serve: bool,
-    /// Reserve slots on member relays while AutoNAT does not say this node is public.
-    /// Default true.
+    /// Reserve slots on member relays while AutoNAT says this node is behind NAT. Default true.
     pub reserve: bool,
     /// Relays to hold reservations on at once. Default 2.
     pub relays: usize,

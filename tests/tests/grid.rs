@@ -330,7 +330,13 @@ fn modules_are_fetched_by_hash_and_tampered_copies_refused() -> anyhow::Result<(
         txn.commit()?;
     }
     a.restart()?;
-    wait_for(DEADLINE, "b reconnected", || a.sees_connected(&b.node_id))?;
+    // Both ways, and B counts A alive again (A said goodbye when it stopped): B fetches from
+    // the members it holds alive.
+    wait_for(DEADLINE, "b reconnected", || {
+        Ok(a.sees_connected(&b.node_id)?
+            && b.sees_connected(&a.node_id)?
+            && b.get("/hypermesh/status")?.body["mesh"]["alive"] == 1)
+    })?;
     let id = submit(
         &a,
         json!({ "module": fib, "entry": "fib", "args": ["10"], "requirements": { "capabilities": ["b-only"] } }),

@@ -2129,20 +2129,22 @@ impl EventLoop {
         }
     }
 
-    /// Holds reservations on up to `p2p.relay.relays` member relays while this node is not
-    /// known to be publicly reachable, so that members that cannot dial it reach it through
-    /// them (its `/p2p-circuit` listen addresses are advertised like any other); lets them go
-    /// once AutoNAT says it is public. A relay is a member this node dialed directly.
+    /// Holds reservations on up to `p2p.relay.relays` member relays while AutoNAT says this
+    /// node is behind NAT (private), so that members that cannot dial it reach it through them
+    /// (its `/p2p-circuit` listen addresses are advertised like any other); lets them go when
+    /// it is no longer private. A relay is a member this node dialed directly.
     /// Returns when to look again (a relay that failed may be retried then), if anything waits.
     fn keep_relays(&mut self, now: Instant) -> Option<Instant> {
         const RETRY: Duration = Duration::from_secs(5);
         if !self.relay_config.reserve {
             return None;
         }
-        let public = matches!(self.nat_status, autonat::NatStatus::Public(_));
-        if public {
+        // Only once AutoNAT found this node unreachable: a node that is public (or not known
+        // yet) holds no reservations, so meshes on one network see no relay traffic at all.
+        let private = matches!(self.nat_status, autonat::NatStatus::Private);
+        if !private {
             for (relay, listener) in std::mem::take(&mut self.relays) {
-                info!(%relay, "publicly reachable: releasing the relay reservation");
+                info!(%relay, "not known to be behind NAT: releasing the relay reservation");
                 self.swarm.remove_listener(listener);
             }
             return None;
