@@ -5,31 +5,9 @@
 //! which let in only the API port from the test's address. Traffic only goes to addresses the
 //! lab created; everything is removed when the lab is dropped.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use anyhow::{Context, bail};
-
-fn run(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("running {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn ns_run(ns: &str, args: &[&str]) -> anyhow::Result<()> {
-    let mut full = vec!["ip", "netns", "exec", ns];
-    full.extend_from_slice(args);
-    run(&full)
-}
+use crate::netns::{ns_run, run};
 
 /// How a router maps a LAN host's flows to its public address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,8 @@ pub struct NetLab {
     hosts: Vec<String>,
 }
 
-fn run(args: &[&str]) -> anyhow::Result<()> {
+/// Runs a command; its stderr in the error when it fails.
+pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -33,7 +34,8 @@ fn run(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ns_run(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+/// Runs a command inside namespace `ns`.
+pub(crate) fn ns_run(ns: &str, args: &[&str]) -> anyhow::Result<()> {
     let mut full = vec!["ip", "netns", "exec", ns];
     full.extend_from_slice(args);
     run(&full)
