@@ -99,7 +99,7 @@ enum Cmd {
         /// Ask over TCP (default: UDP, and again over TCP when the answer is truncated).
         #[arg(long)]
         tcp: bool,
-        /// DNS server, `IP:PORT` or `IP` (port 53) (default: the node's `dns_addr`).
+        /// DNS server, `IP:PORT` or `IP` (port 53) (default: the node's `dnsAddr`).
         #[arg(long, value_name = "ADDR")]
         server: Option<String>,
     },
@@ -659,6 +659,38 @@ impl Client {
         let text = self.send(method, path, body)?;
         serde_json::from_str(&text).map_err(|e| anyhow!("{path}: unexpected response: {e}"))
     }
+
+    /// [`Client::call`] for the bodies read into `voike_protocol::api` types that changed in
+    /// 0.2 (`/mesh/self`, `/mesh/nodes`, `/mesh/invites`): the deprecated duplicates are
+    /// dropped and an older node's seconds read as milliseconds
+    /// (`voike_protocol::api::upgrade_body`).
+    fn call_any_version<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
+        let mut value: serde_json::Value = self.call(method, path, body)?;
+        voike_protocol::api::upgrade_body(&mut value);
+        serde_json::from_value(value).map_err(|e| anyhow!("{path}: unexpected response: {e}"))
+    }
+}
+
+/// The field `name` (camelCase) of `v`, or its snake_case name as nodes before 0.2 sent it.
+fn field<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    match v.get(name) {
+        Some(x) => x,
+        None => {
+            let mut snake = String::with_capacity(name.len() + 4);
+            for c in name.chars() {
+                if c.is_ascii_uppercase() {
+                    snake.push('_');
+                }
+                snake.push(c.to_ascii_lowercase());
+            }
+            &v[snake]
+        }
+    }
 }
 
 /// The start time of process `pid` (field 22 of `/proc/PID/stat`), if it runs.
@@ -772,7 +804,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let client = Client::new(&args)?;
     match &args.command {
         Cmd::Status => {
-            let s: SelfInfo = client.call("GET", "/mesh/self", None::<&()>)?;
+            let s: SelfInfo = client.call_any_version("GET", "/mesh/self", None::<&()>)?;
             if args.json {
                 return print_json(&s);
             }
@@ -839,7 +871,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Cmd::Peers => {
-            let n: NodesResponse = client.call("GET", "/mesh/nodes", None::<&()>)?;
+            let n: NodesResponse = client.call_any_version("GET", "/mesh/nodes", None::<&()>)?;
             if args.json {
                 return print_json(&n);
             }
@@ -869,7 +901,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 ttl: Some(ttl.clone()),
                 role: Some(role.clone()),
             };
-            let r: InviteResponse = client.call("POST", "/mesh/invites", Some(&req))?;
+            let r: InviteResponse = client.call_any_version("POST", "/mesh/invites", Some(&req))?;
             if args.json {
                 return print_json(&r);
             }
@@ -878,7 +910,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             eprintln!(
                 "role {}, expires {}",
                 r.role,
-                expiry(r.expires_at, now_ms() / 1000)
+                voike_protocol::time::date_and_relative(r.expires_at, now_ms() / 1000)
             );
         }
         Cmd::Ledger(cmd) => ledger(&client, cmd, args.json)?,
@@ -904,14 +936,14 @@ fn opt_num(v: &serde_json::Value, digits: usize) -> String {
 fn event_line(e: &serde_json::Value) -> String {
     let mut rest = e.clone();
     if let Some(o) = rest.as_object_mut() {
-        for k in ["id", "at_ms", "kind"] {
+        for k in ["id", "atMs", "at_ms", "kind"] {
             o.remove(k);
         }
     }
     format!(
         "{:>6}  {}  {:<18}  {}",
         e["id"],
-        e["at_ms"],
+        field(e, "atMs"),
         e["kind"].as_str().unwrap_or("?"),
         rest
     )
@@ -927,14 +959,14 @@ fn mesh(client: &Client, cmd: &MeshCmd, json: bool) -> anyhow::Result<()> {
             let smp = &s["samples"];
             println!(
                 "node {}  {}  cpu {}%  mem {} / {} MiB  load {}  rss {} MiB  sampling every {} ms",
-                s["node_id"].as_str().unwrap_or("?"),
+                field(&s, "nodeId").as_str().unwrap_or("?"),
                 s["activity"].as_str().unwrap_or("?"),
-                opt_num(&smp["cpu_pct"], 1),
-                smp["mem_used_bytes"].as_u64().unwrap_or(0) >> 20,
-                smp["mem_total_bytes"].as_u64().unwrap_or(0) >> 20,
+                opt_num(field(smp, "cpuPct"), 1),
+                field(smp, "memUsedBytes").as_u64().unwrap_or(0) >> 20,
+                field(smp, "memTotalBytes").as_u64().unwrap_or(0) >> 20,
                 opt_num(&smp["load1"], 2),
-                smp["rss_bytes"].as_u64().unwrap_or(0) >> 20,
-                s["sample_interval_ms"],
+                field(smp, "rssBytes").as_u64().unwrap_or(0) >> 20,
+                field(&s, "sampleIntervalMs"),
             );
             println!(
                 "mesh: {} alive, {} suspect, {} dead",
@@ -948,12 +980,12 @@ fn mesh(client: &Client, cmd: &MeshCmd, json: bool) -> anyhow::Result<()> {
                 .iter()
                 .map(|p| {
                     vec![
-                        p["node_id"].as_str().unwrap_or("?").to_string(),
+                        field(p, "nodeId").as_str().unwrap_or("?").to_string(),
                         p["state"].as_str().unwrap_or("?").to_string(),
                         opt_num(&p["phi"], 2),
-                        p["silent_ms"].to_string(),
-                        opt_num(&p["rtt_ms"], 2),
-                        opt_num(&p["samples"]["cpu_pct"], 1),
+                        field(p, "silentMs").to_string(),
+                        opt_num(field(p, "rttMs"), 2),
+                        opt_num(field(&p["samples"], "cpuPct"), 1),
                         p["region"].as_str().unwrap_or("-").to_string(),
                     ]
                 })
@@ -987,7 +1019,7 @@ fn mesh(client: &Client, cmd: &MeshCmd, json: bool) -> anyhow::Result<()> {
                         r["peer"].as_str().unwrap_or("?").to_string(),
                         opt_num(&r["score"], 3),
                         opt_num(&r["health"], 2),
-                        opt_num(&r["rtt_ms"], 2),
+                        opt_num(field(r, "rttMs"), 2),
                         r["path"].as_str().unwrap_or("-").to_string(),
                         r["region"].as_str().unwrap_or("-").to_string(),
                     ]
@@ -1097,7 +1129,7 @@ fn ledger(client: &Client, cmd: &LedgerCmd, json: bool) -> anyhow::Result<()> {
                     "ledger ok: {} entries from {} authors, heads {}; {} recorded changes stored and applied",
                     report["entries"],
                     report["authors"],
-                    report["heads_hash"].as_str().unwrap_or(""),
+                    field(&report, "headsHash").as_str().unwrap_or(""),
                     report["changes"]["recorded"]
                 );
             } else {
@@ -1471,27 +1503,6 @@ fn or_dash(s: &str) -> String {
     }
 }
 
-/// `2026-12-02T02:35:00Z (in 59 min)`: a time in unix seconds, and how far from `now` it is.
-fn expiry(at: u64, now: u64) -> String {
-    let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(at));
-    let (ahead, secs) = if at >= now {
-        (true, at - now)
-    } else {
-        (false, now - at)
-    };
-    let span = match secs {
-        s if s < 120 => format!("{s} s"),
-        s if s < 2 * 3600 => format!("{} min", s / 60),
-        s if s < 2 * 86_400 => format!("{} h", s / 3600),
-        s => format!("{} days", s / 86_400),
-    };
-    if ahead {
-        format!("{when} (in {span})")
-    } else {
-        format!("{when} ({span} ago)")
-    }
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1706,13 +1717,13 @@ fn parse_server(s: &str) -> anyhow::Result<std::net::SocketAddr> {
 
 /// The node's DNS listener from `/mesh/self` (a wildcard bind is reached over loopback).
 fn node_dns_addr(client: &Client) -> anyhow::Result<std::net::SocketAddr> {
-    let me: SelfInfo = client.call("GET", "/mesh/self", None::<&()>)?;
+    let me: SelfInfo = client.call_any_version("GET", "/mesh/self", None::<&()>)?;
     let addr = me
         .dns_addr
-        .context("the node reports no DNS listener (dns_addr is null); pass --server")?;
+        .context("the node reports no DNS listener (dnsAddr is null); pass --server")?;
     let mut sa: std::net::SocketAddr = addr
         .parse()
-        .with_context(|| format!("the node's dns_addr {addr:?} is not IP:PORT"))?;
+        .with_context(|| format!("the node's dnsAddr {addr:?} is not IP:PORT"))?;
     if sa.ip().is_unspecified() {
         sa.set_ip(if sa.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()
@@ -1787,16 +1798,16 @@ fn resolve(
 
 /// `offset +3 ms from 2 peers (within 60000 ms)`, or the skew warning.
 fn clock_line(c: &serde_json::Value) -> String {
-    match c["offset_ms"].as_i64() {
+    match field(c, "offsetMs").as_i64() {
         None => "no peer reports yet".into(),
         Some(o) => {
             let verdict = if c["skewed"] == true {
                 format!(
                     "SKEWED beyond {} ms: this node's changes are refused by its peers; fix its clock and restart it",
-                    c["bound_ms"]
+                    field(c, "boundMs")
                 )
             } else {
-                format!("within {} ms", c["bound_ms"])
+                format!("within {} ms", field(c, "boundMs"))
             };
             format!("offset {o:+} ms from {} peers ({verdict})", c["peers"])
         }

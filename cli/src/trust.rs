@@ -114,7 +114,7 @@ pub fn trust(client: &Client, cmd: &TrustCmd, json: bool) -> anyhow::Result<()> 
                     &revoked_rows(&r["revoked"]),
                 );
             }
-            let rows: Vec<Vec<String>> = r["events"]["by_reason"]
+            let rows: Vec<Vec<String>> = crate::field(&r["events"], "byReason")
                 .as_object()
                 .into_iter()
                 .flatten()
@@ -171,11 +171,11 @@ pub fn trust(client: &Client, cmd: &TrustCmd, json: bool) -> anyhow::Result<()> 
                         }
                         .into(),
                         s(&x["security"]),
-                        x["key_exchange"]
+                        crate::field(x, "keyExchange")
                             .get(0)
                             .map(s)
                             .unwrap_or_else(|| "-".into()),
-                        s(&x["remote_addr"]),
+                        s(crate::field(x, "remoteAddr")),
                     ]
                 })
                 .collect();
@@ -204,7 +204,7 @@ pub fn trust(client: &Client, cmd: &TrustCmd, json: bool) -> anyhow::Result<()> 
                 .map(|c| vec![s(&c["author"]), s(&c["seq"]), s(&c["head"])])
                 .collect();
             table(&["AUTHOR", "SEQ", "HEAD"], &rows);
-            println!("heads_hash {}", s(&r["anchor"]["heads_hash"]));
+            println!("heads hash {}", s(crate::field(&r["anchor"], "headsHash")));
         }
     }
     Ok(())

@@ -25,6 +25,7 @@ use crate::ledger::{LedgerHandle, anchor_json, entry_json};
 use crate::state::{StateError, StateHandle};
 use crate::swarm::{InviteError, SwarmHandle};
 
+mod compat;
 mod grid;
 mod hypermesh;
 mod page;
@@ -344,7 +345,7 @@ async fn mesh_self(State(state): State<ApiState>) -> Result<Response, ApiError> 
         .ok_or_else(ApiError::unavailable)?;
     info.dns_addr = Some(state.dns.server.dns_addr.to_string());
     info.doh_addr = state.dns.server.doh_addr.map(|a| a.to_string());
-    Ok(Json(info).into_response())
+    Ok(Json(compat::with_old_names(&info, compat::SELF_FIELDS)?).into_response())
 }
 
 async fn mesh_nodes(State(state): State<ApiState>) -> Result<Response, ApiError> {
@@ -353,7 +354,11 @@ async fn mesh_nodes(State(state): State<ApiState>) -> Result<Response, ApiError>
         .nodes()
         .await
         .ok_or_else(ApiError::unavailable)?;
-    Ok(Json(NodesResponse { nodes }).into_response())
+    let mut body = compat::with_old_names(&NodesResponse { nodes }, &[])?;
+    for node in body["nodes"].as_array_mut().into_iter().flatten() {
+        compat::add_old_names(node, compat::NODE_FIELDS);
+    }
+    Ok(Json(body).into_response())
 }
 
 async fn mesh_invite(
@@ -489,8 +494,7 @@ async fn ledger_verify(State(state): State<ApiState>) -> Result<Response, ApiErr
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    let mut body = serde_json::to_value(&report)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let mut body = compat::with_old_names(&report, compat::VERIFY_FIELDS)?;
     body["ok"] = serde_json::json!(report.ok && changes.faults.is_empty());
     body["changes"] = serde_json::json!({
         "recorded": changes.recorded,

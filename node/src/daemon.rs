@@ -289,7 +289,10 @@ async fn run_with_store(
         .await
         .is_err()
     {
-        warn!(timeout = ?config.shutdown_timeout, "tasks did not stop within the shutdown timeout");
+        warn!(
+            timeout = %humantime::format_duration(config.shutdown_timeout),
+            "tasks did not stop within the shutdown timeout"
+        );
     }
     result
 }
@@ -315,7 +318,7 @@ async fn say_goodbye(swarm: &crate::swarm::SwarmHandle, shutdown_timeout: std::t
         ),
         Ok(None) => {}
         Err(_) => warn!(
-            ?wait,
+            wait_ms = wait.as_millis() as u64,
             "members did not answer the goodbye in time; stopping anyway"
         ),
     }

@@ -402,7 +402,10 @@ pub async fn start(
             d.listen, d.doh
         )
     })?;
-    info!(dns = %server.dns_addr, doh = ?server.doh_addr, "DNS listening");
+    match server.doh_addr {
+        Some(doh) => info!(dns = %server.dns_addr, %doh, "DNS listening"),
+        None => info!(dns = %server.dns_addr, doh = "off", "DNS listening"),
+    }
     let published = tokio::sync::watch::Sender::new(first_version);
     tracker.spawn({
         let engine = engine.clone();

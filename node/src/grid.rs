@@ -378,7 +378,12 @@ impl Grid {
                 }
                 Ok(SyncResponse::Module(None)) => self.metrics.vvm_fetch("absent"),
                 Ok(other) => {
-                    debug!(%peer, answer = ?other, "module request not served");
+                    let answer = match &other {
+                        SyncResponse::Busy => "busy".to_string(),
+                        SyncResponse::Refused(why) => format!("refused: {why}"),
+                        _ => "not a module".to_string(),
+                    };
+                    debug!(%peer, %answer, "module request not served");
                     self.metrics.vvm_fetch("refused");
                 }
                 Err(e) => {

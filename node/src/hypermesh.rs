@@ -83,8 +83,11 @@ pub struct LiveNode {
     pub capabilities: Vec<String>,
 }
 
-/// One event of the bounded log.
+/// One event of the bounded log: `id`, `atMs` (Unix milliseconds), `kind` and the kind's
+/// fields. The body is the one recorded in the ledger (`hypermesh.<kind>`), with the
+/// snake_case names it is signed with; `/hypermesh/events` shows its keys in camelCase.
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Event {
     pub id: u64,
     pub at_ms: u64,
@@ -93,12 +96,14 @@ pub struct Event {
 }
 
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AgentInfo {
     pub name: &'static str,
     pub state: String,
     /// `None` for agents that run when their inputs change (tickless).
     pub interval_ms: Option<u64>,
-    pub last_run_ms_ago: Option<u64>,
+    /// How long ago the agent last ran (ms).
+    pub last_run_ago_ms: Option<u64>,
     pub runs: u64,
 }
 
@@ -213,18 +218,18 @@ impl HypermeshHandle {
                 *counts.entry(state_name(state)).or_default() += 1;
                 let info = h.peers.get(&p);
                 json!({
-                    "node_id": p.to_string(),
+                    "nodeId": p.to_string(),
                     "state": state_name(state),
                     "phi": (phi * 100.0).round() / 100.0,
-                    "silent_ms": silent,
-                    "rtt_ms": info.and_then(|i| i.rtt_ewma_ms),
+                    "silentMs": silent,
+                    "rttMs": info.and_then(|i| i.rtt_ewma_ms),
                     "samples": info.and_then(|i| i.report.as_ref()).map(|r| &r.body.samples),
-                    "samples_known": info
+                    "samplesKnown": info
                         .and_then(|i| i.report.as_ref())
                         .is_some_and(|r| r.body.samples.machine_known()),
                     "activity": info.and_then(|i| i.report.as_ref()).map(|r| r.body.activity),
                     "region": info.and_then(|i| i.report.as_ref()).map(|r| r.body.region.clone()),
-                    "clock_offset_ms": info.and_then(|i| i.clock_offset_ms),
+                    "clockOffsetMs": info.and_then(|i| i.clock_offset_ms),
                 })
             })
             .collect();
@@ -234,23 +239,23 @@ impl HypermeshHandle {
             .peers
             .iter()
             .filter_map(|(p, i)| i.left.map(|(_, at)| (p, at)))
-            .map(|(p, at)| json!({ "node_id": p.to_string(), "left_at_ms": at }))
+            .map(|(p, at)| json!({ "nodeId": p.to_string(), "leftAtMs": at }))
             .collect();
         json!({
-            "node_id": self.node_id,
+            "nodeId": self.node_id,
             "clock": {
-                "offset_ms": offset,
-                "bound_ms": bound,
+                "offsetMs": offset,
+                "boundMs": bound,
                 "skewed": offset.is_some_and(|o| o.abs() > bound),
                 "peers": h.peers.values().filter(|i| i.clock_offset_ms.is_some()).count(),
             },
             "activity": h.activity,
             "samples": h.samples,
-            "samples_known": h.sampling.is_none(),
+            "samplesKnown": h.sampling.is_none(),
             "sampling": h.sampling.as_deref().unwrap_or("ok"),
             "region": self.config.region,
             "capabilities": h.capabilities,
-            "sample_interval_ms": h.sample_interval.as_millis() as u64,
+            "sampleIntervalMs": h.sample_interval.as_millis() as u64,
             "mesh": {
                 "alive": counts.get("alive").copied().unwrap_or(0),
                 "suspect": counts.get("suspect").copied().unwrap_or(0),
@@ -397,7 +402,7 @@ impl HypermeshHandle {
                     _ => "event-driven (recomputed when an input changes)".into(),
                 },
                 interval_ms: interval.map(|i| i.as_millis() as u64),
-                last_run_ms_ago: run.last.map(|l| l.elapsed().as_millis() as u64),
+                last_run_ago_ms: run.last.map(|l| l.elapsed().as_millis() as u64),
                 runs: run.runs,
             })
             .collect()

@@ -289,15 +289,16 @@ fn now_ms() -> u64 {
 fn report_unapplied(doc: DocId, report: &LoadReport, metrics: &Metrics) {
     for u in &report.unapplied {
         if let voike_protocol::docs::UnappliedReason::Excluded(why) = &u.reason {
-            info!(doc = doc.as_str(), change = ?u.hash.map(|h| h.to_string()), %why, "a stored change is left out");
+            // Absent fields (a change that does not decode has no hash) are left out.
+            info!(doc = doc.as_str(), change = u.hash.map(|h| h.to_string()), %why, "a stored change is left out");
             continue;
         }
         error!(
             doc = doc.as_str(),
             position = u.index,
-            change = ?u.hash.map(|h| h.to_string()),
-            actor = ?u.actor,
-            seq = ?u.seq,
+            change = u.hash.map(|h| h.to_string()),
+            actor = u.actor.as_deref(),
+            seq = u.seq,
             reason = %u.reason,
             "a stored change cannot be applied"
         );
@@ -348,7 +349,12 @@ impl StateHandle {
                 auth = Authority::from_members(replica.doc(), None);
             }
             if report.applied > 0 {
-                info!(doc = doc.as_str(), changes = report.applied, took = ?started.elapsed(), "loaded document");
+                info!(
+                    doc = doc.as_str(),
+                    changes = report.applied,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "loaded document"
+                );
             }
             report_unapplied(doc, &report, &metrics);
             docs.unapplied.insert(doc, report.unapplied);
@@ -1643,7 +1649,7 @@ impl StateHandle {
                 })
                 .inc();
         }
-        warn!(%from, doc = doc.as_str(), change = ?hash.map(|h| h.to_string()), reason = %r, "refused a document change");
+        warn!(%from, doc = doc.as_str(), change = hash.map(|h| h.to_string()), reason = %r, "refused a document change");
         self.trust_event(
             "trust.change_rejected",
             json!({

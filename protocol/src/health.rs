@@ -28,7 +28,11 @@ pub const LEAVE_DOMAIN: &[u8] = b"voike/leave/v1\0";
 /// figure as 0 and `mem_total_bytes` 0, which no machine has: the samples are then *unknown*
 /// ([`Samples::machine_known`]), and the node's health is [`UNKNOWN_HEALTH`], not that of an
 /// idle machine. (A marker in the existing layout, so reports stay readable by older nodes.)
+///
+/// Its serde names are the API's (`/hypermesh/status`, camelCase); reports carry it in postcard,
+/// which does not encode names.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Samples {
     /// Whole-machine CPU use, percent (0–100).
     pub cpu_pct: f32,
@@ -531,13 +535,18 @@ pub struct RouteInput {
     pub capabilities: Vec<String>,
 }
 
-/// One ranked route.
+/// One ranked route, as `/hypermesh/routes` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Route {
     pub peer: String,
+    /// 0..=1; higher is better.
     pub score: f64,
+    /// The peer's health, 0..=1 ([`health_score`]).
     pub health: f64,
+    /// EWMA of ping round-trip times, milliseconds.
     pub rtt_ms: Option<f64>,
+    /// `"direct"` or `"relayed"`.
     pub path: String,
     pub region: String,
     pub capabilities: Vec<String>,

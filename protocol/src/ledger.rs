@@ -50,8 +50,10 @@ pub struct Entry {
     pub signature: Vec<u8>,
 }
 
-/// What is wrong with a chain, and where.
+/// What is wrong with a chain, and where. In JSON (`POST /ledger/verify`, `fault`): the variant
+/// name as the key, its fields in camelCase (`{"Gap": {"author", "seq", "expectedSeq"}}`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
 #[non_exhaustive]
 pub enum ChainFault {
     #[error("entry {seq} of {author}: {reason}")]

@@ -21,6 +21,7 @@
 //! - [`jobs`]: the `jobs` document's layout, job validation, rendezvous placement, leases and
 //!   signed segment results.
 //! - [`sync`]: digests and pull messages of state sync.
+//! - [`time`]: Unix times as people read them (RFC 3339, "in 59 min"), for messages.
 //! - [`health`]: Hypermesh health reports, the phi-accrual failure detector, overload
 //!   prediction and route ranking.
 //! - [`snrl`]: SNRL candidate ranking and signed answers.
@@ -40,6 +41,7 @@ pub mod signing;
 pub mod snrl;
 pub mod sync;
 pub mod ticket;
+pub mod time;
 pub mod wire;
 pub mod zones;
 

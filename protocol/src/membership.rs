@@ -69,14 +69,26 @@ pub enum AdmissionError {
     IssuerNotAdmin { issuer: String, mesh: MeshId },
     #[error("peer belongs to mesh {found}, not mesh {expected}")]
     WrongMesh { expected: MeshId, found: MeshId },
-    #[error("ticket expired at {expires_at} (unix seconds); now is {now}")]
+    /// `now` is the verifier's clock, or the record's `joined_at` for a record checked later
+    /// (Unix seconds, written as RFC 3339).
+    #[error(
+        "ticket expired at {}, {} before it was used ({}): ask an admin for a new ticket",
+        crate::time::rfc3339(*.expires_at),
+        crate::time::span(.now.saturating_sub(*.expires_at)),
+        crate::time::rfc3339(*.now)
+    )]
     Expired { expires_at: u64, now: u64 },
     #[error("ticket was already used by node {owner}")]
     NonceReused { owner: String },
     #[error("record claims role {claimed} but the ticket grants {granted}")]
     RoleMismatch { claimed: Role, granted: Role },
+    /// Unix seconds, written as RFC 3339.
     #[error(
-        "record joined at {joined_at} but the verifier's clock says {now} (more than {MAX_CLOCK_SKEW_SECS}s apart)"
+        "record says it joined at {}, {} from the verifier's clock ({}), more than {} apart: check both clocks",
+        crate::time::rfc3339(*.joined_at),
+        crate::time::span(.joined_at.abs_diff(*.now)),
+        crate::time::rfc3339(*.now),
+        crate::time::span(MAX_CLOCK_SKEW_SECS)
     )]
     ClockSkew { joined_at: u64, now: u64 },
     #[error("record presented by {presenter} belongs to {owner}")]

@@ -90,11 +90,15 @@ pub struct Candidate {
     pub region: String,
     pub capabilities: Vec<String>,
     pub weight: u32,
-    /// 0..=[`MAX_SCORE`]; higher is better.
+    /// 0..=[`MAX_SCORE`] (parts per million); higher is better. Integers, as everything signed
+    /// here, so the JSON name says the unit: `scorePpm` (`score` before 0.2).
+    #[serde(rename = "scorePpm", alias = "score")]
     pub score: u32,
-    /// The node's health in per-mille (500 when unknown).
+    /// The node's health in per-mille, 0..=1000 (500 when unknown): the API's 0–1 health
+    /// times 1000. JSON `healthPermille` (`health` before 0.2).
+    #[serde(rename = "healthPermille", alias = "health")]
     pub health: u32,
-    /// Round-trip time to the node in microseconds, when measured.
+    /// Round-trip time to the node in microseconds, when measured (`rttUs`).
     pub rtt_us: Option<u64>,
     /// `"direct"`, `"relayed"` or `"unknown"`.
     pub path: String,
@@ -625,7 +629,15 @@ mod tests {
         let key = Keypair::generate_ed25519();
         let a = answer(&key);
         let json = serde_json::to_string(&a).expect("json");
-        for field in ["issuedAt", "endpointId", "rttUs", "signer", "signature"] {
+        for field in [
+            "issuedAt",
+            "endpointId",
+            "rttUs",
+            "scorePpm",
+            "healthPermille",
+            "signer",
+            "signature",
+        ] {
             assert!(json.contains(&format!("\"{field}\"")), "{field} in {json}");
         }
         let back: SignedAnswer = serde_json::from_str(&json).expect("parse");
@@ -634,6 +646,13 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&json).expect("value");
         let again: SignedAnswer = serde_json::from_value(value).expect("from value");
         again.verify().expect("verifies after json value");
+        // An answer from a node before 0.2 (`score`, `health`) reads the same and verifies.
+        let old = json
+            .replace("\"scorePpm\"", "\"score\"")
+            .replace("\"healthPermille\"", "\"health\"");
+        let old: SignedAnswer = serde_json::from_str(&old).expect("old names");
+        assert_eq!(old, a);
+        old.verify().expect("verifies with old names");
     }
 
     #[test]

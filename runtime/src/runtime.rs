@@ -135,7 +135,7 @@ impl Runtime {
         tracing::debug!(
             module = %module.hash(),
             bytes = bytes.len(),
-            elapsed = ?started.elapsed(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "module compiled"
         );
         Ok(module)
@@ -278,7 +278,7 @@ impl Runtime {
             entry = %job.entry,
             status = %outcome.status,
             fuel = outcome.fuel_used,
-            duration = ?outcome.duration,
+            duration_ms = outcome.duration.as_secs_f64() * 1000.0,
             "job finished"
         );
         outcome

@@ -167,8 +167,9 @@ type LogItem<'a> = Result<
     redb::StorageError,
 >;
 
-/// The result of walking every chain.
+/// The result of walking every chain (`POST /ledger/verify` shows it, camelCase).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct VerifyReport {
     pub ok: bool,
     pub entries: u64,

@@ -380,7 +380,7 @@ impl TestNode {
             },
         )?;
         let me = self.get("/mesh/self")?;
-        self.node_id = me.body["node_id"].as_str().unwrap_or_default().to_string();
+        self.node_id = me.body["nodeId"].as_str().unwrap_or_default().to_string();
         Ok(())
     }
 
@@ -433,21 +433,21 @@ impl TestNode {
     /// The DNS listener's address (UDP and TCP), from `/mesh/self`.
     pub fn dns_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
         let me = self.get("/mesh/self")?;
-        me.body["dns_addr"]
+        me.body["dnsAddr"]
             .as_str()
-            .context("no dns_addr in /mesh/self")?
+            .context("no dnsAddr in /mesh/self")?
             .parse()
-            .context("dns_addr")
+            .context("dnsAddr")
     }
 
     /// The DoH listener's address, from `/mesh/self`.
     pub fn doh_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
         let me = self.get("/mesh/self")?;
-        me.body["doh_addr"]
+        me.body["dohAddr"]
             .as_str()
-            .context("no doh_addr in /mesh/self")?
+            .context("no dohAddr in /mesh/self")?
             .parse()
-            .context("doh_addr")
+            .context("dohAddr")
     }
 
     /// `GET path` as text (for non-JSON answers such as zone exports).
@@ -583,20 +583,20 @@ impl TestNode {
         Ok(self
             .nodes()?
             .iter()
-            .any(|n| n["node_id"] == node_id && n["connected"] == true))
+            .any(|n| n["nodeId"] == node_id && n["connected"] == true))
     }
 
     /// Whether `node_id` appears in this node's member list at all.
     pub fn lists(&self, node_id: &str) -> anyhow::Result<bool> {
-        Ok(self.nodes()?.iter().any(|n| n["node_id"] == node_id))
+        Ok(self.nodes()?.iter().any(|n| n["nodeId"] == node_id))
     }
 
     /// This node's p2p listen addresses with `/p2p/<id>`.
     pub fn dial_addrs(&self) -> anyhow::Result<Vec<String>> {
         let me = self.get("/mesh/self")?;
-        Ok(me.body["listen_addrs"]
+        Ok(me.body["listenAddrs"]
             .as_array()
-            .context("listen_addrs")?
+            .context("listenAddrs")?
             .iter()
             .filter_map(|a| a.as_str())
             .map(|a| format!("{a}/p2p/{}", self.node_id))

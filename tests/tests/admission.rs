@@ -38,7 +38,7 @@ fn assert_never_listed(members: &[&TestNode], log: &str) -> anyhow::Result<()> {
         assert!(
             nodes
                 .iter()
-                .all(|n| n["node_id"].as_str() != Some(id.as_str())),
+                .all(|n| n["nodeId"].as_str() != Some(id.as_str())),
             "{} lists the intruder {id}: {nodes:?}",
             m.name
         );
@@ -64,15 +64,25 @@ fn expired_ticket_is_refused() -> anyhow::Result<()> {
     let genesis = TestNode::genesis("genesis")?;
     let r = genesis.post("/mesh/invites", &serde_json::json!({"ttl": "1s"}))?;
     assert_eq!(r.status, 201, "{}", r.body);
-    let expires_at = r.body["expires_at"].as_u64().unwrap_or(0);
+    let expires_at_ms = r.body["expiresAtMs"].as_u64().unwrap_or(0);
+    assert!(
+        expires_at_ms > 1_000_000_000_000,
+        "milliseconds: {}",
+        r.body
+    );
+    // Tickets hold whole seconds: it is valid through the second of `expiresAtMs`.
     wait_for(Duration::from_secs(5), "the ticket to expire", || {
-        Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() > expires_at)
+        Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() > expires_at_ms / 1000)
     })?;
     let log = refused_join(
         "expired",
         &["--join", r.body["ticket"].as_str().unwrap_or_default()],
     )?;
     assert!(log.contains("ticket expired"), "{log}");
+    // The expiry as a date, not in Unix seconds.
+    let date = voike_protocol::time::rfc3339(expires_at_ms / 1000);
+    assert!(log.contains(&format!("ticket expired at {date}")), "{log}");
+    assert!(!log.contains(&(expires_at_ms / 1000).to_string()), "{log}");
     assert_never_listed(&[&genesis], &log)?;
     Ok(())
 }

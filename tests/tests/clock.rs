@@ -26,7 +26,7 @@ fn libfaketime() -> Option<PathBuf> {
 fn heads(node: &TestNode) -> anyhow::Result<String> {
     let v = node.verify()?;
     anyhow::ensure!(v["ok"] == true, "verify: {v}");
-    Ok(v["heads_hash"].as_str().unwrap_or_default().to_string())
+    Ok(v["headsHash"].as_str().unwrap_or_default().to_string())
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn a_member_an_hour_ahead_is_refused_and_reported_then_converges_once_corrected(
         || {
             let s = c.get("/hypermesh/status")?.body;
             Ok(s["clock"]["skewed"] == true
-                && s["clock"]["offset_ms"]
+                && s["clock"]["offsetMs"]
                     .as_i64()
                     .is_some_and(|o| o > 3_000_000))
         },
@@ -102,8 +102,8 @@ fn a_member_an_hour_ahead_is_refused_and_reported_then_converges_once_corrected(
     wait_for(Duration::from_secs(30), "A to see C's clock ahead", || {
         let s = a.get("/hypermesh/status")?.body;
         Ok(s["peers"].as_array().into_iter().flatten().any(|p| {
-            p["node_id"] == c.node_id.as_str()
-                && p["clock_offset_ms"].as_i64().is_some_and(|o| o > 3_000_000)
+            p["nodeId"] == c.node_id.as_str()
+                && p["clockOffsetMs"].as_i64().is_some_and(|o| o > 3_000_000)
         }))
     })?;
 

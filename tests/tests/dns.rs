@@ -222,7 +222,7 @@ fn serial_increases_and_export_loads_in_named_checkzone() -> anyhow::Result<()> 
     demo_zone(&node)?;
     let addr = node.dns_addr()?;
     assert!(
-        node.get("/mesh/self")?.body["doh_addr"].is_null(),
+        node.get("/mesh/self")?.body["dohAddr"].is_null(),
         "DoH is off"
     );
     let before = serial(&dns::udp(addr, "demo.mesh.", RecordType::SOA)?).expect("serial");

@@ -615,3 +615,58 @@ fn status_shows_the_dns_and_doh_addresses() -> anyhow::Result<()> {
     assert_eq!(value("doh"), node.doh_addr()?.to_string(), "{text}");
     Ok(())
 }
+
+/// Every string value of a JSON log line (fields and message), nested ones included.
+fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+        _ => {}
+    }
+}
+
+/// Logs say `doh=off` or `doh=127.0.0.1:8053`, never Rust's `Some(...)` or `"None"`. (The swarm
+/// event loop's lines are left out here: that module is checked separately.)
+#[test]
+fn logs_print_plain_values_not_rust_debug_ones() -> anyhow::Result<()> {
+    let mut off = TestNode::spawn("log-doh-off", &["--log-format", "json", "--doh", "off"])?;
+    off.stop()?;
+    let log = off.log();
+    let mut dns_line = None;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{e}: {line}"))?;
+        if v["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("voiked::swarm"))
+        {
+            continue;
+        }
+        let mut values = Vec::new();
+        strings(&v, &mut values);
+        for s in &values {
+            assert!(
+                s != "None" && !s.starts_with("Some(") && !s.contains("Some("),
+                "a Rust debug value in {line}"
+            );
+        }
+        if values.iter().any(|s| s == "DNS listening") {
+            dns_line = Some(v);
+        }
+    }
+    let dns_line = dns_line.unwrap_or_else(|| panic!("no `DNS listening` line in {log}"));
+    assert_eq!(dns_line["fields"]["doh"], "off", "{dns_line}");
+
+    let mut on = TestNode::spawn("log-doh-on", &[])?;
+    let doh = on.doh_addr()?;
+    on.stop()?;
+    let log = on.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("DNS listening"))
+        .unwrap_or_else(|| panic!("no `DNS listening` line in {log}"));
+    assert!(line.contains(&format!("doh={doh}")), "{line}");
+    assert!(!line.contains("Some("), "{line}");
+    Ok(())
+}

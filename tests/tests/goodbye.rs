@@ -53,7 +53,7 @@ fn state_of(observer: &TestNode, node_id: &str) -> anyhow::Result<Option<String>
     let s = observer.get("/hypermesh/status")?.body;
     Ok(s["peers"]
         .as_array()
-        .and_then(|p| p.iter().find(|p| p["node_id"] == node_id))
+        .and_then(|p| p.iter().find(|p| p["nodeId"] == node_id))
         .and_then(|p| p["state"].as_str().map(String::from)))
 }
 
@@ -61,7 +61,7 @@ fn listed_as_left(observer: &TestNode, node_id: &str) -> anyhow::Result<bool> {
     let s: Value = observer.get("/hypermesh/status")?.body;
     Ok(s["left"]
         .as_array()
-        .is_some_and(|l| l.iter().any(|l| l["node_id"] == node_id)))
+        .is_some_and(|l| l.iter().any(|l| l["nodeId"] == node_id)))
 }
 
 /// `n` nodes on fixed ports that all see each other alive.

@@ -17,7 +17,7 @@ use voike_tests::TestNode;
 fn a_peer_that_has_not_proven_membership_receives_no_gossip() -> anyhow::Result<()> {
     let a = TestNode::genesis("gate-a")?;
     a.create_zone("demo", "demo.mesh.")?;
-    let mesh_id = a.get("/mesh/self")?.body["mesh_id"]
+    let mesh_id = a.get("/mesh/self")?.body["meshId"]
         .as_str()
         .unwrap_or_default()
         .to_string();

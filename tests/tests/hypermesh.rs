@@ -24,7 +24,7 @@ fn state_of(observer: &TestNode, node_id: &str) -> anyhow::Result<Option<String>
     let s = observer.get("/hypermesh/status")?.body;
     Ok(s["peers"]
         .as_array()
-        .and_then(|p| p.iter().find(|p| p["node_id"] == node_id))
+        .and_then(|p| p.iter().find(|p| p["nodeId"] == node_id))
         .and_then(|p| p["state"].as_str().map(String::from)))
 }
 
@@ -186,7 +186,7 @@ fn a_stopped_node_is_detected_and_recovers_after_sigcont() -> anyhow::Result<()>
     // Its own view and agents are served.
     let status: Value = nodes[2].get("/hypermesh/status")?.body;
     assert!(
-        status["samples"]["mem_total_bytes"].as_u64().unwrap_or(0) > 0,
+        status["samples"]["memTotalBytes"].as_u64().unwrap_or(0) > 0,
         "{status}"
     );
     let agents = nodes[2].get("/hypermesh/agents")?.body;
@@ -221,7 +221,7 @@ fn non_member_reports_never_reach_the_member() -> anyhow::Result<()> {
     wait_for(DEADLINE, "b alive on a", || {
         Ok(state_of(&a, &b.node_id)?.as_deref() == Some("alive"))
     })?;
-    let mesh_id = a.get("/mesh/self")?.body["mesh_id"]
+    let mesh_id = a.get("/mesh/self")?.body["meshId"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -271,7 +271,7 @@ fn non_member_reports_never_reach_the_member() -> anyhow::Result<()> {
     let status = a.get("/hypermesh/status")?.body;
     let peers: Vec<&str> = status["peers"]
         .as_array()
-        .map(|p| p.iter().filter_map(|p| p["node_id"].as_str()).collect())
+        .map(|p| p.iter().filter_map(|p| p["nodeId"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(peers, [b.node_id.as_str()], "{status}");
     assert!(

@@ -72,7 +72,7 @@ fn membership_events_are_recorded_and_the_ledger_verifies() -> anyhow::Result<()
     // The anchor is signed by the node over the same heads that verify reports.
     let a = genesis.post("/ledger/anchor", &serde_json::json!({}))?.body;
     assert_eq!(a["anchor"]["signer"], genesis.node_id.as_str());
-    assert_eq!(a["anchor"]["heads_hash"], v["heads_hash"]);
+    assert_eq!(a["anchor"]["headsHash"], v["headsHash"]);
 
     // CLI: verify, tail and export agree with the API.
     let out = voike(&genesis, &["ledger", "verify"])?;
@@ -105,7 +105,7 @@ fn membership_events_are_recorded_and_the_ledger_verifies() -> anyhow::Result<()
     genesis.stop()?;
     genesis.restart()?;
     let again = genesis.post("/ledger/verify", &serde_json::json!({}))?.body;
-    assert_eq!(again["heads_hash"], v["heads_hash"]);
+    assert_eq!(again["headsHash"], v["headsHash"]);
     assert_eq!(again["ok"], true);
     Ok(())
 }

@@ -31,8 +31,8 @@ fn three_nodes_join_and_list_each_other_as_connected() -> anyhow::Result<()> {
         let nodes = n.nodes()?;
         assert_eq!(nodes.len(), 3, "{}: {nodes:?}", n.name);
         for entry in &nodes {
-            if entry["is_self"] == true {
-                assert_eq!(entry["node_id"], n.node_id.as_str());
+            if entry["isSelf"] == true {
+                assert_eq!(entry["nodeId"], n.node_id.as_str());
                 continue;
             }
             assert_eq!(entry["connection"], "direct", "{entry}");
@@ -42,17 +42,17 @@ fn three_nodes_join_and_list_each_other_as_connected() -> anyhow::Result<()> {
             );
         }
         let me = n.get("/mesh/self")?.body;
-        assert_eq!(me["mesh_id"], genesis.get("/mesh/self")?.body["mesh_id"]);
+        assert_eq!(me["meshId"], genesis.get("/mesh/self")?.body["meshId"]);
         assert_eq!(me["membership"], "member");
         assert_eq!(n.get("/readyz")?.status, 200);
     }
     assert_eq!(genesis.get("/mesh/self")?.body["roles"][0], "admin");
     assert_eq!(b.get("/mesh/self")?.body["roles"][0], "member");
     // RTT appears once a ping has gone round.
-    wait_for(DEADLINE, "an rtt_ms on b's view of genesis", || {
+    wait_for(DEADLINE, "an rttMs on b's view of genesis", || {
         Ok(b.nodes()?
             .iter()
-            .any(|n| n["node_id"] == genesis.node_id.as_str() && n["rtt_ms"].is_number()))
+            .any(|n| n["nodeId"] == genesis.node_id.as_str() && n["rttMs"].is_number()))
     })?;
     Ok(())
 }

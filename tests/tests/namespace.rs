@@ -210,7 +210,7 @@ fn a_claim_to_another_owners_zone_never_wins_on_any_replica() -> anyhow::Result<
     })?;
     let events = a.get("/trust/events")?;
     assert!(
-        events.body["counts"]["by_reason"]["trust.change_rejected:no_grant"]
+        events.body["counts"]["byReason"]["trust.change_rejected:no_grant"]
             .as_u64()
             .is_some_and(|n| n >= 1),
         "{}",

@@ -47,7 +47,7 @@ fn records(node: &TestNode, zones: &[&str]) -> anyhow::Result<BTreeSet<String>> 
 fn heads(node: &TestNode) -> anyhow::Result<String> {
     let v = node.verify()?;
     anyhow::ensure!(v["ok"] == true, "verify: {v}");
-    Ok(v["heads_hash"].as_str().unwrap_or_default().to_string())
+    Ok(v["headsHash"].as_str().unwrap_or_default().to_string())
 }
 
 fn events(node: &TestNode) -> anyhow::Result<Vec<Value>> {
@@ -189,7 +189,7 @@ fn a_cut_off_node_converges_within_ten_seconds_of_the_heal() -> anyhow::Result<(
         let evs: Vec<Value> = events(node)?
             .into_iter()
             .filter(|e| e["peer"] == c.node_id.as_str())
-            .filter(|e| e["at_ms"].as_u64().unwrap_or(0) >= healed_ms)
+            .filter(|e| e["atMs"].as_u64().unwrap_or(0) >= healed_ms)
             .collect();
         let recovered = evs.iter().position(|e| e["kind"] == "peer_recovered");
         let after: Vec<&Value> = match recovered {

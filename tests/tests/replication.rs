@@ -34,7 +34,7 @@ fn ledgers_converge(nodes: &[&TestNode]) -> anyhow::Result<String> {
         for n in nodes {
             let v = n.verify()?;
             anyhow::ensure!(v["ok"] == true, "ledger of {} does not verify: {v}", n.name);
-            hashes.push(v["heads_hash"].as_str().unwrap_or_default().to_string());
+            hashes.push(v["headsHash"].as_str().unwrap_or_default().to_string());
         }
         hash = hashes[0].clone();
         Ok(hashes.iter().all(|h| *h == hashes[0]))

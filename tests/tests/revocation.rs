@@ -19,7 +19,7 @@ fn listed_revoked(node: &TestNode, id: &str) -> anyhow::Result<bool> {
     Ok(node
         .nodes()?
         .iter()
-        .any(|n| n["node_id"] == id && n["revoked"] == true))
+        .any(|n| n["nodeId"] == id && n["revoked"] == true))
 }
 
 #[test]

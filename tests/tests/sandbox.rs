@@ -75,7 +75,7 @@ fn start_wrapped(node: &mut TestNode, wrapper: &[&str]) -> anyhow::Result<Guard>
     wait_for(DEADLINE, &format!("{} API", node.name), || {
         Ok(http("GET", &node.api, "/healthz", None, None)?.status == 200)
     })?;
-    node.node_id = node.get("/mesh/self")?.body["node_id"]
+    node.node_id = node.get("/mesh/self")?.body["nodeId"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -134,9 +134,9 @@ fn a_node_that_cannot_read_proc_says_sampling_is_unavailable() -> anyhow::Result
     let status = node.get("/hypermesh/status")?.body;
     let sampling = status["sampling"].as_str().unwrap_or_default();
     assert!(sampling.contains("/proc/stat"), "{status}");
-    assert_eq!(status["samples_known"], false, "{status}");
+    assert_eq!(status["samplesKnown"], false, "{status}");
     assert_eq!(
-        status["samples"]["mem_total_bytes"], 0,
+        status["samples"]["memTotalBytes"], 0,
         "unknown, not a figure: {status}"
     );
     // Several samples later the log has said it once.

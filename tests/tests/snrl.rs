@@ -86,7 +86,7 @@ fn ranking_follows_region_capability_and_weight_and_answers_are_signed() -> anyh
         .cloned()
         .unwrap_or_default()
         .iter()
-        .filter_map(|c| c["score"].as_u64())
+        .filter_map(|c| c["scorePpm"].as_u64())
         .collect();
     assert!(
         scores.windows(2).all(|w| w[0] >= w[1]),
@@ -102,7 +102,7 @@ fn ranking_follows_region_capability_and_weight_and_answers_are_signed() -> anyh
     for (path, value) in [
         ("/candidates/0/address", json!("10.6.6.6")),
         ("/candidates/1/port", json!(8443)),
-        ("/candidates/0/score", json!(1)),
+        ("/candidates/0/scorePpm", json!(1)),
         ("/issuedAt", json!(1)),
         ("/ttl", json!(86_400)),
         ("/domain", json!("evil.demo.mesh.")),

@@ -66,8 +66,8 @@ fn sigterm_shuts_down_gracefully_and_state_survives() -> anyhow::Result<()> {
     assert!(!node.dir.join("api.addr").exists());
     node.restart()?;
     let again = node.get("/mesh/self")?.body;
-    assert_eq!(again["node_id"], me["node_id"]);
-    assert_eq!(again["mesh_id"], me["mesh_id"]);
+    assert_eq!(again["nodeId"], me["nodeId"]);
+    assert_eq!(again["meshId"], me["meshId"]);
     Ok(())
 }
 

@@ -12,7 +12,7 @@ fn member_set(node: &TestNode) -> anyhow::Result<BTreeSet<String>> {
     let mut out: BTreeSet<String> = node
         .nodes()?
         .iter()
-        .filter_map(|n| n["node_id"].as_str().map(String::from))
+        .filter_map(|n| n["nodeId"].as_str().map(String::from))
         .collect();
     out.insert(node.node_id.clone());
     Ok(out)

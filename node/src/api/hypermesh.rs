@@ -20,7 +20,8 @@ pub async fn routes(State(state): State<ApiState>) -> Response {
     Json(json!({ "routes": state.hypermesh.routes() })).into_response()
 }
 
-/// `?since=ID` (events after that id) and `?limit=N` (default and most: 1000).
+/// `?since=ID` (events after that id) and `?limit=N` (default and most: 1000). The events'
+/// keys are camelCase; the ledger records the same bodies with their snake_case names.
 pub async fn events(
     State(state): State<ApiState>,
     Query(q): Query<HashMap<String, String>>,
@@ -33,7 +34,8 @@ pub async fn events(
             "`limit` must be between 1 and {MAX_EVENTS_PAGE}"
         )));
     }
-    Ok(Json(json!({ "events": state.hypermesh.events(since, limit as usize) })).into_response())
+    let events = super::compat::camel_items(&state.hypermesh.events(since, limit as usize));
+    Ok(Json(json!({ "events": events })).into_response())
 }
 
 pub async fn agents(State(state): State<ApiState>) -> Response {

@@ -121,7 +121,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Response, ApiError>
     Ok(Json(json!({
         "revoked": revoked_json(&state),
         "grants": auth.grant_list().len(),
-        "events": { "by_kind": by_kind, "by_reason": by_reason, "scanned": counts.len() },
+        "events": { "byKind": by_kind, "byReason": by_reason, "scanned": counts.len() },
         "unapplied": state.state.unapplied(),
         "sessions": {
             "total": sessions.len(),
@@ -178,7 +178,7 @@ pub async fn events(
         .collect();
     Ok(Json(json!({
         "events": events,
-        "counts": { "by_kind": by_kind, "by_reason": by_reason },
+        "counts": { "byKind": by_kind, "byReason": by_reason },
         "scanned": rows.len(),
     }))
     .into_response())
@@ -212,5 +212,7 @@ pub async fn sessions(State(state): State<ApiState>) -> Result<Response, ApiErro
         .sessions()
         .await
         .ok_or_else(ApiError::unavailable)?;
+    // The swarm's sessions keep Rust's snake_case names: the API's are camelCase.
+    let sessions = super::compat::camel_items(&sessions);
     Ok(Json(json!({ "sessions": sessions })).into_response())
 }

@@ -113,6 +113,32 @@ fn ticket_signed_by_a_non_admin_is_rejected() {
 }
 
 #[test]
+fn expiry_and_skew_errors_show_dates_not_unix_seconds() {
+    let expired = AdmissionError::Expired {
+        expires_at: NOW - 180,
+        now: NOW,
+    }
+    .to_string();
+    assert_eq!(
+        expired,
+        "ticket expired at 2027-01-15T07:57:00Z, 3 min before it was used \
+         (2027-01-15T08:00:00Z): ask an admin for a new ticket"
+    );
+    let skew = AdmissionError::ClockSkew {
+        joined_at: NOW + 720,
+        now: NOW,
+    }
+    .to_string();
+    assert!(
+        skew.contains(
+            "2027-01-15T08:12:00Z, 12 min from the verifier's clock (2027-01-15T08:00:00Z)"
+        ),
+        "{skew}"
+    );
+    assert!(!skew.contains(&NOW.to_string()), "{skew}");
+}
+
+#[test]
 fn expired_ticket_is_rejected_when_fresh_but_old_members_stay_valid() {
     let (g, c, mut d) = mesh();
     let n = Keypair::generate_ed25519();

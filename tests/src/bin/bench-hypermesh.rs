@@ -55,7 +55,7 @@ fn state_of(o: &TestNode, id: &str) -> anyhow::Result<Option<String>> {
     let s = o.get("/hypermesh/status")?.body;
     Ok(s["peers"]
         .as_array()
-        .and_then(|p| p.iter().find(|p| p["node_id"] == id))
+        .and_then(|p| p.iter().find(|p| p["nodeId"] == id))
         .and_then(|p| p["state"].as_str().map(String::from)))
 }
 

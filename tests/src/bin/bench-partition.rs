@@ -32,7 +32,7 @@ fn records(node: &TestNode) -> anyhow::Result<BTreeSet<String>> {
 }
 
 fn heads(node: &TestNode) -> anyhow::Result<String> {
-    Ok(node.verify()?["heads_hash"]
+    Ok(node.verify()?["headsHash"]
         .as_str()
         .unwrap_or_default()
         .to_string())

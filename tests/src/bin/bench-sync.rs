@@ -215,14 +215,14 @@ fn main() -> anyhow::Result<()> {
         // Anchors carry the heads hash without walking the chains (a verify of 100k entries
         // takes seconds and would dominate the figure).
         let anchor = |n: &TestNode| -> anyhow::Result<serde_json::Value> {
-            Ok(n.post("/ledger/anchor", &json!({}))?.body["anchor"]["heads_hash"].clone())
+            Ok(n.post("/ledger/anchor", &json!({}))?.body["anchor"]["headsHash"].clone())
         };
         Ok(records_at.is_some() && anchor(&a)? == anchor(&e)?)
     })?;
     let total = started.elapsed();
     let (va, ve) = (a.verify()?, e.verify()?);
     anyhow::ensure!(
-        ve["ok"] == true && va["heads_hash"] == ve["heads_hash"],
+        ve["ok"] == true && va["headsHash"] == ve["headsHash"],
         "E's ledger does not verify or differs: {ve}"
     );
     println!(
