@@ -342,6 +342,10 @@ pub struct P2pConfig {
     /// addresses AutoNAT confirmed (e.g. a port forward on the router). Default none.
     #[serde(deserialize_with = "multiaddrs")]
     pub external_addresses: Vec<Multiaddr>,
+    /// Ask the router for port mappings (UPnP IGD) for the listen ports, so that members reach
+    /// this node directly through its NAT. Only tried when a listener is on a private IPv4
+    /// address or `0.0.0.0` (nothing to map otherwise). Default true.
+    pub port_mapping: bool,
     /// `[p2p.relay]`: relaying for members behind NAT, and using member relays.
     pub relay: RelayConfig,
 }
@@ -443,6 +447,7 @@ impl Default for P2pConfig {
             ping_timeout: Duration::from_secs(10),
             max_peers: 64,
             external_addresses: Vec::new(),
+            port_mapping: true,
             relay: RelayConfig::default(),
         }
     }

@@ -153,6 +153,8 @@ async fn run_with_store(
                 max_circuit_duration: config.p2p.relay.circuit_duration,
                 max_circuit_bytes: config.p2p.relay.circuit_bytes,
             },
+            port_mapping: config.p2p.port_mapping
+                && behaviour::port_mapping_useful(&config.p2p.listen),
         },
     )?;
     let (sync_tx, sync_rx) = tokio::sync::mpsc::channel(sync::QUEUE);

@@ -54,6 +54,10 @@ pub struct SelfInfo {
     /// Member relays this node holds a reservation on (node ids).
     #[serde(default)]
     pub relays: Vec<String>,
+    /// UPnP port mapping (`p2p.port_mapping`): `off`, `searching`, `mapped`, `no_gateway`,
+    /// `non_routable` (the gateway is behind another NAT) or `failed`.
+    #[serde(default, alias = "port_mapping")]
+    pub port_mapping: String,
 }
 
 /// One member in `GET /mesh/nodes`.

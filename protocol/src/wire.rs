@@ -53,6 +53,12 @@ pub struct Hello {
     /// differs sends a hello back, and learns them from the welcome. Absent from older nodes.
     #[serde(default)]
     pub directory_hash: Option<Vec<u8>>,
+    /// What AutoNAT concluded about the sender: `true` when members can dial it (it is a
+    /// useful relay for members behind NAT), `false` when it is behind NAT itself (a member
+    /// that reached it by a hole punch or on its LAN must not take it for a relay). Absent
+    /// while unknown, and from older nodes.
+    #[serde(default)]
+    pub public: Option<bool>,
 }
 
 /// A member known to the replying node, with addresses to reach it.

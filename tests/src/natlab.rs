@@ -124,6 +124,7 @@ impl NatLab {
                  }}
                  chain filter_fw {{ type filter hook forward priority 0; policy drop;\n\
                    ct state established,related accept;\n\
+                   ct status dnat accept;\n\
                    iifname \"lan\" oifname \"wan\" accept;\n\
                    ip saddr 10.{s}.0.254 ip daddr {lan}.2 tcp dport 8080 accept;\n\
                  }}\n\
@@ -136,6 +137,12 @@ impl NatLab {
             run(&["ip", "route", "add", &format!("{lan}.0/24"), "via", &wan_ip])?;
         }
         Ok(lab)
+    }
+
+    /// The root namespace's end of public host `h`'s link (its byte counters are the host's
+    /// traffic).
+    pub fn public_link(&self, h: usize) -> String {
+        format!("{}pv{h}", self.bridge.trim_end_matches("br"))
     }
 
     pub fn public_ns(&self, h: usize) -> &str {
@@ -154,10 +161,164 @@ impl NatLab {
         format!("10.{}.{}.2", self.subnet, k + 1)
     }
 
+    /// The "internet" address of public host `h` or router `k` in a lab with
+    /// [`NatLab::start_upnp`]: `11.S.0.x`. UPnP gateways (miniupnpd) and clients (libp2p-upnp)
+    /// refuse to map ports behind a private or reserved external address — they take it for
+    /// double NAT — so the lab's WAN side also gets addresses that count as public. They exist
+    /// only on the lab's WAN interfaces (not in the root namespace, whose routes stay as they
+    /// are), so traffic to them never leaves the lab.
+    pub fn internet_ip_of_public(&self, h: usize) -> String {
+        format!("11.{}.0.{}", self.subnet, h + 1)
+    }
+
+    pub fn internet_ip_of_router(&self, k: usize) -> String {
+        format!("11.{}.0.{}", self.subnet, 101 + k)
+    }
+
+    /// Runs a UPnP IGD gateway (miniupnpd, nftables backend) on router `k`, as a home router
+    /// offers one: its LAN host may map ports of its own address. Gives every WAN interface of
+    /// the lab its internet address first. Skips (returns `Ok(None)`) when miniupnpd is not
+    /// installed; `.ci/run` installs it.
+    pub fn start_upnp(&self, k: usize) -> anyhow::Result<Option<Upnpd>> {
+        let binary = ["/usr/sbin/miniupnpd", "/usr/local/sbin/miniupnpd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(binary) = binary else {
+            return Ok(None);
+        };
+        let s = self.subnet;
+        for (h, ns) in self.public.iter().enumerate() {
+            let ip = self.internet_ip_of_public(h);
+            let _ = ns_run(
+                ns,
+                &["ip", "addr", "add", &format!("{ip}/24"), "dev", "wan"],
+            );
+        }
+        for (j, ns) in self.routers.iter().enumerate() {
+            let ip = self.internet_ip_of_router(j);
+            let _ = ns_run(
+                ns,
+                &["ip", "addr", "add", &format!("{ip}/24"), "dev", "wan"],
+            );
+        }
+        let r = &self.routers[k];
+        // The chains miniupnpd fills (as its nft_init.sh makes them); the lab's own filter
+        // still drops unsolicited inbound packets, except those a mapping translated.
+        let tables = "table inet filter {
+             chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
+             chain miniupnpd { }
+             chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
+             chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }
+             chain prerouting_miniupnpd { }
+             chain postrouting_miniupnpd { }
+             }
+";
+        let tag = &self.bridge;
+        let dir = std::env::temp_dir();
+        let nft = dir.join(format!("{tag}-upnp{k}.nft"));
+        std::fs::write(&nft, tables)?;
+        ns_run(r, &["nft", "-f", &nft.to_string_lossy()])?;
+        let lan = format!("10.{s}.{}", k + 1);
+        let conf = format!(
+            "ext_ifname=wan
+             ext_ip={ext}
+             listening_ip=lan
+             http_port=0
+             enable_upnp=yes
+             enable_natpmp=yes
+             secure_mode=yes
+             system_uptime=yes
+             uuid=3f6e4a70-0000-4000-8000-0000000000{k:02}
+             allow 1024-65535 {lan}.0/24 1024-65535
+             deny 0-65535 0.0.0.0/0 0-65535
+",
+            ext = self.internet_ip_of_router(k),
+        );
+        let conf_path = dir.join(format!("{tag}-upnp{k}.conf"));
+        std::fs::write(&conf_path, conf)?;
+        let pid_path = dir.join(format!("{tag}-upnp{k}.pid"));
+        let log_path = dir.join(format!("{tag}-upnp{k}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", r, binary, "-d", "-f"])
+            .arg(&conf_path)
+            .arg("-P")
+            .arg(&pid_path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let upnpd = Upnpd {
+            child,
+            log: log_path,
+        };
+        // Up once it listens for SSDP searches on the LAN side.
+        crate::wait_for(
+            std::time::Duration::from_secs(10),
+            "miniupnpd listening",
+            || Ok(upnpd.log().contains("HTTP listening on port")),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}; miniupnpd said: {}", upnpd.log()))?;
+        Ok(Some(upnpd))
+    }
+
+    /// Gives router `k` a new public address (as an ISP's new DHCP lease would) and removes the
+    /// old one; the kernel drops the flows masqueraded to the old address. Returns the new one.
+    pub fn renumber_router(&self, k: usize) -> anyhow::Result<String> {
+        let s = self.subnet;
+        let (old, new) = (
+            format!("10.{s}.0.{}", 101 + k),
+            format!("10.{s}.0.{}", 151 + k),
+        );
+        let r = &self.routers[k];
+        // The new address is a secondary one until the old goes; keep it then.
+        ns_run(
+            r,
+            &["sysctl", "-qw", "net.ipv4.conf.wan.promote_secondaries=1"],
+        )?;
+        ns_run(
+            r,
+            &["ip", "addr", "add", &format!("{new}/24"), "dev", "wan"],
+        )?;
+        ns_run(
+            r,
+            &["ip", "addr", "del", &format!("{old}/24"), "dev", "wan"],
+        )?;
+        run(&[
+            "ip",
+            "route",
+            "replace",
+            &format!("10.{s}.{}.0/24", k + 1),
+            "via",
+            &new,
+        ])?;
+        Ok(new)
+    }
+
     /// Forgets every NAT mapping of router `k` (`conntrack -F`, as a router reboot would): the
     /// LAN host's flows get new public ports.
     pub fn flush_router(&self, k: usize) -> anyhow::Result<()> {
         ns_run(&self.routers[k], &["conntrack", "-F"])
+    }
+}
+
+/// A running UPnP gateway on a lab router; stopped when dropped.
+#[derive(Debug)]
+pub struct Upnpd {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Upnpd {
+    /// What miniupnpd logged (with `-d` it logs every request).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Upnpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -15,7 +15,7 @@ fn path(from: &TestNode, to: &TestNode) -> anyhow::Result<Option<String>> {
     Ok(from
         .nodes()?
         .iter()
-        .find(|n| n["node_id"] == to.node_id.as_str() && n["connected"] == true)
+        .find(|n| n["nodeId"] == to.node_id.as_str() && n["connected"] == true)
         .and_then(|n| n["connection"].as_str().map(String::from)))
 }
 
@@ -234,5 +234,110 @@ fn the_mesh_re_forms_after_a_router_forgets_its_mappings() -> anyhow::Result<()>
             && sees_endpoint(&a, "after.free.mesh")?)
     })?;
     eprintln!("rebinding: A-B path {:?}", path(&a, &b)?);
+    Ok(())
+}
+
+/// The public address of A's router changes (a new lease from the ISP): the flows through the
+/// old address die, and the mesh re-forms — A and B connected again, writes flowing.
+#[test]
+fn the_mesh_re_forms_after_a_router_gets_a_new_public_address() -> anyhow::Result<()> {
+    voike_tests::require_netns!();
+    let lab = NatLab::new(1, &[Nat::Cone, Nat::Cone])?;
+    let mut p = TestNode::in_netns("natn-p", lab.public_ns(0), &lab.public_ip(0), &[])?;
+    p.start()?;
+    let mut a = TestNode::in_netns(
+        "natn-a",
+        lab.private_ns(0),
+        &lab.private_ip(0),
+        &["--join", &p.invite("10m")?],
+    )?;
+    a.start()?;
+    let mut b = TestNode::in_netns(
+        "natn-b",
+        lab.private_ns(1),
+        &lab.private_ip(1),
+        &["--join", &p.invite("10m")?],
+    )?;
+    b.start()?;
+    wait_for(DEADLINE, "A and B connected", || {
+        Ok(path(&a, &b)?.is_some() && path(&b, &a)?.is_some())
+    })?;
+    let new = lab.renumber_router(0)?;
+    let since = std::time::Instant::now();
+    let r = b.post(
+        "/snrl/endpoints",
+        &json!({ "service": "renumbered.free.mesh", "address": "10.0.0.5", "port": 80 }),
+    )?;
+    assert_eq!(r.status, 201, "{}", r.body);
+    // The dead links are noticed by their pings (`p2p.ping_interval` + `p2p.ping_timeout`).
+    wait_for(Duration::from_secs(60), "the mesh re-formed", || {
+        Ok(path(&a, &b)?.is_some()
+            && path(&b, &a)?.is_some()
+            && sees_endpoint(&a, "renumbered.free.mesh")?)
+    })?;
+    eprintln!(
+        "renumbered to {new}: re-formed in {:.1} s, A-B path {:?}",
+        since.elapsed().as_secs_f64(),
+        path(&a, &b)?
+    );
+    Ok(())
+}
+
+/// Port mapping: A sits behind a symmetric NAT whose router offers UPnP IGD (miniupnpd), B
+/// behind another symmetric NAT without it. Without a mapping they meet only through a relay
+/// (the symmetric/symmetric test); with it, A's router forwards A's port, A advertises the
+/// mapped address, and B reaches A directly — still after the public member stops.
+#[test]
+fn a_member_behind_a_router_with_upnp_is_reached_directly() -> anyhow::Result<()> {
+    voike_tests::require_netns!();
+    let lab = NatLab::new(1, &[Nat::Symmetric, Nat::Symmetric])?;
+    let Some(upnpd) = lab.start_upnp(0)? else {
+        // .ci/run installs it; a developer machine without it skips with the reason.
+        eprintln!("SKIPPED: miniupnpd is not installed (apt-get install miniupnpd-nftables)");
+        return Ok(());
+    };
+    let mut p = TestNode::in_netns("natu-p", lab.public_ns(0), &lab.public_ip(0), &[])?;
+    p.start()?;
+    let mut a = TestNode::in_netns(
+        "natu-a",
+        lab.private_ns(0),
+        &lab.private_ip(0),
+        &["--join", &p.invite("10m")?],
+    )?;
+    a.start()?;
+    let mut b = TestNode::in_netns(
+        "natu-b",
+        lab.private_ns(1),
+        &lab.private_ip(1),
+        &["--join", &p.invite("10m")?],
+    )?;
+    b.start()?;
+    let mapped = format!("/ip4/{}/tcp/4747", lab.internet_ip_of_router(0));
+    wait_for(DEADLINE, "A's router mapped A's port", || {
+        let me = a.get("/mesh/self")?.body;
+        Ok(me["portMapping"] == "mapped"
+            && me["externalAddrs"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(mapped.as_str()))))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}; miniupnpd said: {}", upnpd.log()))?;
+    wait_for(DEADLINE, "B connected to A directly", || {
+        Ok(path(&b, &a)?.as_deref() == Some("direct"))
+    })?;
+    // B's own router offers nothing: it says so once its search gives up.
+    wait_for(DEADLINE, "B says no gateway answered", || {
+        Ok(b.get("/mesh/self")?.body["portMapping"] == "no_gateway")
+    })?;
+
+    p.stop()?;
+    let r = b.post(
+        "/snrl/endpoints",
+        &json!({ "service": "upnp.free.mesh", "address": "10.0.0.4", "port": 80 }),
+    )?;
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_for(DEADLINE, "A sees B's endpoint without Genesis", || {
+        sees_endpoint(&a, "upnp.free.mesh")
+    })?;
+    assert_eq!(path(&b, &a)?.as_deref(), Some("direct"));
     Ok(())
 }

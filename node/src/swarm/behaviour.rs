@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use libp2p::swarm::NetworkBehaviour;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, gossipsub, identify,
-    identity::Keypair, noise, ping, relay, request_response, tcp, tls, yamux,
+    Multiaddr, StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, gossipsub,
+    identify, identity::Keypair, noise, ping, relay, request_response, tcp, tls, upnp, yamux,
 };
 use voike_protocol::health::Leave;
 use voike_protocol::sync::{MAX_DIGEST_BYTES, SYNC_PROTOCOL};
@@ -49,6 +50,19 @@ pub struct Behaviour {
     pub dcutr: dcutr::Behaviour,
     pub gossipsub: Forgetful<gossipsub::Behaviour>,
     pub sync: Forgetful<request_response::Behaviour<SyncCodec>>,
+    /// UPnP IGD port mapping (`p2p.port_mapping`), present only where there is something to
+    /// map (see [`port_mapping_useful`]): it searches for a gateway as soon as it is made.
+    pub upnp: Toggle<upnp::tokio::Behaviour>,
+}
+
+/// Whether asking the router for port mappings can help: some listener is on a private IPv4
+/// address, or on `0.0.0.0` (which includes the host's LAN addresses). UPnP IGD maps IPv4
+/// only, and a node on loopback or a public address has nothing to map — such a node never
+/// sends a gateway search.
+pub fn port_mapping_useful(listen: &[Multiaddr]) -> bool {
+    listen.iter().any(|a| {
+        matches!(a.iter().next(), Some(Protocol::Ip4(ip)) if ip.is_unspecified() || ip.is_private())
+    })
 }
 
 /// Settings of [`build`].
@@ -60,6 +74,8 @@ pub struct BuildOptions {
     pub sync_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub relay: RelayLimits,
+    /// Map the listen ports on the router (UPnP IGD).
+    pub port_mapping: bool,
 }
 
 /// What a member relays for other members (`[p2p.relay]`).
@@ -83,6 +99,7 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
         sync_timeout,
         metrics,
         relay: relay_limits,
+        port_mapping,
     } = opts;
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -199,6 +216,7 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
                 dcutr,
                 gossipsub: Forgetful::gated(gossipsub),
                 sync: Forgetful::new(sync),
+                upnp: Toggle::from(port_mapping.then(upnp::tokio::Behaviour::default)),
             })
         })?
         // Members stay connected; connections are closed by the mesh logic, not by idleness.

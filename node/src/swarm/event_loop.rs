@@ -21,7 +21,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, ping, relay};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, ping, relay, upnp};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +53,14 @@ const RECENT_REDIAL_MAX: Duration = Duration::from_secs(3);
 /// How long after losing a member the short redial interval applies; then the backoff grows to
 /// `p2p.redial_max`.
 const RECENT_LINK: Duration = Duration::from_secs(600);
+/// A member reached only through a relay is dialed directly again after this (doubling up to
+/// [`DIRECT_RETRY_MAX`]), and at once when it advertises a new address: a hole punch that
+/// failed, a port mapping or an address that appeared later may work now.
+const DIRECT_RETRY: Duration = Duration::from_secs(30);
+const DIRECT_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
+/// Dials that failed in a row after which an address that never worked is left out of dials
+/// (another NAT's private address, a stale port), unless nothing else is left.
+const ADDR_EXPIRE_FAILURES: u32 = 3;
 /// How long a rejected peer keeps its connection, so that the rejection reaches it.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
 const COMMAND_QUEUE: usize = 64;
@@ -227,6 +235,8 @@ struct Peer {
     asked_members_at: Option<Instant>,
     /// When a relay reservation on the peer last failed.
     relay_failed_at: Option<Instant>,
+    /// What the peer's last hello said of its reachability ([`Hello::public`]).
+    says_public: Option<bool>,
     /// When each open connection last showed it works (opened, or a ping answered).
     alive_at: HashMap<ConnectionId, Instant>,
     /// The peer presented a valid membership record on the current connections.
@@ -235,6 +245,11 @@ struct Peer {
     rtt: Option<Duration>,
     /// Addresses the peer listens on, as it or other members told us.
     addrs: Vec<Multiaddr>,
+    /// How dials to each of those went (see [`Peer::dial_addrs`]).
+    addr_results: HashMap<Multiaddr, AddrResult>,
+    /// While the peer is reached only through relays: when to try a direct dial again.
+    direct_retry_at: Option<Instant>,
+    direct_backoff: Duration,
     /// The addresses last written to the store (only members' are stored).
     stored_addrs: Vec<Multiaddr>,
     next_dial: Option<Instant>,
@@ -260,6 +275,42 @@ impl Peer {
         !self.connections.is_empty()
     }
 
+    /// The addresses to dial, best first: those that worked (most recently first), then those
+    /// not tried or failing less than [`ADDR_EXPIRE_FAILURES`] times in a row, QUIC before
+    /// TCP (it survives NAT rebinding better and needs fewer round trips), relay circuits after
+    /// direct addresses. Addresses that failed [`ADDR_EXPIRE_FAILURES`] dials in a row are left
+    /// out while any other is left. `direct` leaves out relay circuits.
+    fn dial_addrs(&self, direct: bool) -> Vec<Multiaddr> {
+        type Key = (u8, bool, std::cmp::Reverse<Option<Instant>>, bool);
+        let mut ranked: Vec<(Key, Multiaddr)> = self
+            .addrs
+            .iter()
+            .filter(|a| !direct || !is_circuit(a))
+            .map(|a| {
+                let r = self.addr_results.get(a).copied().unwrap_or_default();
+                let class = if r.ok_at.is_some() && r.failures < ADDR_EXPIRE_FAILURES {
+                    0
+                } else if r.failures < ADDR_EXPIRE_FAILURES {
+                    1
+                } else {
+                    2
+                };
+                let key = (
+                    class,
+                    is_circuit(a),
+                    std::cmp::Reverse(r.ok_at),
+                    !is_quic(a),
+                );
+                (key, a.clone())
+            })
+            .collect();
+        ranked.sort_by_key(|r| r.0);
+        if ranked.iter().any(|r| r.0.0 < 2) {
+            ranked.retain(|r| r.0.0 < 2);
+        }
+        ranked.into_iter().map(|r| r.1).collect()
+    }
+
     fn relayed(&self) -> bool {
         !self.connections.is_empty()
             && self
@@ -269,7 +320,46 @@ impl Peer {
     }
 }
 
+/// What dials to one address of a peer did.
+#[derive(Clone, Copy, Debug, Default)]
+struct AddrResult {
+    /// When a dial to it last succeeded.
+    ok_at: Option<Instant>,
+    /// Dials that failed since (or ever, if none succeeded).
+    failures: u32,
+}
+
 type HeldWelcome = (Vec<MemberInfo>, Option<AdmissionReceipt>);
+
+/// Where UPnP port mapping stands, as `/mesh/self` `portMapping` says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PortMapping {
+    /// Off by `p2p.port_mapping`, or nothing to map (no listener on a private IPv4 address).
+    Off,
+    /// Looking for a gateway (or waiting for its answer).
+    Searching,
+    /// The router maps at least one listen port.
+    Mapped,
+    /// No gateway answered the search.
+    NoGateway,
+    /// The gateway's own external address is not public (double NAT).
+    NonRoutable,
+    /// The router refused or stopped renewing the mappings.
+    Failed,
+}
+
+impl PortMapping {
+    fn as_str(self) -> &'static str {
+        match self {
+            PortMapping::Off => "off",
+            PortMapping::Searching => "searching",
+            PortMapping::Mapped => "mapped",
+            PortMapping::NoGateway => "no_gateway",
+            PortMapping::NonRoutable => "non_routable",
+            PortMapping::Failed => "failed",
+        }
+    }
+}
 
 /// Who told us a peer's addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -330,6 +420,8 @@ pub struct EventLoop {
     external_addrs: Vec<Multiaddr>,
     /// What AutoNAT last concluded about this node.
     nat_status: autonat::NatStatus,
+    /// Where UPnP port mapping stands (`p2p.port_mapping`).
+    port_mapping: PortMapping,
     /// Relays this node holds (or asked for) a reservation on, with the listener it made.
     relays: HashMap<PeerId, ListenerId>,
     relay_config: crate::config::RelayConfig,
@@ -399,6 +491,20 @@ fn is_loopback(addr: &Multiaddr) -> bool {
         Some(Protocol::Ip6(ip)) => ip.is_loopback(),
         _ => false,
     }
+}
+
+/// AutoNAT's verdict for the log: `public (ADDR)`, `private` or `unknown`.
+fn nat_text(status: &autonat::NatStatus) -> String {
+    match status {
+        autonat::NatStatus::Public(addr) => format!("public ({addr})"),
+        autonat::NatStatus::Private => "private".into(),
+        autonat::NatStatus::Unknown => "unknown".into(),
+    }
+}
+
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
 }
 
 fn is_circuit(addr: &Multiaddr) -> bool {
@@ -541,6 +647,7 @@ impl EventLoop {
         }
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let external_addrs = config.external_addresses.clone();
+        let port_mapping_on = swarm.behaviour().upnp.is_enabled();
         let relay_config = config.relay.clone();
         let mut authority_rx = sync_parts.state.watch_authority();
         // Apply the revocations already stored on the first turn of the loop.
@@ -575,6 +682,11 @@ impl EventLoop {
                 authority_rx,
                 external_addrs,
                 nat_status: autonat::NatStatus::Unknown,
+                port_mapping: if port_mapping_on {
+                    PortMapping::Searching
+                } else {
+                    PortMapping::Off
+                },
                 relays: HashMap::new(),
                 relay_config,
                 announce_members_at: None,
@@ -664,7 +776,11 @@ impl EventLoop {
             }
         }
         for (peer, conn, remote) in dead_links {
-            info!(%peer, remote = ?remote.map(|a| a.to_string()), silent_for = ?stale_after, "closing a connection whose pings are not answered");
+            let remote = remote
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            let silent_ms = stale_after.as_millis() as u64;
+            info!(%peer, %remote, silent_ms, "closing a connection whose pings are not answered");
             self.let_go_of(peer, conn);
         }
 
@@ -764,6 +880,30 @@ impl EventLoop {
                 next_dial: Some(now),
                 ..Peer::default()
             });
+            if p.connected() && p.relayed() && p.verified {
+                // Reached only through a relay: try the direct addresses now and then.
+                let due = *p.direct_retry_at.get_or_insert(now + DIRECT_RETRY);
+                if due > now {
+                    next = next.min(due);
+                    continue;
+                }
+                let backoff = p.direct_backoff.max(DIRECT_RETRY);
+                p.direct_retry_at = Some(now + jitter(backoff));
+                p.direct_backoff = (backoff * 2).min(DIRECT_RETRY_MAX);
+                next = next.min(now + backoff);
+                let addrs = p.dial_addrs(true);
+                if !addrs.is_empty() {
+                    debug!(peer = %id, "relayed only: dialing its direct addresses");
+                    let opts = DialOpts::peer_id(id)
+                        .addresses(addrs)
+                        .condition(PeerCondition::NotDialing)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        debug!(peer = %id, error = %e, "dial not started");
+                    }
+                }
+                continue;
+            }
             if p.connected() || p.addrs.is_empty() || budget == 0 {
                 continue;
             }
@@ -775,7 +915,7 @@ impl EventLoop {
             // `NotDialing`, not `DisconnectedAndNotDialing`: a dead connection that is still
             // closing (which can take as long as TCP takes to give up) must not block a new one.
             let opts = DialOpts::peer_id(id)
-                .addresses(p.addrs.clone())
+                .addresses(p.dial_addrs(false))
                 .condition(PeerCondition::NotDialing)
                 .build();
             let cap = if p
@@ -845,7 +985,12 @@ impl EventLoop {
                 reason,
                 addresses,
             } => {
-                warn!(?reason, ?addresses, "listener closed");
+                let reason = match &reason {
+                    Ok(()) => "closed".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let addrs: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+                warn!(%reason, addresses = %addrs.join(" "), "listener closed");
                 self.listeners_pending.remove(&listener_id);
                 if let Some((relay, _)) = self
                     .relays
@@ -878,6 +1023,16 @@ impl EventLoop {
                 };
                 debug!(peer = %peer_id, %remote, "connection established");
                 let p = self.peers.entry(peer_id).or_default();
+                if endpoint.is_dialer() {
+                    let r = p.addr_results.entry(without_peer(&remote)).or_default();
+                    r.ok_at = Some(Instant::now());
+                    r.failures = 0;
+                }
+                if !is_circuit(&remote) {
+                    // Direct again: the next relayed spell starts with the shortest wait.
+                    p.direct_retry_at = None;
+                    p.direct_backoff = DIRECT_RETRY;
+                }
                 if endpoint.is_dialer() && !is_circuit(&remote) {
                     p.dialed.insert(connection_id);
                 }
@@ -917,7 +1072,10 @@ impl EventLoop {
                         self.held_welcomes.remove(&peer_id);
                         self.sync_buckets.remove(&peer_id);
                         if p.verified {
-                            info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "member disconnected");
+                            let cause = cause
+                                .map(|c| c.to_string())
+                                .unwrap_or_else(|| "closed".into());
+                            info!(peer = %peer_id, %cause, "member disconnected");
                             p.lost_at = Some(Instant::now());
                         }
                         p.mark_disconnected();
@@ -930,13 +1088,26 @@ impl EventLoop {
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if let (Some(peer), libp2p::swarm::DialError::Transport(failed)) = (peer_id, &error)
+                    && let Some(p) = self.peers.get_mut(&peer)
+                {
+                    for (addr, _) in failed {
+                        let addr = without_peer(addr);
+                        if p.addrs.contains(&addr) {
+                            let r = p.addr_results.entry(addr).or_default();
+                            r.failures = r.failures.saturating_add(1);
+                        }
+                    }
+                }
                 if self.mesh.is_member() {
-                    debug!(peer = ?peer_id, %error, "dial failed");
+                    let peer = peer_id.map(|p| p.to_string()).unwrap_or_default();
+                    debug!(%peer, %error, "dial failed");
                     if peer_id.is_some_and(|p| self.mesh.directory.contains(&p)) {
                         self.ask_for_addrs();
                     }
                 } else {
-                    info!(peer = ?peer_id, %error, "cannot reach bootstrap peer yet; will retry");
+                    let peer = peer_id.map(|p| p.to_string()).unwrap_or_default();
+                    info!(%peer, %error, "cannot reach bootstrap peer yet; will retry");
                 }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event).await?,
@@ -1052,6 +1223,11 @@ impl EventLoop {
                 .cloned()
                 .collect(),
             directory_hash: Some(self.directory_hash()),
+            public: match self.nat_status {
+                autonat::NatStatus::Public(_) => Some(true),
+                autonat::NatStatus::Private => Some(false),
+                autonat::NatStatus::Unknown => None,
+            },
         }
     }
 
@@ -1213,9 +1389,13 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
-                info!(?old, ?new, "reachability changed (AutoNAT)");
+                info!(old = %nat_text(&old), new = %nat_text(&new), "reachability changed (AutoNAT)");
                 self.nat_status = new;
+                // The members choose relays by it: tell them (one round of hellos).
+                self.announce_members_at
+                    .get_or_insert(Instant::now() + Duration::from_secs(1));
             }
+            BehaviourEvent::Upnp(event) => self.on_upnp_event(event),
             BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
                 result,
@@ -1270,7 +1450,8 @@ impl EventLoop {
                     .get(&peer)
                     .and_then(|p| p.connections.get(&connection))
                     .map(|a| a.to_string());
-                info!(%peer, ?remote, %error, "closing a connection whose ping failed");
+                let remote = remote.unwrap_or_else(|| "unknown".into());
+                info!(%peer, %remote, %error, "closing a connection whose ping failed");
                 self.let_go_of(peer, connection);
             }
             BehaviourEvent::Ping(ping::Event {
@@ -1295,6 +1476,45 @@ impl EventLoop {
         Ok(())
     }
 
+    /// The router's answers to port mapping. A mapped address is confirmed as external by the
+    /// behaviour itself (so it is advertised, and AutoNAT tests it); here it is only reported.
+    fn on_upnp_event(&mut self, event: upnp::Event) {
+        match event {
+            upnp::Event::NewExternalAddr {
+                local_addr,
+                external_addr,
+            } => {
+                info!(%local_addr, %external_addr, "the router mapped a port (UPnP)");
+                self.port_mapping = PortMapping::Mapped;
+            }
+            upnp::Event::ExpiredExternalAddr {
+                local_addr,
+                external_addr,
+            } => {
+                warn!(%local_addr, %external_addr, "the router no longer maps this port (UPnP)");
+                let still_mapped = self
+                    .swarm
+                    .external_addresses()
+                    .any(|a| *a != external_addr && !self.external_addrs.contains(a));
+                if !still_mapped {
+                    self.port_mapping = PortMapping::Failed;
+                }
+            }
+            upnp::Event::GatewayNotFound => {
+                info!(
+                    "no UPnP gateway answered: no port mapping (members reach this node directly, by hole punching or through a member relay)"
+                );
+                self.port_mapping = PortMapping::NoGateway;
+            }
+            upnp::Event::NonRoutableGateway => {
+                info!(
+                    "the UPnP gateway has no public address (another NAT is in front of it): no port mapping"
+                );
+                self.port_mapping = PortMapping::NonRoutable;
+            }
+        }
+    }
+
     /// Remembers a member's listen addresses (persisted when they change). What the peer says
     /// itself (`Source::Peer`) replaces what we knew; what another member relays is merged in
     /// front of it. New addresses of a disconnected member make it due for a dial at once.
@@ -1303,9 +1523,15 @@ impl EventLoop {
             return;
         }
         // Only dialable addresses: a transport first (an inbound relayed connection's remote
-        // address is a bare `/p2p/<id>`).
+        // address is a bare `/p2p/<id>`), at most one relay hop (libp2p dials no more).
         let addrs: Vec<Multiaddr> = addrs
             .into_iter()
+            .filter(|a| {
+                a.iter()
+                    .filter(|p| matches!(p, Protocol::P2pCircuit))
+                    .count()
+                    <= 1
+            })
             .filter(|a| {
                 matches!(
                     a.iter().next(),
@@ -1340,6 +1566,11 @@ impl EventLoop {
             p.next_dial = Some(Instant::now());
             p.backoff = INITIAL_BACKOFF;
         }
+        if has_new && p.relayed() {
+            // A new address of a member reached only through a relay: try it at once.
+            p.direct_retry_at = Some(Instant::now());
+        }
+        p.addr_results.retain(|a, _| merged.contains(a));
         p.addrs = merged.clone();
         // Addresses learned before the peer proved membership (identify often arrives first)
         // are stored once it has.
@@ -1439,6 +1670,7 @@ impl EventLoop {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     newly = !p.verified;
                     p.verified = true;
+                    p.says_public = hello.public;
                     p.disconnect_at = None;
                     p.backoff = INITIAL_BACKOFF;
                 }
@@ -1903,7 +2135,8 @@ impl EventLoop {
                 _ => (None, gossipsub::MessageAcceptance::Reject),
             };
         if verified.is_none() {
-            debug!(%via, source = ?message.source, "refused a health report");
+            let source = message.source.map(|p| p.to_string()).unwrap_or_default();
+            debug!(%via, %source, "refused a health report");
         }
         self.state
             .metrics()
@@ -2126,6 +2359,7 @@ impl EventLoop {
                 .map(|a| a.to_string())
                 .collect(),
             relays: self.relays.keys().map(|p| p.to_string()).collect(),
+            port_mapping: self.port_mapping.as_str().into(),
         }
     }
 
@@ -2153,11 +2387,14 @@ impl EventLoop {
             return None;
         }
         let mut retry_at: Option<Instant> = None;
-        let mut candidates: Vec<(PeerId, Multiaddr, Duration)> = self
+        let mut candidates: Vec<(PeerId, Multiaddr, (bool, Duration))> = self
             .peers
             .iter()
             .filter(|(id, p)| {
                 p.verified
+                    // A member behind NAT itself (reached by a hole punch, or on this LAN)
+                    // relays for nobody outside.
+                    && p.says_public != Some(false)
                     && !self.relays.contains_key(id)
                     && !self.mesh.directory.is_revoked(id)
                     && p.relay_failed_at
@@ -2165,15 +2402,19 @@ impl EventLoop {
             })
             .filter_map(|(id, p)| {
                 let conn = p.dialed.iter().next()?;
-                let addr = p.connections.get(conn)?;
+                let addr = p.connections.get(conn).filter(|a| !is_circuit(a))?;
+                // Members that say they are public first, then the nearest.
                 Some((
                     *id,
                     without_peer(addr),
-                    p.rtt.unwrap_or(Duration::from_secs(1)),
+                    (
+                        p.says_public != Some(true),
+                        p.rtt.unwrap_or(Duration::from_secs(1)),
+                    ),
                 ))
             })
             .collect();
-        candidates.sort_by_key(|(id, _, rtt)| (*rtt, *id));
+        candidates.sort_by_key(|(id, _, rank)| (*rank, *id));
         for (relay, addr, _) in candidates {
             if self.relays.len() >= self.relay_config.relays {
                 break;
@@ -2340,12 +2581,76 @@ impl EventLoop {
         let text = ticket
             .encode()
             .map_err(|e| InviteError::Sign(e.to_string()))?;
-        info!(%role, expires_at, "issued invite");
+        info!(%role, expires = %voike_protocol::time::rfc3339(expires_at), "issued invite");
         Ok(InviteResponse {
             ticket: text,
             role: role.to_string(),
             expires_at,
             bootstrap,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().expect("multiaddr")
+    }
+
+    #[test]
+    fn dial_addresses_rank_what_worked_first_then_quic_and_leave_out_what_only_failed() {
+        let tcp_ok = addr("/ip4/198.51.100.7/tcp/4747");
+        let quic_new = addr("/ip4/198.51.100.7/udp/4747/quic-v1");
+        let tcp_new = addr("/ip4/198.51.100.8/tcp/4747");
+        let private_dead = addr("/ip4/10.9.1.2/udp/4747/quic-v1");
+        let circuit = addr(
+            "/ip4/198.51.100.1/tcp/4747/p2p/12D3KooWGiXfYBJWBpWHkUAsGUKz3Xq1cBfHRuqgeb8mwE7tNrT5/p2p-circuit",
+        );
+        let mut p = Peer {
+            addrs: vec![
+                private_dead.clone(),
+                tcp_new.clone(),
+                circuit.clone(),
+                quic_new.clone(),
+                tcp_ok.clone(),
+            ],
+            ..Peer::default()
+        };
+        p.addr_results.insert(
+            tcp_ok.clone(),
+            AddrResult {
+                ok_at: Some(Instant::now()),
+                failures: 0,
+            },
+        );
+        p.addr_results.insert(
+            private_dead.clone(),
+            AddrResult {
+                ok_at: None,
+                failures: ADDR_EXPIRE_FAILURES,
+            },
+        );
+        assert_eq!(
+            p.dial_addrs(false),
+            vec![
+                tcp_ok.clone(),
+                quic_new.clone(),
+                tcp_new.clone(),
+                circuit.clone()
+            ]
+        );
+        assert_eq!(
+            p.dial_addrs(true),
+            vec![tcp_ok.clone(), quic_new.clone(), tcp_new.clone()]
+        );
+        // When nothing else is left, even an address that only failed is tried.
+        let only_dead = Peer {
+            addrs: vec![private_dead.clone()],
+            addr_results: p.addr_results.clone(),
+            ..Peer::default()
+        };
+        assert_eq!(only_dead.dial_addrs(false), vec![private_dead]);
     }
 }
