@@ -52,6 +52,9 @@ struct JobBody {
 #[derive(Debug, Deserialize)]
 struct JobsBody {
     jobs: Vec<JobView>,
+    /// The cursor of the next page (`GET ...&after=NEXT`), absent on the last one.
+    #[serde(default)]
+    next: Option<String>,
 }
 
 /// `NAME=VALUE` of `--env`.
@@ -70,7 +73,24 @@ pub(crate) fn job(client: &Client, cmd: &JobCmd, json: bool) -> anyhow::Result<(
                 Some(s) => format!("/grid/jobs?state={}", url_part(s)),
                 None => "/grid/jobs".to_string(),
             };
-            let (raw, mut r): (_, JobsBody) = fetch(client, &path, None)?;
+            let (mut raw, mut r): (_, JobsBody) = fetch(client, &path, None)?;
+            // Every page (the answer is paged by job id).
+            let sep = if path.contains('?') { '&' } else { '?' };
+            while let Some(next) = r.next.take() {
+                let page = format!("{path}{sep}after={}", url_part(&next));
+                let (more_raw, more): (serde_json::Value, JobsBody) = fetch(client, &page, None)?;
+                if let (Some(all), Some(extra)) = (
+                    raw.get_mut("jobs").and_then(|v| v.as_array_mut()),
+                    more_raw.get("jobs").and_then(|v| v.as_array()),
+                ) {
+                    all.extend(extra.iter().cloned());
+                }
+                r.jobs.extend(more.jobs);
+                r.next = more.next;
+            }
+            if let Some(obj) = raw.as_object_mut() {
+                obj.remove("next");
+            }
             if json {
                 return print_json(&raw);
             }

@@ -82,3 +82,54 @@ fn paging_returns_every_record_once_while_writes_go_on() -> anyhow::Result<()> {
     assert_eq!(listed["records"].as_array().map_or(0, Vec::len), total);
     Ok(())
 }
+
+/// `GET /grid/jobs` is paged by job id too, and `voike job list` lists every job.
+#[test]
+fn paging_returns_every_job_once() -> anyhow::Result<()> {
+    let node = TestNode::genesis("paging-jobs")?;
+    let cpu = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/cpu.wat")
+        .display()
+        .to_string();
+    let mut submitted = BTreeSet::new();
+    for _ in 0..5 {
+        let out = voike_tests::voike(
+            &node,
+            &["job", "submit", &cpu, "--entry", "spin", "--arg", "1"],
+        )?;
+        assert!(out.status.success(), "{out:?}");
+        submitted.insert(String::from_utf8(out.stdout)?.trim().to_string());
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/grid/jobs?limit=2&after={a}"),
+            None => "/grid/jobs?limit=2".to_string(),
+        };
+        let r = node.get(&path)?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let ids: Vec<String> = r.body["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|j| j["id"].as_str().map(String::from))
+            .collect();
+        assert!(ids.len() <= 2, "{ids:?}");
+        seen.extend(ids);
+        match r.body["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+        assert!(seen.len() <= 10, "paging does not end");
+    }
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), submitted);
+    assert_eq!(node.get("/grid/jobs?limit=0")?.status, 400);
+    let out = voike_tests::voike(&node, &["job", "list", "--json"])?;
+    assert!(out.status.success(), "{out:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(listed["jobs"].as_array().map_or(0, Vec::len), 5);
+    assert!(listed.get("next").is_none());
+    Ok(())
+}

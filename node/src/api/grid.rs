@@ -98,9 +98,12 @@ pub async fn submit_job(
 #[serde(deny_unknown_fields)]
 pub struct JobQuery {
     state: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
 }
 
-/// `GET /grid/jobs[?state=pending|running|done|failed|cancelled]`.
+/// `GET /grid/jobs[?state=pending|running|done|failed|cancelled][&limit=N&after=ID]`: paged by
+/// job id (see [`super::page`]); `next` is the cursor of the following page.
 pub async fn list_jobs(
     State(state): State<ApiState>,
     query: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
@@ -120,7 +123,9 @@ pub async fn list_jobs(
         }
         jobs.retain(|j| serde_json::to_value(j.state).ok() == Some(json!(want)));
     }
-    Ok(Json(json!({ "jobs": jobs })).into_response())
+    let limit = super::page::limit(q.limit)?;
+    let (jobs, next) = super::page::page(jobs, |j| j.job.id.as_str(), q.after.as_deref(), limit);
+    Ok(Json(json!({ "jobs": jobs, "next": next })).into_response())
 }
 
 /// `GET /grid/jobs/{id}`.
