@@ -89,6 +89,8 @@ pub struct Metrics {
     pub relay_circuits_total: Counter,
     pub dns_snapshot_builds: Counter,
     pub hole_punches_total: Family<ReasonLabel, Counter>,
+    /// AutoNAT v2 tests of this node's addresses, by result.
+    pub address_probes_total: Family<ReasonLabel, Counter>,
     /// Remote document changes and ledger entries stamped beyond `sync.max_future_skew`.
     pub clock_future_total: Family<ReasonLabel, Counter>,
     /// Modules accepted by `POST /vvm/modules`.
@@ -146,6 +148,7 @@ impl Metrics {
             relay_circuits_total: Counter::default(),
             dns_snapshot_builds: Counter::default(),
             hole_punches_total: Family::default(),
+            address_probes_total: Family::default(),
             clock_future_total: Family::default(),
             vvm_modules: Counter::default(),
             vvm_module_cache_total: Family::default(),
@@ -245,6 +248,11 @@ impl Metrics {
             "voike_hole_punches",
             "Attempts to upgrade a relayed connection to a direct one (DCUtR), by result: direct or failed",
             m.hole_punches_total.clone(),
+        );
+        r.register(
+            "voike_address_probes",
+            "AutoNAT v2 tests of this node's candidate addresses by members, by result: reachable or unreachable",
+            m.address_probes_total.clone(),
         );
         r.register(
             "voike_members_revoked",

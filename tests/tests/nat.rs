@@ -61,6 +61,10 @@ fn run(nats: [Nat; 2], tag: &str) -> anyhow::Result<()> {
         Ok(path(&a, &b)?.is_some() && path(&b, &a)?.is_some())
     })?;
     eprintln!("{tag}: A-B path {:?}", path(&a, &b)?);
+    // AutoNAT v2: a member dialed P back on an address P was seen on.
+    wait_for(DEADLINE, "P's address confirmed by AutoNAT v2", || {
+        Ok(p.metric("voike_address_probes_total{reason=\"reachable\"}")? >= 1.0)
+    })?;
     // State flows between them.
     let r = a.post(
         "/snrl/endpoints",

@@ -47,6 +47,11 @@ pub struct Behaviour {
     /// leave only from a verified member.
     pub leave: Forgetful<request_response::cbor::Behaviour<Leave, LeaveAck>>,
     pub autonat: autonat::Behaviour,
+    /// AutoNAT v2: tests each candidate address (identify's observed ones) and confirms those
+    /// a member could dial back; v1 above gives the overall verdict relays are chosen by.
+    pub autonat_v2: autonat::v2::client::Behaviour<rand010::rngs::StdRng>,
+    /// Its server side, for members only (a dial-back is work done for the asker).
+    pub autonat_v2_server: Forgetful<autonat::v2::server::Behaviour<rand010::rngs::StdRng>>,
     pub dcutr: dcutr::Behaviour,
     pub gossipsub: Forgetful<gossipsub::Behaviour>,
     pub sync: Forgetful<request_response::Behaviour<SyncCodec>>,
@@ -160,6 +165,12 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
                     ..autonat::Config::default()
                 },
             );
+            let autonat_v2 = autonat::v2::client::Behaviour::new(
+                rand010::make_rng::<rand010::rngs::StdRng>(),
+                autonat::v2::client::Config::default().with_probe_interval(Duration::from_secs(15)),
+            );
+            let autonat_v2_server =
+                autonat::v2::server::Behaviour::new(rand010::make_rng::<rand010::rngs::StdRng>());
             let relay_server = relay::Behaviour::new(
                 peer,
                 relay::Config {
@@ -213,6 +224,8 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
                 member: Forgetful::new(member),
                 leave: Forgetful::new(leave),
                 autonat,
+                autonat_v2,
+                autonat_v2_server: Forgetful::gated(autonat_v2_server),
                 dcutr,
                 gossipsub: Forgetful::gated(gossipsub),
                 sync: Forgetful::new(sync),

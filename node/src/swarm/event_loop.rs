@@ -1045,6 +1045,10 @@ impl EventLoop {
                     p.verified = false;
                     self.swarm.behaviour_mut().gossipsub.disallow(&peer_id);
                     self.swarm.behaviour_mut().relay_server.disallow(&peer_id);
+                    self.swarm
+                        .behaviour_mut()
+                        .autonat_v2_server
+                        .disallow(&peer_id);
                 }
                 // Every new connection carries a hello, not only a peer's first: the other side
                 // may have let go of the older connections (a dead link, a NAT rebinding) and
@@ -1081,6 +1085,10 @@ impl EventLoop {
                         p.mark_disconnected();
                         self.swarm.behaviour_mut().gossipsub.disallow(&peer_id);
                         self.swarm.behaviour_mut().relay_server.disallow(&peer_id);
+                        self.swarm
+                            .behaviour_mut()
+                            .autonat_v2_server
+                            .disallow(&peer_id);
                         if !is_member && p.addrs.is_empty() {
                             self.peers.remove(&peer_id);
                         }
@@ -1156,6 +1164,7 @@ impl EventLoop {
         p.mark_disconnected();
         self.swarm.behaviour_mut().gossipsub.disallow(&peer);
         self.swarm.behaviour_mut().relay_server.disallow(&peer);
+        self.swarm.behaviour_mut().autonat_v2_server.disallow(&peer);
     }
 
     /// `kept` and `evicted` redeemed the same one-time ticket; every replica keeps `kept` (see
@@ -1396,6 +1405,33 @@ impl EventLoop {
                     .get_or_insert(Instant::now() + Duration::from_secs(1));
             }
             BehaviourEvent::Upnp(event) => self.on_upnp_event(event),
+            BehaviourEvent::AutonatV2(autonat::v2::client::Event {
+                tested_addr,
+                server,
+                result,
+                ..
+            }) => {
+                let outcome = match &result {
+                    Ok(()) => {
+                        info!(address = %tested_addr, %server, "a member reached this address (AutoNAT v2)");
+                        "reachable"
+                    }
+                    Err(error) => {
+                        debug!(address = %tested_addr, %server, %error, "a member could not reach this address (AutoNAT v2)");
+                        "unreachable"
+                    }
+                };
+                self.state
+                    .metrics()
+                    .address_probes_total
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: outcome.into(),
+                    })
+                    .inc();
+            }
+            BehaviourEvent::AutonatV2Server(event) => {
+                debug!(client = %event.client, address = %event.tested_addr, "dial-back for a member (AutoNAT v2)");
+            }
             BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
                 result,
@@ -1677,6 +1713,7 @@ impl EventLoop {
                 // Gossip and relaying for the peer start only now (see `Forgetful::gated`).
                 self.swarm.behaviour_mut().gossipsub.allow(peer);
                 self.swarm.behaviour_mut().relay_server.allow(peer);
+                self.swarm.behaviour_mut().autonat_v2_server.allow(peer);
                 // The peer knows other members than we do: ask it, by a hello of our own,
                 // which it answers with its members.
                 if hello.directory_hash.is_some()
@@ -1761,6 +1798,7 @@ impl EventLoop {
         }
         self.swarm.behaviour_mut().gossipsub.disallow(&peer);
         self.swarm.behaviour_mut().relay_server.disallow(&peer);
+        self.swarm.behaviour_mut().autonat_v2_server.disallow(&peer);
     }
 
     async fn on_hello_reply(&mut self, peer: PeerId, reply: HelloReply) -> anyhow::Result<()> {
