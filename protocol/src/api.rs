@@ -54,8 +54,9 @@ pub struct SelfInfo {
     /// Member relays this node holds a reservation on (node ids).
     #[serde(default)]
     pub relays: Vec<String>,
-    /// UPnP port mapping (`p2p.port_mapping`): `off`, `searching`, `mapped`, `no_gateway`,
-    /// `non_routable` (the gateway is behind another NAT) or `failed`.
+    /// Port mapping (`p2p.port_mapping`: UPnP IGD, PCP, NAT-PMP): `off`, `searching`, `mapped`,
+    /// `no_gateway` (no UPnP gateway, and no PCP / NAT-PMP mapping), `non_routable` (the gateway
+    /// is behind another NAT) or `failed`.
     #[serde(default, alias = "port_mapping")]
     pub port_mapping: String,
 }

@@ -180,6 +180,12 @@ impl NatLab {
     /// the lab its internet address first. Skips (returns `Ok(None)`) when miniupnpd is not
     /// installed; `.ci/run` installs it.
     pub fn start_upnp(&self, k: usize) -> anyhow::Result<Option<Upnpd>> {
+        self.start_port_mapper(k, true)
+    }
+
+    /// Like [`NatLab::start_upnp`], with UPnP IGD off when `upnp` is false: the router then
+    /// offers only PCP and NAT-PMP.
+    pub fn start_port_mapper(&self, k: usize, upnp: bool) -> anyhow::Result<Option<Upnpd>> {
         let binary = ["/usr/sbin/miniupnpd", "/usr/local/sbin/miniupnpd"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists());
@@ -204,15 +210,16 @@ impl NatLab {
         let r = &self.routers[k];
         // The chains miniupnpd fills (as its nft_init.sh makes them); the lab's own filter
         // still drops unsolicited inbound packets, except those a mapping translated.
-        let tables = "table inet filter {
-             chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
-             chain miniupnpd { }
-             chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
-             chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }
-             chain prerouting_miniupnpd { }
-             chain postrouting_miniupnpd { }
-             }
-";
+        let tables = concat!(
+            "table inet filter {\n",
+            "chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }\n",
+            "chain miniupnpd { }\n",
+            "chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }\n",
+            "chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }\n",
+            "chain prerouting_miniupnpd { }\n",
+            "chain postrouting_miniupnpd { }\n",
+            "}\n",
+        );
         let tag = &self.bridge;
         let dir = std::env::temp_dir();
         let nft = dir.join(format!("{tag}-upnp{k}.nft"));
@@ -220,19 +227,23 @@ impl NatLab {
         ns_run(r, &["nft", "-f", &nft.to_string_lossy()])?;
         let lan = format!("10.{s}.{}", k + 1);
         let conf = format!(
-            "ext_ifname=wan
-             ext_ip={ext}
-             listening_ip=lan
-             http_port=0
-             enable_upnp=yes
-             enable_natpmp=yes
-             secure_mode=yes
-             system_uptime=yes
-             uuid=3f6e4a70-0000-4000-8000-0000000000{k:02}
-             allow 1024-65535 {lan}.0/24 1024-65535
-             deny 0-65535 0.0.0.0/0 0-65535
-",
+            concat!(
+                "ext_ifname=wan\n",
+                "ext_ip={ext}\n",
+                "listening_ip=lan\n",
+                "http_port=0\n",
+                "enable_upnp={upnp}\n",
+                "enable_natpmp=yes\n",
+                "secure_mode=yes\n",
+                "system_uptime=yes\n",
+                "uuid=3f6e4a70-0000-4000-8000-0000000000{k:02}\n",
+                "allow 1024-65535 {lan}.0/24 1024-65535\n",
+                "deny 0-65535 0.0.0.0/0 0-65535\n",
+            ),
             ext = self.internet_ip_of_router(k),
+            upnp = if upnp { "yes" } else { "no" },
+            k = k,
+            lan = lan,
         );
         let conf_path = dir.join(format!("{tag}-upnp{k}.conf"));
         std::fs::write(&conf_path, conf)?;
@@ -251,11 +262,11 @@ impl NatLab {
             child,
             log: log_path,
         };
-        // Up once it listens for SSDP searches on the LAN side.
+        // Up once it listens on the LAN side.
         crate::wait_for(
             std::time::Duration::from_secs(10),
             "miniupnpd listening",
-            || Ok(upnpd.log().contains("HTTP listening on port")),
+            || Ok(upnpd.log().contains("Listening for NAT-PMP/PCP traffic")),
         )
         .map_err(|e| anyhow::anyhow!("{e}; miniupnpd said: {}", upnpd.log()))?;
         Ok(Some(upnpd))

@@ -345,3 +345,52 @@ fn a_member_behind_a_router_with_upnp_is_reached_directly() -> anyhow::Result<()
     assert_eq!(path(&b, &a)?.as_deref(), Some("direct"));
     Ok(())
 }
+
+/// PCP / NAT-PMP: A's router offers only those (miniupnpd with UPnP IGD off), B sits behind a
+/// symmetric NAT: A maps its port by PCP (NAT-PMP as the fallback) and B reaches A directly.
+#[test]
+fn a_member_behind_a_router_with_only_pcp_and_nat_pmp_is_reached_directly() -> anyhow::Result<()> {
+    voike_tests::require_netns!();
+    let lab = NatLab::new(1, &[Nat::Symmetric, Nat::Symmetric])?;
+    let Some(mapper) = lab.start_port_mapper(0, false)? else {
+        eprintln!("SKIPPED: miniupnpd is not installed (apt-get install miniupnpd-nftables)");
+        return Ok(());
+    };
+    let mut p = TestNode::in_netns("natp-p", lab.public_ns(0), &lab.public_ip(0), &[])?;
+    p.start()?;
+    let mut a = TestNode::in_netns(
+        "natp-a",
+        lab.private_ns(0),
+        &lab.private_ip(0),
+        &["--join", &p.invite("10m")?],
+    )?;
+    a.start()?;
+    let mut b = TestNode::in_netns(
+        "natp-b",
+        lab.private_ns(1),
+        &lab.private_ip(1),
+        &["--join", &p.invite("10m")?],
+    )?;
+    b.start()?;
+    let mapped = format!("/ip4/{}/tcp/4747", lab.internet_ip_of_router(0));
+    wait_for(
+        DEADLINE,
+        "A's router mapped A's port by PCP or NAT-PMP",
+        || {
+            let me = a.get("/mesh/self")?.body;
+            Ok(me["portMapping"] == "mapped"
+                && me["externalAddrs"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(mapped.as_str()))))
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}; miniupnpd said: {}", mapper.log()))?;
+    assert!(
+        a.log().contains("via=pcp") || a.log().contains("via=nat-pmp"),
+        "the mapping was not made by PCP or NAT-PMP"
+    );
+    wait_for(DEADLINE, "B connected to A directly", || {
+        Ok(path(&b, &a)?.as_deref() == Some("direct"))
+    })?;
+    Ok(())
+}

@@ -127,6 +127,8 @@ pub enum Command {
         req: SyncRequest,
         reply: oneshot::Sender<Result<SyncResponse, String>>,
     },
+    /// A PCP / NAT-PMP mapping task's news (see [`super::pmp`]).
+    PortMapping(super::pmp::PmpEvent),
     /// Answers an inbound sync request (computed off the loop).
     SyncRespond {
         channel: ResponseChannel<SyncResponse>,
@@ -422,6 +424,10 @@ pub struct EventLoop {
     nat_status: autonat::NatStatus,
     /// Where UPnP port mapping stands (`p2p.port_mapping`).
     port_mapping: PortMapping,
+    /// The default gateway PCP / NAT-PMP requests go to, when port mapping is on.
+    pmp_gateway: Option<std::net::Ipv4Addr>,
+    /// Listen addresses a PCP / NAT-PMP task was started for.
+    pmp_started: HashSet<Multiaddr>,
     /// Relays this node holds (or asked for) a reservation on, with the listener it made.
     relays: HashMap<PeerId, ListenerId>,
     relay_config: crate::config::RelayConfig,
@@ -687,6 +693,12 @@ impl EventLoop {
                 } else {
                     PortMapping::Off
                 },
+                pmp_gateway: if port_mapping_on {
+                    super::pmp::default_gateway()
+                } else {
+                    None
+                },
+                pmp_started: HashSet::new(),
                 relays: HashMap::new(),
                 relay_config,
                 announce_members_at: None,
@@ -971,6 +983,12 @@ impl EventLoop {
                 listener_id,
             } => {
                 info!(%address, "listening");
+                if let Some(gateway) = self.pmp_gateway
+                    && super::pmp::mappable(&address).is_some()
+                    && self.pmp_started.insert(address.clone())
+                {
+                    super::pmp::spawn(gateway, address.clone(), self.cmd_tx.clone());
+                }
                 if !self.listen_addrs.contains(&address) {
                     self.listen_addrs.push(address);
                 }
@@ -1538,15 +1556,42 @@ impl EventLoop {
             }
             upnp::Event::GatewayNotFound => {
                 info!(
-                    "no UPnP gateway answered: no port mapping (members reach this node directly, by hole punching or through a member relay)"
+                    "no UPnP gateway answered (members reach this node directly, by hole punching or through a member relay, unless PCP or NAT-PMP maps a port)"
                 );
-                self.port_mapping = PortMapping::NoGateway;
+                if self.port_mapping != PortMapping::Mapped {
+                    self.port_mapping = PortMapping::NoGateway;
+                }
             }
             upnp::Event::NonRoutableGateway => {
                 info!(
-                    "the UPnP gateway has no public address (another NAT is in front of it): no port mapping"
+                    "the UPnP gateway has no public address (another NAT is in front of it): no UPnP mapping"
                 );
-                self.port_mapping = PortMapping::NonRoutable;
+                if self.port_mapping != PortMapping::Mapped {
+                    self.port_mapping = PortMapping::NonRoutable;
+                }
+            }
+        }
+    }
+
+    /// PCP / NAT-PMP results: a mapped address is added as a confirmed external address.
+    fn on_pmp_event(&mut self, event: super::pmp::PmpEvent) {
+        use super::pmp::PmpEvent;
+        match event {
+            PmpEvent::Mapped {
+                local,
+                external,
+                via,
+            } => {
+                info!(%local, %external, %via, "the router mapped a port");
+                self.swarm.add_external_address(external);
+                self.port_mapping = PortMapping::Mapped;
+            }
+            PmpEvent::Lost { external } => {
+                warn!(%external, "the router no longer maps this port (PCP / NAT-PMP)");
+                self.swarm.remove_external_address(&external);
+            }
+            PmpEvent::Unavailable { local, error } => {
+                debug!(%local, %error, "no PCP or NAT-PMP mapping");
             }
         }
     }
@@ -1896,6 +1941,7 @@ impl EventLoop {
             Command::SelfInfo { reply } => {
                 let _ = reply.send(self.self_info());
             }
+            Command::PortMapping(event) => self.on_pmp_event(event),
             Command::Nodes { reply } => {
                 let _ = reply.send(self.nodes());
             }

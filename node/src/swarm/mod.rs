@@ -13,5 +13,6 @@ pub mod behaviour;
 pub mod codec;
 pub mod event_loop;
 pub mod forget;
+pub mod pmp;
 
 pub use event_loop::{Command, EventLoop, InviteError, Session, SwarmHandle, SyncParts};
