@@ -238,8 +238,8 @@ pub fn upgrade_body(body: &mut serde_json::Value) {
     }
 }
 
-/// `rtt_ms` → `rttMs`.
-fn camel_case(key: &str) -> String {
+/// `rtt_ms` → `rttMs` (the API's field names from their old snake_case spelling).
+pub fn camel_case(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     let mut upper = false;
     for c in key.chars() {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use voike_tests::natlab::{Nat, NatLab};
+use voike_tests::natlab::{Nat, NatLab, Upnpd};
 use voike_tests::{TestNode, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -27,36 +27,55 @@ fn sees_endpoint(node: &TestNode, service: &str) -> anyhow::Result<bool> {
         .is_some_and(|e| !e.is_empty()))
 }
 
+/// Starts a member on public host `h` of the lab: Genesis, or joining through `via`.
+fn public_member(
+    lab: &NatLab,
+    h: usize,
+    name: &str,
+    via: Option<&TestNode>,
+) -> anyhow::Result<TestNode> {
+    let ticket = via.map(|v| v.invite("10m")).transpose()?;
+    let args: Vec<&str> = match &ticket {
+        Some(t) => vec!["--join", t],
+        None => Vec::new(),
+    };
+    let mut node = TestNode::in_netns(name, lab.public_ns(h), &lab.public_ip(h), &args)?;
+    node.start()?;
+    Ok(node)
+}
+
+/// Starts a member behind router `k` of the lab, joining through `via`.
+fn behind_nat(lab: &NatLab, k: usize, name: &str, via: &TestNode) -> anyhow::Result<TestNode> {
+    let mut node = TestNode::in_netns(
+        name,
+        lab.private_ns(k),
+        &lab.private_ip(k),
+        &["--join", &via.invite("10m")?],
+    )?;
+    node.start()?;
+    Ok(node)
+}
+
+/// Waits until `node` (behind router 0) says its port is mapped and advertises the mapped
+/// address on the router's internet side.
+fn wait_mapped(lab: &NatLab, node: &TestNode, mapper: &Upnpd, what: &str) -> anyhow::Result<()> {
+    let mapped = format!("/ip4/{}/tcp/4747", lab.internet_ip_of_router(0));
+    wait_for(DEADLINE, what, || {
+        let me = node.get("/mesh/self")?.body;
+        Ok(me["portMapping"] == "mapped"
+            && me["externalAddrs"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(mapped.as_str()))))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}; miniupnpd said: {}", mapper.log()))
+}
+
 fn run(nats: [Nat; 2], tag: &str) -> anyhow::Result<()> {
     let lab = NatLab::new(2, &nats)?;
-    let mut p = TestNode::in_netns(
-        &format!("{tag}-p"),
-        lab.public_ns(0),
-        &lab.public_ip(0),
-        &[],
-    )?;
-    p.start()?;
-    let mut q = TestNode::in_netns(
-        &format!("{tag}-q"),
-        lab.public_ns(1),
-        &lab.public_ip(1),
-        &["--join", &p.invite("10m")?],
-    )?;
-    q.start()?;
-    let mut a = TestNode::in_netns(
-        &format!("{tag}-a"),
-        lab.private_ns(0),
-        &lab.private_ip(0),
-        &["--join", &p.invite("10m")?],
-    )?;
-    a.start()?;
-    let mut b = TestNode::in_netns(
-        &format!("{tag}-b"),
-        lab.private_ns(1),
-        &lab.private_ip(1),
-        &["--join", &p.invite("10m")?],
-    )?;
-    b.start()?;
+    let mut p = public_member(&lab, 0, &format!("{tag}-p"), None)?;
+    let q = public_member(&lab, 1, &format!("{tag}-q"), Some(&p))?;
+    let a = behind_nat(&lab, 0, &format!("{tag}-a"), &p)?;
+    let b = behind_nat(&lab, 1, &format!("{tag}-b"), &p)?;
     wait_for(DEADLINE, "A and B connected to each other", || {
         Ok(path(&a, &b)?.is_some() && path(&b, &a)?.is_some())
     })?;
@@ -124,22 +143,9 @@ fn a_non_member_cannot_reserve_a_slot_on_a_member_relay() -> anyhow::Result<()> 
 
     voike_tests::require_netns!();
     let lab = NatLab::new(2, &[Nat::Cone])?;
-    let mut p = TestNode::in_netns("natr-p", lab.public_ns(0), &lab.public_ip(0), &[])?;
-    p.start()?;
-    let mut q = TestNode::in_netns(
-        "natr-q",
-        lab.public_ns(1),
-        &lab.public_ip(1),
-        &["--join", &p.invite("10m")?],
-    )?;
-    q.start()?;
-    let mut a = TestNode::in_netns(
-        "natr-a",
-        lab.private_ns(0),
-        &lab.private_ip(0),
-        &["--join", &p.invite("10m")?],
-    )?;
-    a.start()?;
+    let p = public_member(&lab, 0, "natr-p", None)?;
+    let _q = public_member(&lab, 1, "natr-q", Some(&p))?;
+    let a = behind_nat(&lab, 0, "natr-a", &p)?;
     // P's relay serves: the member behind NAT got its reservations.
     wait_for(DEADLINE, "A's reservations accepted", || {
         Ok(a.metric("voike_relay_reservations_total{reason=\"accepted\"}")? >= 1.0)
@@ -207,22 +213,9 @@ fn the_mesh_re_forms_after_a_router_forgets_its_mappings() -> anyhow::Result<()>
         return Ok(());
     }
     let lab = NatLab::new(1, &[Nat::Cone, Nat::Cone])?;
-    let mut p = TestNode::in_netns("natf-p", lab.public_ns(0), &lab.public_ip(0), &[])?;
-    p.start()?;
-    let mut a = TestNode::in_netns(
-        "natf-a",
-        lab.private_ns(0),
-        &lab.private_ip(0),
-        &["--join", &p.invite("10m")?],
-    )?;
-    a.start()?;
-    let mut b = TestNode::in_netns(
-        "natf-b",
-        lab.private_ns(1),
-        &lab.private_ip(1),
-        &["--join", &p.invite("10m")?],
-    )?;
-    b.start()?;
+    let p = public_member(&lab, 0, "natf-p", None)?;
+    let a = behind_nat(&lab, 0, "natf-a", &p)?;
+    let b = behind_nat(&lab, 1, "natf-b", &p)?;
     wait_for(DEADLINE, "A and B connected", || {
         Ok(path(&a, &b)?.is_some() && path(&b, &a)?.is_some())
     })?;
@@ -247,22 +240,9 @@ fn the_mesh_re_forms_after_a_router_forgets_its_mappings() -> anyhow::Result<()>
 fn the_mesh_re_forms_after_a_router_gets_a_new_public_address() -> anyhow::Result<()> {
     voike_tests::require_netns!();
     let lab = NatLab::new(1, &[Nat::Cone, Nat::Cone])?;
-    let mut p = TestNode::in_netns("natn-p", lab.public_ns(0), &lab.public_ip(0), &[])?;
-    p.start()?;
-    let mut a = TestNode::in_netns(
-        "natn-a",
-        lab.private_ns(0),
-        &lab.private_ip(0),
-        &["--join", &p.invite("10m")?],
-    )?;
-    a.start()?;
-    let mut b = TestNode::in_netns(
-        "natn-b",
-        lab.private_ns(1),
-        &lab.private_ip(1),
-        &["--join", &p.invite("10m")?],
-    )?;
-    b.start()?;
+    let p = public_member(&lab, 0, "natn-p", None)?;
+    let a = behind_nat(&lab, 0, "natn-a", &p)?;
+    let b = behind_nat(&lab, 1, "natn-b", &p)?;
     wait_for(DEADLINE, "A and B connected", || {
         Ok(path(&a, &b)?.is_some() && path(&b, &a)?.is_some())
     })?;
@@ -300,31 +280,10 @@ fn a_member_behind_a_router_with_upnp_is_reached_directly() -> anyhow::Result<()
         eprintln!("SKIPPED: miniupnpd is not installed (apt-get install miniupnpd-nftables)");
         return Ok(());
     };
-    let mut p = TestNode::in_netns("natu-p", lab.public_ns(0), &lab.public_ip(0), &[])?;
-    p.start()?;
-    let mut a = TestNode::in_netns(
-        "natu-a",
-        lab.private_ns(0),
-        &lab.private_ip(0),
-        &["--join", &p.invite("10m")?],
-    )?;
-    a.start()?;
-    let mut b = TestNode::in_netns(
-        "natu-b",
-        lab.private_ns(1),
-        &lab.private_ip(1),
-        &["--join", &p.invite("10m")?],
-    )?;
-    b.start()?;
-    let mapped = format!("/ip4/{}/tcp/4747", lab.internet_ip_of_router(0));
-    wait_for(DEADLINE, "A's router mapped A's port", || {
-        let me = a.get("/mesh/self")?.body;
-        Ok(me["portMapping"] == "mapped"
-            && me["externalAddrs"]
-                .as_array()
-                .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(mapped.as_str()))))
-    })
-    .map_err(|e| anyhow::anyhow!("{e}; miniupnpd said: {}", upnpd.log()))?;
+    let mut p = public_member(&lab, 0, "natu-p", None)?;
+    let a = behind_nat(&lab, 0, "natu-a", &p)?;
+    let b = behind_nat(&lab, 1, "natu-b", &p)?;
+    wait_mapped(&lab, &a, &upnpd, "A's router mapped A's port")?;
     wait_for(DEADLINE, "B connected to A directly", || {
         Ok(path(&b, &a)?.as_deref() == Some("direct"))
     })?;
@@ -356,35 +315,15 @@ fn a_member_behind_a_router_with_only_pcp_and_nat_pmp_is_reached_directly() -> a
         eprintln!("SKIPPED: miniupnpd is not installed (apt-get install miniupnpd-nftables)");
         return Ok(());
     };
-    let mut p = TestNode::in_netns("natp-p", lab.public_ns(0), &lab.public_ip(0), &[])?;
-    p.start()?;
-    let mut a = TestNode::in_netns(
-        "natp-a",
-        lab.private_ns(0),
-        &lab.private_ip(0),
-        &["--join", &p.invite("10m")?],
-    )?;
-    a.start()?;
-    let mut b = TestNode::in_netns(
-        "natp-b",
-        lab.private_ns(1),
-        &lab.private_ip(1),
-        &["--join", &p.invite("10m")?],
-    )?;
-    b.start()?;
-    let mapped = format!("/ip4/{}/tcp/4747", lab.internet_ip_of_router(0));
-    wait_for(
-        DEADLINE,
+    let p = public_member(&lab, 0, "natp-p", None)?;
+    let a = behind_nat(&lab, 0, "natp-a", &p)?;
+    let b = behind_nat(&lab, 1, "natp-b", &p)?;
+    wait_mapped(
+        &lab,
+        &a,
+        &mapper,
         "A's router mapped A's port by PCP or NAT-PMP",
-        || {
-            let me = a.get("/mesh/self")?.body;
-            Ok(me["portMapping"] == "mapped"
-                && me["externalAddrs"]
-                    .as_array()
-                    .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(mapped.as_str()))))
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("{e}; miniupnpd said: {}", mapper.log()))?;
+    )?;
     assert!(
         a.log().contains("via=pcp") || a.log().contains("via=nat-pmp"),
         "the mapping was not made by PCP or NAT-PMP"

@@ -9,6 +9,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use voike_protocol::api::camel_case;
 
 use super::ApiError;
 
@@ -50,23 +51,6 @@ pub fn add_old_names(value: &mut Value, fields: &[(&str, &str)]) {
             }
         }
     }
-}
-
-/// `take_over` → `takeOver`.
-pub fn camel_case(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    let mut upper = false;
-    for c in key.chars() {
-        match c {
-            '_' => upper = true,
-            c if upper => {
-                out.extend(c.to_uppercase());
-                upper = false;
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// `value` with the keys of its top-level object in camelCase (values as they are: nested
