@@ -499,6 +499,7 @@ async fn ledger_verify(State(state): State<ApiState>) -> Result<Response, ApiErr
     body["changes"] = serde_json::json!({
         "recorded": changes.recorded,
         "repaired": changes.repaired,
+        "expired": changes.expired,
         "faults": changes.faults,
     });
     Ok(Json(body).into_response())

@@ -66,6 +66,12 @@ pub struct GridConfig {
     /// What one job's scratch directory may hold, in bytes; past it the job fails as
     /// `scratch_quota`. Default 67108864 (64 MiB).
     pub scratch_quota_bytes: u64,
+    /// How long finished jobs stay in the live state after the hour they were submitted in
+    /// ends; a job still unfinished after twice this is dropped too. Their ledger entries stay.
+    /// Applies to the jobs this node holds, whether or not it runs jobs. Default `"24h"`
+    /// (between 1s and 30 days).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 impl Default for GridConfig {
@@ -79,6 +85,7 @@ impl Default for GridConfig {
             compile_timeout: Duration::from_secs(30),
             module_limits: voike_runtime::ModuleLimits::default(),
             scratch_quota_bytes: 64 << 20,
+            retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -649,6 +656,11 @@ impl Config {
                     self.api.listen
                 ),
             ));
+        }
+        if self.grid.retention < Duration::from_secs(1)
+            || self.grid.retention > Duration::from_secs(30 * 24 * 3600)
+        {
+            return Err(("grid.retention", "must be between 1s and 30 days".into()));
         }
         if self.p2p.redial_max < Duration::from_secs(1) {
             return Err(("p2p.redial_max", "must be at least 1s".into()));

@@ -113,6 +113,7 @@ async fn run_with_store(
     .map_err(|e| anyhow::anyhow!("cannot load replicated state: {e}"))?;
     state.set_reserved_domain(&crate::dns::lower_fqdn(&config.dns.mesh_domain));
     state.repair_orphans().await;
+    state.set_retention(config.grid.retention);
     let mesh = MeshState::open(
         key.clone(),
         store,
@@ -216,6 +217,7 @@ async fn run_with_store(
 
     let mut swarm_task = tracker.spawn(event_loop.run(cancel.child_token()));
     tracker.spawn(hypermesh.run(cancel.child_token()));
+    tracker.spawn(state.clone().run_retention(cancel.child_token()));
     let sync_cancel = cancel.child_token();
     let sync_worker = sync::run(state.clone(), handle.clone(), sync_rx);
     tracker.spawn(async move {

@@ -40,10 +40,34 @@ use crate::metrics::Metrics;
 use crate::state::{StateError, StateHandle};
 use crate::swarm::SwarmHandle;
 
-/// How often the scheduler looks again when nothing changed (lease expiries, dead runners).
-const RESCAN: Duration = Duration::from_millis(500);
+/// How often the scheduler looks again, while some segment is unfinished, when nothing changed
+/// (a node became live or dead); lease expiries wake it on time. No segment unfinished: no
+/// timer at all.
+const RESCAN: Duration = Duration::from_secs(2);
 /// How long the scheduler lets document changes accumulate before a pass.
 const COALESCE: Duration = Duration::from_millis(10);
+
+/// When the scheduler must look again without a change (see `Grid::schedule`).
+fn next_wake(all: &[JobView], now: u64) -> Option<Duration> {
+    let unfinished = all.iter().filter(|j| !j.is_cancelled()).flat_map(|j| {
+        j.segments
+            .iter()
+            .filter(|s| matches!(s.state, JobState::Pending | JobState::Running))
+    });
+    let mut wake: Option<Duration> = None;
+    for seg in unfinished {
+        let mut at = RESCAN;
+        for c in &seg.claims {
+            if c.lease_until_ms > now {
+                // Just after the lease runs out (clocks of the runner and this node agree to
+                // within the skew bound; a renewal moves it again).
+                at = at.min(Duration::from_millis(c.lease_until_ms - now + 50));
+            }
+        }
+        wake = Some(wake.map_or(at, |w| w.min(at)));
+    }
+    wake
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -421,7 +445,13 @@ impl Grid {
         }
         let mut docs = self.state.watch_docs();
         loop {
-            self.schedule();
+            let wake = self.schedule();
+            let rescan = async {
+                match wake {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 changed = docs.changed() => {
@@ -433,7 +463,7 @@ impl Grid {
                     tokio::time::sleep(COALESCE).await;
                     docs.borrow_and_update();
                 }
-                _ = tokio::time::sleep(RESCAN) => {}
+                _ = rescan => {}
             }
         }
     }
@@ -451,8 +481,10 @@ impl Grid {
     }
 
     /// One pass over every unfinished job: claims and starts what falls to this node, in
-    /// fair-share order (least-recently-served submitter first) while slots are free.
-    fn schedule(self: &Arc<Self>) {
+    /// fair-share order (least-recently-served submitter first) while slots are free. Returns
+    /// when to look again without a change: at the next lease expiry, and at most [`RESCAN`]
+    /// later while a segment is unfinished; `None` when every segment is finished.
+    fn schedule(self: &Arc<Self>) -> Option<Duration> {
         let now = now_ms();
         let admins = self.state.authority().admins.clone();
         let mut all = self.state.jobs(now);
@@ -461,6 +493,7 @@ impl Grid {
         }
         self.refresh_gauges(&all);
         self.stop_cancelled(&all);
+        let wake = next_wake(&all, now);
         let active: HashSet<&str> = all
             .iter()
             .filter(|j| !matches!(j.state, JobState::Done | JobState::Cancelled))
@@ -472,7 +505,7 @@ impl Grid {
             .retain(|who| active.contains(who));
         if self.running.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.config.max_parallel
         {
-            return;
+            return wake;
         }
         let live = self.hypermesh.live_nodes();
         // Claims count while their lease runs, unless Hypermesh holds the runner dead (a
@@ -515,6 +548,7 @@ impl Grid {
                 break;
             }
         }
+        wake
     }
 
     /// Stops the segments this node runs of jobs that are cancelled.

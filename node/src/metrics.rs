@@ -85,6 +85,10 @@ pub struct Metrics {
     /// Endpoints not served because their node has no right to the service name.
     pub snrl_endpoints_unserved: Gauge,
     pub members_revoked: Gauge,
+    /// Jobs documents closed after their retention.
+    pub job_docs_closed: Counter,
+    /// Jobs documents held (open epochs, and the legacy one while it lasts).
+    pub job_docs_open: Gauge,
     pub relay_reservations_total: Family<ReasonLabel, Counter>,
     pub relay_circuits_total: Counter,
     pub dns_snapshot_builds: Counter,
@@ -144,6 +148,8 @@ impl Metrics {
             clock_offset_ms: Gauge::default(),
             snrl_endpoints_unserved: Gauge::default(),
             members_revoked: Gauge::default(),
+            job_docs_closed: Counter::default(),
+            job_docs_open: Gauge::default(),
             relay_reservations_total: Family::default(),
             relay_circuits_total: Counter::default(),
             dns_snapshot_builds: Counter::default(),
@@ -258,6 +264,16 @@ impl Metrics {
             "voike_members_revoked",
             "Members revoked by an admin (in the members document this node holds)",
             m.members_revoked.clone(),
+        );
+        r.register(
+            "voike_jobs_documents_closed",
+            "Jobs documents (hourly epochs) dropped from the live state after grid.retention",
+            m.job_docs_closed.clone(),
+        );
+        r.register(
+            "voike_jobs_documents_open",
+            "Jobs documents (hourly epochs) held in the live state",
+            m.job_docs_open.clone(),
         );
         // Kept in milliseconds where Hypermesh sets it, exported in seconds (base units).
         r.register_collector(Box::new(ClockOffset(m.clock_offset_ms.clone())));

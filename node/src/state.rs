@@ -27,7 +27,7 @@ use voike_protocol::jobs::{self, JobInput};
 use voike_protocol::ledger::{Entry, heads_hash};
 use voike_protocol::mesh::Role;
 use voike_protocol::signing::hex;
-use voike_protocol::sync::{Digest, MAX_HEADS, PAGE_BYTES};
+use voike_protocol::sync::{Digest, MAX_DIGEST_DOCS, MAX_HEADS, PAGE_BYTES};
 use voike_protocol::zones::{self, Invalid, Record, RecordInput, Zone};
 use voike_storage::docs::put_change;
 use voike_storage::{Store, StoreError, WriteOp};
@@ -41,6 +41,8 @@ pub const TRUST_EVENTS_PER_MINUTE: u32 = 30;
 const REJECTED_REMEMBERED: usize = 10_000;
 /// Most ledger entries served in one response.
 const MAX_ENTRIES_PER_PAGE: usize = 10_000;
+/// `grid.retention` until the daemon sets it.
+const DEFAULT_RETENTION_MS: u64 = 24 * 3_600_000;
 
 /// Errors of state operations, mapped to HTTP statuses by the API.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,11 @@ impl From<voike_protocol::docs::DocError> for StateError {
 
 struct Docs {
     replicas: HashMap<DocId, Replica>,
+    /// Jobs documents this node closed after their retention (see `close_expired_jobs`):
+    /// never loaded, served or merged again.
+    closed: HashSet<DocId>,
+    /// The grants and revocations new replicas (jobs epochs) start with.
+    authority: Arc<Authority>,
     /// Next storage position per document.
     next: HashMap<DocId, u64>,
     /// Local changes not yet durable: never served to peers (a crash before the commit would
@@ -82,9 +89,34 @@ struct Docs {
 
 impl Docs {
     fn replica(&mut self, doc: DocId) -> &mut Replica {
-        self.replicas
-            .entry(doc)
-            .or_insert_with(|| Replica::new(doc))
+        let auth = &self.authority;
+        self.replicas.entry(doc).or_insert_with(|| {
+            let mut r = Replica::new(doc);
+            r.set_authority(auth.clone());
+            r
+        })
+    }
+
+    /// The documents held: the fixed ones, then the open jobs epochs, oldest first.
+    fn ids(&self) -> Vec<DocId> {
+        let mut ids: Vec<DocId> = DocId::ALL
+            .into_iter()
+            .filter(|d| !self.closed.contains(d))
+            .collect();
+        let mut epochs: Vec<DocId> = self
+            .replicas
+            .keys()
+            .filter(|d| matches!(d, DocId::JobEpoch(_)))
+            .copied()
+            .collect();
+        epochs.sort();
+        ids.extend(epochs);
+        ids
+    }
+
+    /// The jobs documents held (the legacy one and the open epochs).
+    fn job_docs(&self) -> Vec<DocId> {
+        self.ids().into_iter().filter(|d| d.is_jobs()).collect()
     }
 
     fn position(&mut self, doc: DocId) -> u64 {
@@ -152,6 +184,8 @@ struct Inner {
     /// Held from making a change until its write is queued in the store (see `local_write`).
     write_order: tokio::sync::Mutex<()>,
     max_future_ms: u64,
+    /// `grid.retention`: how long a finished jobs epoch stays live (see `close_expired_jobs`).
+    retention_ms: std::sync::atomic::AtomicU64,
     rejected: Mutex<Rejected>,
     /// Refused changes and entries already counted and reported.
     reported: Mutex<Rejected>,
@@ -167,6 +201,9 @@ pub struct ChangeCheck {
     pub faults: Vec<ChangeFault>,
     /// Recorded changes that could not be applied and were written again (`doc.repair`).
     pub repaired: u64,
+    /// Recorded changes of jobs documents this node closed after their retention: the ledger
+    /// entry is what remains of them, by design.
+    pub expired: u64,
 }
 
 /// A recorded change this node does not hold.
@@ -180,10 +217,35 @@ pub struct ChangeFault {
     pub problem: String,
 }
 
+/// The marker of a jobs document this node closed.
+fn closed_key(doc: DocId) -> Vec<u8> {
+    let mut k = b"closed_doc/".to_vec();
+    k.extend_from_slice(&doc.key_prefix());
+    k
+}
+
+/// The jobs documents this node closed.
+fn closed_set(store: &Store) -> Result<HashSet<DocId>, StoreError> {
+    Ok(store
+        .scan(voike_storage::Table::Meta)?
+        .into_iter()
+        .filter_map(|(k, _)| {
+            let rest = k.strip_prefix(b"closed_doc/".as_slice())?;
+            match rest {
+                [3] => Some(DocId::Jobs),
+                [4, e @ ..] => Some(DocId::JobEpoch(u32::from_be_bytes(
+                    <[u8; 4]>::try_from(e).ok()?,
+                ))),
+                _ => None,
+            }
+        })
+        .collect())
+}
+
 /// The changes of `doc` that `repair_orphans` wrote again.
 fn repaired_set(store: &Store, doc: DocId) -> Result<HashSet<ChangeHash>, StoreError> {
     let mut prefix = b"repaired_change/".to_vec();
-    prefix.push(doc.tag());
+    prefix.extend_from_slice(&doc.key_prefix());
     Ok(store
         .scan(voike_storage::Table::Meta)?
         .into_iter()
@@ -240,7 +302,7 @@ fn revoked_cut(auth: &Authority, doc: DocId) -> HashMap<automerge::ActorId, u64>
         .filter_map(|node| {
             let peer: PeerId = node.parse().ok()?;
             let actor = voike_protocol::docs::actor_of_peer(&peer)?;
-            Some((actor, auth.cutoff(node, doc.as_str()).unwrap_or(0)))
+            Some((actor, auth.cutoff(node, &doc.name()).unwrap_or(0)))
         })
         .collect()
 }
@@ -248,7 +310,7 @@ fn revoked_cut(auth: &Authority, doc: DocId) -> HashMap<automerge::ActorId, u64>
 /// The marker of an orphaned stored change that `repair_orphans` wrote again.
 fn repaired_key(doc: DocId, hash: &ChangeHash) -> Vec<u8> {
     let mut k = b"repaired_change/".to_vec();
-    k.push(doc.tag());
+    k.extend_from_slice(&doc.key_prefix());
     k.extend_from_slice(&hash.0);
     k
 }
@@ -325,8 +387,11 @@ impl StateHandle {
         changed: Arc<Notify>,
         max_future_skew: Duration,
     ) -> Result<StateHandle, StateError> {
+        let closed = closed_set(&store)?;
         let mut docs = Docs {
             replicas: HashMap::new(),
+            closed: closed.clone(),
+            authority: Arc::new(Authority::default()),
             next: HashMap::new(),
             unsaved: HashSet::new(),
             unapplied: HashMap::new(),
@@ -334,7 +399,12 @@ impl StateHandle {
         let max_future_ms = max_future_skew.as_millis() as u64;
         let own_actor = voike_protocol::docs::actor_of(&key.public());
         let mut auth = Authority::default();
-        for doc in DocId::ALL {
+        let mut ids = DocId::ALL.to_vec();
+        ids.extend(store.job_epochs()?);
+        for doc in ids {
+            if closed.contains(&doc) {
+                continue;
+            }
             let started = Instant::now();
             let (changes, next) = store.doc_changes(doc)?;
             let mut replica = Replica::new(doc);
@@ -350,7 +420,7 @@ impl StateHandle {
             }
             if report.applied > 0 {
                 info!(
-                    doc = doc.as_str(),
+                    doc = %doc,
                     changes = report.applied,
                     took_ms = started.elapsed().as_millis() as u64,
                     "loaded document"
@@ -382,6 +452,7 @@ impl StateHandle {
                 docs_version: tokio::sync::watch::Sender::new(0),
                 served_version: tokio::sync::watch::Sender::new(0),
                 max_future_ms,
+                retention_ms: std::sync::atomic::AtomicU64::new(DEFAULT_RETENTION_MS),
                 rejected: Mutex::new(Rejected::default()),
                 reported: Mutex::new(Rejected::default()),
                 trust_budget: Mutex::new((Instant::now(), 0)),
@@ -413,7 +484,8 @@ impl StateHandle {
             return;
         }
         let fresh = Arc::new(fresh);
-        for doc in DocId::ALL {
+        docs.authority = fresh.clone();
+        for doc in docs.ids() {
             docs.replica(doc).set_authority(fresh.clone());
         }
         let newly: Vec<&String> = fresh
@@ -427,8 +499,8 @@ impl StateHandle {
             let Ok(peer) = node.parse::<PeerId>() else {
                 continue;
             };
-            for doc in DocId::ALL {
-                let cutoff = fresh.cutoff(node, doc.as_str()).unwrap_or(0);
+            for doc in docs.ids() {
+                let cutoff = fresh.cutoff(node, &doc.name()).unwrap_or(0);
                 if doc != DocId::Members
                     && docs.replica(doc).max_seq_of(&peer) > cutoff
                     && !rebuild.contains(&doc)
@@ -581,6 +653,11 @@ impl StateHandle {
         let hlc = self.tick();
         let (change, value, mut body, position, hash) = {
             let mut docs = self.docs();
+            if docs.closed.contains(&doc) {
+                return Err(StateError::NotFound(format!(
+                    "{doc} was closed after its retention"
+                )));
+            }
             docs.replica(doc).set_time(hlc.wall_ms);
             let (change, value, body) = f(docs.replica(doc), &self.inner.key, hlc)?;
             let Some(change) = change else {
@@ -594,7 +671,7 @@ impl StateHandle {
             (change, value, body, position, hash)
         };
         if let Some(obj) = body.as_object_mut() {
-            obj.insert("doc".into(), json!(doc.as_str()));
+            obj.insert("doc".into(), json!(doc.name()));
             obj.insert("change".into(), json!(hash.to_string()));
         }
         #[cfg(feature = "fault-injection")]
@@ -675,7 +752,8 @@ impl StateHandle {
     /// stays stored, and is marked repaired so that this happens once. Its parent was never
     /// durable, so it was never served: no peer can hold it, and it cannot arrive later.
     pub async fn repair_orphans(&self) {
-        for doc in DocId::ALL {
+        let ids = self.docs().ids();
+        for doc in ids {
             let Some(actor) = voike_protocol::docs::actor_of(&self.inner.key.public()) else {
                 return;
             };
@@ -1071,11 +1149,8 @@ impl StateHandle {
         let mut cutoff = std::collections::BTreeMap::from([("ledger".to_string(), ledger_seq)]);
         {
             let mut docs = self.docs();
-            for doc in DocId::ALL {
-                cutoff.insert(
-                    doc.as_str().to_string(),
-                    docs.replica(doc).max_seq_of(&peer),
-                );
+            for doc in docs.ids() {
+                cutoff.insert(doc.name(), docs.replica(doc).max_seq_of(&peer));
             }
         }
         self.local_write(DocId::Members, "member.revoke", move |r, key, hlc| {
@@ -1259,7 +1334,13 @@ impl StateHandle {
         let input = jobs::check_job(&input)?;
         let me = self.inner.node_id.clone();
         let now = now_ms();
-        self.local_write(DocId::Jobs, "job.submit", move |r, key, hlc| {
+        let doc = DocId::job_epoch_at(now);
+        if self.docs().closed.contains(&doc) {
+            return Err(StateError::Internal(format!(
+                "this node's clock is back in {doc}, which it closed; check the clock"
+            )));
+        }
+        self.local_write(doc, "job.submit", move |r, key, hlc| {
             let mut job = None;
             let change = r.change(key, |tx| {
                 job = Some(jobs::put_job(tx, &me, &input, hlc, now)?);
@@ -1284,8 +1365,9 @@ impl StateHandle {
         attempt: u32,
     ) -> Result<(), StateError> {
         let me = self.inner.node_id.clone();
+        let doc = self.job_doc(job)?;
         let job = job.to_string();
-        self.local_write(DocId::Jobs, "job.claim", move |r, key, hlc| {
+        self.local_write(doc, "job.claim", move |r, key, hlc| {
             let change = r.change(key, |tx| {
                 jobs::put_claim(tx, &me, &job, segment, lease_until_ms, attempt, hlc).map(|_| ())
             })?;
@@ -1298,7 +1380,8 @@ impl StateHandle {
     /// Records this node's signed result of a segment and drops its claim, in one change.
     pub async fn finish_segment(&self, result: jobs::SegmentResult) -> Result<(), StateError> {
         let me = self.inner.node_id.clone();
-        self.local_write(DocId::Jobs, "job.result", move |r, key, hlc| {
+        let doc = self.job_doc(&result.job)?;
+        self.local_write(doc, "job.result", move |r, key, hlc| {
             let change = r.change(key, |tx| {
                 jobs::put_result(tx, &me, &result, hlc)?;
                 jobs::delete_claim(tx, &me, &result.job, result.segment)?;
@@ -1313,16 +1396,173 @@ impl StateHandle {
         .await
     }
 
+    // ---- retention ----------------------------------------------------------------------
+
+    /// Sets `grid.retention`.
+    pub fn set_retention(&self, retention: Duration) {
+        self.inner.retention_ms.store(
+            u64::try_from(retention.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn retention_ms(&self) -> u64 {
+        self.inner
+            .retention_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Closes every jobs document whose time is up: an epoch closes once `grid.retention` has
+    /// passed since its hour ended and every job in it is done, failed or cancelled, and at the
+    /// latest when twice the retention has passed (a job still pending then is dropped with
+    /// it). The legacy `jobs` document counts from its newest job. Closing drops the document
+    /// from memory and from `state.redb` and marks it closed, so that it is never merged or
+    /// served again; the ledger entries of its changes stay. Each node decides by its own clock.
+    ///
+    /// Returns when a close may next be due: `(at, on_change)`: the earliest time, and whether
+    /// a document is only waiting for its jobs to end (then any job change may make it due).
+    pub async fn close_expired_jobs(&self) -> (Option<u64>, bool) {
+        let now = now_ms();
+        let retention = self.retention_ms();
+        let mut next: Option<u64> = None;
+        let mut on_change = false;
+        let mut due = Vec::new();
+        {
+            let mut docs = self.docs();
+            for doc in docs.job_docs() {
+                let r = docs.replica(doc);
+                if r.is_empty() {
+                    continue;
+                }
+                let views = jobs::jobs(r.doc(), now);
+                let end = doc
+                    .epoch_end_ms()
+                    .unwrap_or_else(|| views.iter().map(|v| v.job.submitted_ms).max().unwrap_or(0));
+                let soft = end.saturating_add(retention);
+                let hard = soft.saturating_add(retention);
+                let ended = views.iter().all(|v| {
+                    matches!(
+                        v.state,
+                        jobs::JobState::Done | jobs::JobState::Failed | jobs::JobState::Cancelled
+                    )
+                });
+                if now >= hard || (now >= soft && ended) {
+                    due.push((doc, views.len(), r.len()));
+                    continue;
+                }
+                let at = if now < soft { soft } else { hard };
+                on_change |= now >= soft;
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        for (doc, jobs, changes) in due {
+            let order = self.inner.write_order.lock().await;
+            let held = {
+                let mut docs = self.docs();
+                docs.closed.insert(doc);
+                docs.next.remove(&doc);
+                docs.unapplied.remove(&doc);
+                docs.replicas.remove(&doc)
+            };
+            // Queued after every write of the document (the store commits in order).
+            let written = self
+                .inner
+                .store
+                .write(vec![
+                    voike_storage::docs::delete_doc(doc),
+                    WriteOp::Put {
+                        table: voike_storage::Table::Meta,
+                        key: closed_key(doc),
+                        value: now.to_be_bytes().to_vec(),
+                    },
+                ])
+                .await;
+            match written {
+                Ok(()) => {
+                    drop(order);
+                    self.inner.metrics.job_docs_closed.inc();
+                    info!(doc = %doc, jobs, changes, "closed a jobs document after its retention");
+                }
+                Err(e) => {
+                    error!(doc = %doc, error = %e, "cannot close a jobs document; keeping it");
+                    let mut docs = self.docs();
+                    docs.closed.remove(&doc);
+                    if let Some(r) = held {
+                        docs.replicas.insert(doc, r);
+                    }
+                    drop(docs);
+                    drop(order);
+                    self.reload(doc);
+                }
+            }
+            self.bump_versions(Some(doc));
+        }
+        let open = self.docs().job_docs().len();
+        self.inner.metrics.job_docs_open.set(open as i64);
+        (next, on_change)
+    }
+
+    /// Closes jobs documents as their time comes (see `close_expired_jobs`): sleeps until the
+    /// next deadline, or until a document change when one only waits for its jobs to end, and
+    /// not at all while no jobs document is open.
+    pub async fn run_retention(self, cancel: tokio_util::sync::CancellationToken) {
+        let mut docs = self.watch_docs();
+        loop {
+            let (next, on_change) = self.close_expired_jobs().await;
+            let sleep = async {
+                match next {
+                    Some(at) => {
+                        let wait = at.saturating_sub(now_ms());
+                        tokio::time::sleep(Duration::from_millis(wait)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = sleep => {}
+                r = docs.changed(), if on_change || next.is_none() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    // A burst of job changes is judged once.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    docs.borrow_and_update();
+                }
+            }
+        }
+    }
+
     // ---- reads --------------------------------------------------------------------------
 
-    /// Every grid job with its derived state at `now_ms`.
+    /// The jobs document that holds job `id` (claims and results go where their job is).
+    fn job_doc(&self, id: &str) -> Result<DocId, StateError> {
+        let mut docs = self.docs();
+        for doc in docs.job_docs().into_iter().rev() {
+            if jobs::job(docs.replica(doc).doc(), id, 0).is_some() {
+                return Ok(doc);
+            }
+        }
+        Err(StateError::NotFound(format!("no job {id}")))
+    }
+
+    /// Every grid job with its derived state at `now_ms` (of every open jobs document).
     pub fn jobs(&self, now_ms: u64) -> Vec<jobs::JobView> {
-        jobs::jobs(self.docs().replica(DocId::Jobs).doc(), now_ms)
+        let mut docs = self.docs();
+        let mut out = Vec::new();
+        for doc in docs.job_docs() {
+            out.extend(jobs::jobs(docs.replica(doc).doc(), now_ms));
+        }
+        out
     }
 
     /// One grid job.
     pub fn job(&self, id: &str, now_ms: u64) -> Option<jobs::JobView> {
-        jobs::job(self.docs().replica(DocId::Jobs).doc(), id, now_ms)
+        let mut docs = self.docs();
+        docs.job_docs()
+            .into_iter()
+            .rev()
+            .find_map(|doc| jobs::job(docs.replica(doc).doc(), id, now_ms))
     }
 
     /// Every registered endpoint.
@@ -1338,7 +1578,7 @@ impl StateHandle {
 
     fn bump_versions(&self, doc: Option<DocId>) {
         self.inner.docs_version.send_modify(|v| *v += 1);
-        if doc.is_none_or(|d| d != DocId::Jobs) {
+        if doc.is_none_or(|d| !d.is_jobs()) {
             self.inner.served_version.send_modify(|v| *v += 1);
         }
     }
@@ -1383,9 +1623,15 @@ impl StateHandle {
                 else {
                     continue;
                 };
-                let Some(doc) = DocId::ALL.into_iter().find(|d| d.as_str() == doc) else {
+                let Some(doc) = DocId::parse(doc) else {
                     continue;
                 };
+                if self.docs().closed.contains(&doc) {
+                    // Dropped with its jobs epoch after the retention: the ledger entry is
+                    // what remains of it, by design.
+                    check.expired += 1;
+                    continue;
+                }
                 let Some(hash) = parse_change_hash(change) else {
                     continue;
                 };
@@ -1427,7 +1673,7 @@ impl StateHandle {
                 check.faults.push(ChangeFault {
                     seq: e.body.seq,
                     kind: e.body.kind.clone(),
-                    doc: doc.as_str().into(),
+                    doc: doc.name(),
                     change: hash.to_string(),
                     problem,
                 });
@@ -1436,9 +1682,7 @@ impl StateHandle {
         let faults = std::mem::take(&mut check.faults);
         for f in faults {
             let repaired = parse_change_hash(&f.change).is_some_and(|h| {
-                DocId::ALL
-                    .into_iter()
-                    .find(|d| d.as_str() == f.doc)
+                DocId::parse(&f.doc)
                     .and_then(|d| {
                         self.inner
                             .store
@@ -1461,11 +1705,11 @@ impl StateHandle {
     pub fn unapplied(&self) -> Vec<String> {
         let docs = self.docs();
         let mut out = Vec::new();
-        for doc in DocId::ALL {
+        for doc in docs.ids() {
             for u in docs.unapplied.get(&doc).into_iter().flatten() {
                 out.push(format!(
                     "{}: stored change {} (position {}) cannot be applied: {}",
-                    doc.as_str(),
+                    doc,
                     u.hash.map(|h| h.to_string()).unwrap_or_else(|| "?".into()),
                     u.index,
                     u.reason
@@ -1478,7 +1722,7 @@ impl StateHandle {
     /// Number of changes held per document.
     pub fn doc_sizes(&self) -> Vec<(DocId, usize)> {
         let mut docs = self.docs();
-        DocId::ALL
+        docs.ids()
             .into_iter()
             .map(|d| (d, docs.replica(d).len()))
             .collect()
@@ -1490,14 +1734,22 @@ impl StateHandle {
     pub fn digest(&self) -> Result<Digest, StateError> {
         let docs = {
             let mut d = self.docs();
-            DocId::ALL
-                .into_iter()
-                .map(|doc| {
-                    let mut heads = heads_to_bytes(&d.replica(doc).heads());
+            let mut ids = d.ids();
+            // The newest epochs first when there are more than a digest lists.
+            if ids.len() > MAX_DIGEST_DOCS {
+                ids.drain(DocId::ALL.len()..ids.len() - (MAX_DIGEST_DOCS - DocId::ALL.len()));
+            }
+            ids.into_iter()
+                .filter_map(|doc| {
+                    let r = d.replica(doc);
+                    if doc.epoch_end_ms().is_some() && r.is_empty() {
+                        return None;
+                    }
+                    let mut heads = heads_to_bytes(&r.heads());
                     // A digest lists at most MAX_HEADS per document; the pull that follows
                     // sends whatever the listed heads do not cover.
                     heads.truncate(MAX_HEADS);
-                    (doc, heads)
+                    Some((doc, heads))
                 })
                 .collect()
         };
@@ -1511,22 +1763,49 @@ impl StateHandle {
 
     /// Documents for which `theirs` lists heads this node neither holds nor refused.
     pub fn docs_behind(&self, theirs: &Digest) -> Vec<DocId> {
-        let mut docs = self.docs();
+        let docs = self.docs();
         let rejected = lock(&self.inner.rejected);
-        DocId::ALL
-            .into_iter()
-            .filter(|doc| {
-                let r = docs.replica(*doc);
-                theirs.heads(*doc).iter().any(|h| {
+        let now = now_ms();
+        theirs
+            .docs
+            .iter()
+            .filter(|(doc, heads)| {
+                if doc.is_jobs() && !self.may_open(&docs, *doc, now) {
+                    return false;
+                }
+                let r = docs.replicas.get(doc);
+                heads.iter().any(|h| {
                     let h = ChangeHash(*h);
-                    !r.has(&h) && !rejected.set.contains(&h.0)
+                    !r.is_some_and(|r| r.has(&h)) && !rejected.set.contains(&h.0)
                 })
             })
+            .map(|(doc, _)| *doc)
             .collect()
     }
 
+    /// Whether changes of jobs epoch `doc` are taken: not closed here, begun (allowing for the
+    /// skew bound), and not so old that it would close at once (see `close_expired_jobs`).
+    fn may_open(&self, docs: &Docs, doc: DocId, now: u64) -> bool {
+        if docs.closed.contains(&doc) {
+            return false;
+        }
+        if docs.replicas.contains_key(&doc) {
+            return true;
+        }
+        let Some(end) = doc.epoch_end_ms() else {
+            return true;
+        };
+        let retention = self.retention_ms();
+        end - voike_protocol::docs::JOB_EPOCH_MS <= now + self.inner.max_future_ms
+            && end.saturating_add(retention.saturating_mul(2)) > now
+    }
+
     pub fn heads(&self, doc: DocId) -> Vec<[u8; 32]> {
-        heads_to_bytes(&self.docs().replica(doc).heads())
+        self.docs()
+            .replicas
+            .get(&doc)
+            .map(|r| heads_to_bytes(&r.heads()))
+            .unwrap_or_default()
     }
 
     /// A page of the changes of `doc` that a holder of `heads` lacks.
@@ -1538,6 +1817,10 @@ impl StateHandle {
     ) -> (Vec<SignedChange>, bool) {
         let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
         let mut docs = self.docs();
+        if doc.epoch_end_ms().is_some() && !docs.replicas.contains_key(&doc) {
+            // Closed here, or never held: nothing to send (and no document is opened for it).
+            return (Vec::new(), false);
+        }
         let unsaved = docs.unsaved.clone();
         let (mut changes, more) = docs.replica(doc).changes_since(&heads, offset, PAGE_BYTES);
         if !unsaved.is_empty()
@@ -1568,6 +1851,40 @@ impl StateHandle {
         let order = self.inner.write_order.lock().await;
         let (outcome, ops): (Outcome, Vec<WriteOp>) = {
             let mut docs = self.docs();
+            if doc.is_jobs() && !self.may_open(&docs, doc, now_ms()) {
+                drop(docs);
+                let start = doc
+                    .epoch_end_ms()
+                    .map_or(0, |end| end - voike_protocol::docs::JOB_EPOCH_MS);
+                let now = now_ms();
+                for c in &changes {
+                    let hash = automerge::Change::try_from(&c.bytes[..])
+                        .ok()
+                        .map(|c| c.hash());
+                    if start > now {
+                        let reason = Reject::Future {
+                            ahead_ms: start - now,
+                            max_ms: self.inner.max_future_ms,
+                        };
+                        self.change_rejected(from, doc, hash, &reason);
+                    } else {
+                        // A peer that keeps the hour longer (its own retention) is no fault:
+                        // counted, not reported as a trust event.
+                        if let Some(h) = hash {
+                            lock(&self.inner.rejected).insert(h.0);
+                        }
+                        self.inner
+                            .metrics
+                            .changes_rejected
+                            .get_or_create(&ReasonLabel {
+                                reason: "expired".into(),
+                            })
+                            .inc();
+                    }
+                }
+                debug!(%from, doc = %doc, changes = changes.len(), "changes of a closed or expired jobs document left out");
+                return Ok(0);
+            }
             let outcome = docs.replica(doc).receive_at(
                 changes,
                 &roster,

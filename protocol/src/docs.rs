@@ -43,24 +43,71 @@ pub const MAX_PENDING_BYTES: usize = 64 << 20;
 /// Deepest object path accepted (zone / records / record / field).
 pub const MAX_DEPTH: u16 = 6;
 
+/// Length of a jobs epoch: jobs live in the document of the hour they were submitted in.
+pub const JOB_EPOCH_MS: u64 = 3_600_000;
+
 /// The replicated documents.
+///
+/// Grid jobs are split by submission hour into epoch documents ([`DocId::JobEpoch`]), so that
+/// a finished hour can be dropped whole after the retention (see `docs/replication.md`,
+/// "History, retention and roll-over"). [`DocId::Jobs`] is the single jobs document of earlier
+/// versions: still loaded, served and finished, never written with new jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DocId {
     Members,
     Zones,
     Endpoints,
     Jobs,
+    /// The jobs submitted in hour `E` (Unix milliseconds / [`JOB_EPOCH_MS`]).
+    JobEpoch(u32),
 }
 
 impl DocId {
+    /// The documents every node holds (epoch documents come and go).
     pub const ALL: [DocId; 4] = [DocId::Members, DocId::Zones, DocId::Endpoints, DocId::Jobs];
 
+    /// The document's kind, for metric labels and logs (`jobs` for every jobs document).
     pub fn as_str(self) -> &'static str {
         match self {
             DocId::Members => "members",
             DocId::Zones => "zones",
             DocId::Endpoints => "endpoints",
-            DocId::Jobs => "jobs",
+            DocId::Jobs | DocId::JobEpoch(_) => "jobs",
+        }
+    }
+
+    /// The document's full name: `as_str()`, or `jobs/<E>` for an epoch document (the form
+    /// ledger entries and revocation cut-offs use).
+    pub fn name(self) -> String {
+        match self {
+            DocId::JobEpoch(e) => format!("jobs/{e}"),
+            d => d.as_str().to_string(),
+        }
+    }
+
+    /// The document named `name` (see [`DocId::name`]).
+    pub fn parse(name: &str) -> Option<DocId> {
+        if let Some(e) = name.strip_prefix("jobs/") {
+            return e.parse().ok().map(DocId::JobEpoch);
+        }
+        DocId::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+
+    /// Whether this is a jobs document (legacy or epoch).
+    pub fn is_jobs(self) -> bool {
+        matches!(self, DocId::Jobs | DocId::JobEpoch(_))
+    }
+
+    /// The epoch document of jobs submitted at `ms` (Unix milliseconds).
+    pub fn job_epoch_at(ms: u64) -> DocId {
+        DocId::JobEpoch(u32::try_from(ms / JOB_EPOCH_MS).unwrap_or(u32::MAX))
+    }
+
+    /// When the epoch ends (Unix milliseconds); `None` for other documents.
+    pub fn epoch_end_ms(self) -> Option<u64> {
+        match self {
+            DocId::JobEpoch(e) => Some((u64::from(e) + 1) * JOB_EPOCH_MS),
+            _ => None,
         }
     }
 
@@ -71,11 +118,24 @@ impl DocId {
             DocId::Zones => 1,
             DocId::Endpoints => 2,
             DocId::Jobs => 3,
+            DocId::JobEpoch(_) => 4,
         }
     }
 
-    pub fn from_tag(tag: u8) -> Option<DocId> {
-        DocId::ALL.into_iter().find(|d| d.tag() == tag)
+    /// The storage key prefix of the document's rows: its tag, then the epoch (big-endian)
+    /// for an epoch document.
+    pub fn key_prefix(self) -> Vec<u8> {
+        let mut k = vec![self.tag()];
+        if let DocId::JobEpoch(e) = self {
+            k.extend_from_slice(&e.to_be_bytes());
+        }
+        k
+    }
+}
+
+impl std::fmt::Display for DocId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
     }
 }
 
@@ -147,6 +207,8 @@ pub enum Reject {
     },
     #[error("{0}")]
     NoGrant(String),
+    #[error("change belongs to {0}, which this node closed after its retention")]
+    Expired(String),
 }
 
 impl Reject {
@@ -163,6 +225,7 @@ impl Reject {
             Reject::Future { .. } => "future",
             Reject::Revoked { .. } => "revoked",
             Reject::NoGrant(_) => "no_grant",
+            Reject::Expired(_) => "expired",
         }
     }
 
@@ -180,7 +243,10 @@ impl Reject {
     pub fn holds_for_hash(&self) -> bool {
         matches!(
             self,
-            Reject::NotWriter { .. } | Reject::Schema(_) | Reject::Revoked { .. }
+            Reject::NotWriter { .. }
+                | Reject::Schema(_)
+                | Reject::Revoked { .. }
+                | Reject::Expired(_)
         )
     }
 }
@@ -788,6 +854,24 @@ impl Replica {
         max_future_ms: u64,
     ) -> Result<Outcome, DocError> {
         let mut out = Outcome::default();
+        if let Some(end) = self.id.epoch_end_ms()
+            && end - JOB_EPOCH_MS > now_ms.saturating_add(max_future_ms)
+        {
+            // An epoch that has not begun yet, even allowing for the skew bound: nothing of
+            // it is taken (a member must not open documents for far-away hours).
+            let ahead_ms = end - JOB_EPOCH_MS - now_ms;
+            for sc in changes {
+                let hash = Change::try_from(&sc.bytes[..]).ok().map(|c| c.hash());
+                out.rejected.push((
+                    hash,
+                    Reject::Future {
+                        ahead_ms,
+                        max_ms: max_future_ms,
+                    },
+                ));
+            }
+            return Ok(out);
+        }
         let mut ready = Vec::new();
         for sc in changes {
             match self.precheck(sc, roster, now_ms, max_future_ms) {
@@ -963,7 +1047,7 @@ impl Replica {
             author: author.clone(),
             what,
         };
-        if let Some(cutoff) = self.authority.cutoff(&author, self.id.as_str())
+        if let Some(cutoff) = self.authority.cutoff(&author, &self.id.name())
             && change.seq() > cutoff
         {
             return Err(Reject::Revoked {
@@ -1064,7 +1148,7 @@ impl Replica {
             let top = parent.as_ref().map_or(key.as_str(), |p| p.top.as_str());
             match self.id {
                 DocId::Members => {}
-                DocId::Endpoints | DocId::Jobs => {
+                DocId::Endpoints | DocId::Jobs | DocId::JobEpoch(_) => {
                     if top != author {
                         return Err(not_writer(format!("entries of {top}")));
                     }

@@ -20,7 +20,10 @@ pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 /// Largest WebAssembly module a node accepts, stores or fetches.
 pub const MAX_MODULE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest gossiped digest.
-pub const MAX_DIGEST_BYTES: usize = 16 * 1024;
+pub const MAX_DIGEST_BYTES: usize = 48 * 1024;
+/// Most documents a digest lists: the four fixed ones and the open jobs epochs (newest first;
+/// a node holding more lists the newest, and anti-entropy pulls on the others when asked).
+pub const MAX_DIGEST_DOCS: usize = 4 + 192;
 /// Target size of one response page.
 pub const PAGE_BYTES: usize = 1024 * 1024;
 /// Most heads listed per document in a digest (a document rarely has more than a few).
@@ -46,7 +49,7 @@ impl Digest {
             return None;
         }
         let d: Digest = postcard::from_bytes(b).ok()?;
-        (d.docs.len() <= DocId::ALL.len() && d.docs.iter().all(|(_, h)| h.len() <= MAX_HEADS))
+        (d.docs.len() <= MAX_DIGEST_DOCS && d.docs.iter().all(|(_, h)| h.len() <= MAX_HEADS))
             .then_some(d)
     }
 

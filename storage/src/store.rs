@@ -85,6 +85,12 @@ pub enum WriteOp {
         table: Table,
         key: Vec<u8>,
     },
+    /// Removes every row with a key in `from..=to`.
+    DeleteRange {
+        table: Table,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
     /// Appends a ledger entry to its author's chain. The writer checks that it links to the
     /// current head (an entry already stored is accepted again as a no-op); a request holding an
     /// entry that does not link is refused as a whole. Signatures are the caller's to check.
@@ -334,6 +340,11 @@ fn apply(
             WriteOp::Delete { table, key } => {
                 let mut t = txn.open_table(table.def()).map_err(write_err)?;
                 t.remove(key.as_slice()).map_err(write_err)?;
+            }
+            WriteOp::DeleteRange { table, from, to } => {
+                let mut t = txn.open_table(table.def()).map_err(write_err)?;
+                t.retain_in(from.as_slice()..=to.as_slice(), |_, _| false)
+                    .map_err(write_err)?;
             }
             WriteOp::AppendEntry(_) => {}
         }

@@ -624,3 +624,68 @@ fn a_catch_up_walk_returns_every_change_once() {
     assert_eq!(out.applied.len(), src.len(), "{out:?}");
     assert_eq!(dst.heads(), src.heads());
 }
+
+#[test]
+fn jobs_epochs_are_named_keyed_and_refused_before_they_begin() {
+    // Names, keys and parsing.
+    let e = DocId::job_epoch_at(7 * JOB_EPOCH_MS + 5);
+    assert_eq!(e, DocId::JobEpoch(7));
+    assert_eq!(e.name(), "jobs/7");
+    assert_eq!(e.as_str(), "jobs");
+    assert_eq!(DocId::parse("jobs/7"), Some(e));
+    assert_eq!(DocId::parse("jobs"), Some(DocId::Jobs));
+    assert_eq!(DocId::parse("jobs/x"), None);
+    assert_eq!(e.epoch_end_ms(), Some(8 * JOB_EPOCH_MS));
+    assert_eq!(e.key_prefix(), vec![4, 0, 0, 0, 7]);
+    assert!(e.is_jobs() && DocId::Jobs.is_jobs() && !DocId::Zones.is_jobs());
+
+    // A member writes under its own id in an epoch document, as in `jobs`.
+    let (a, b) = (node(), node());
+    let ros = roster(&[(&a, Role::Admin), (&b, Role::Member)]);
+    let now = 1_700_000_000_000u64;
+    let this_hour = DocId::job_epoch_at(now);
+    let write = |doc: DocId, under: &str| {
+        let mut r = Replica::new(doc);
+        r.set_time(now);
+        r.change(&b.key, |tx| {
+            use automerge::transaction::Transactable;
+            let o = tx.put_object(automerge::ROOT, under, ObjType::Map)?;
+            tx.put(&o, "x", 1u64)?;
+            Ok(())
+        })
+        .expect("change")
+        .expect("some")
+    };
+    let out = Replica::new(this_hour)
+        .receive_at(vec![write(this_hour, &b.id)], &ros, now, 60_000)
+        .expect("receive");
+    assert_eq!(out.applied.len(), 1);
+    let out = Replica::new(this_hour)
+        .receive_at(vec![write(this_hour, &a.id)], &ros, now, 60_000)
+        .expect("receive");
+    assert_eq!(out.rejected[0].1.as_str(), "not_writer");
+    // An hour that begins beyond the skew bound is not opened, whatever the change's stamp.
+    let DocId::JobEpoch(h) = this_hour else {
+        panic!("not an epoch")
+    };
+    let far = DocId::JobEpoch(h + 100);
+    let out = Replica::new(far)
+        .receive_at(vec![write(far, &b.id)], &ros, now, 60_000)
+        .expect("receive");
+    assert!(out.applied.is_empty());
+    assert_eq!(out.rejected[0].1.as_str(), "future");
+    // The next hour is taken once it is within the skew bound.
+    let next = DocId::JobEpoch(h + 1);
+    let start = (u64::from(h) + 1) * JOB_EPOCH_MS;
+    let out = Replica::new(next)
+        .receive_at(vec![write(next, &b.id)], &ros, start - 30_000, 60_000)
+        .expect("receive");
+    assert_eq!(out.applied.len(), 1);
+    // A change signed for one epoch is refused by another (the signature covers the doc).
+    let mut moved = write(this_hour, &b.id);
+    moved.doc = next;
+    let out = Replica::new(next)
+        .receive_at(vec![moved], &ros, start, 60_000)
+        .expect("receive");
+    assert!(out.applied.is_empty());
+}
