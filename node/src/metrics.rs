@@ -272,7 +272,7 @@ impl Metrics {
         );
         r.register(
             "voike_jobs_documents_open",
-            "Jobs documents (hourly epochs) held in the live state",
+            "Jobs documents (hourly epochs, and the jobs document of earlier versions) holding changes in the live state",
             m.job_docs_open.clone(),
         );
         // Kept in milliseconds where Hypermesh sets it, exported in seconds (base units).

@@ -1497,7 +1497,13 @@ impl StateHandle {
             }
             self.bump_versions(Some(doc));
         }
-        let open = self.docs().job_docs().len();
+        let open = {
+            let mut docs = self.docs();
+            docs.job_docs()
+                .into_iter()
+                .filter(|d| !docs.replica(*d).is_empty())
+                .count()
+        };
         self.inner.metrics.job_docs_open.set(open as i64);
         (next, on_change)
     }
