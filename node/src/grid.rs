@@ -50,9 +50,14 @@ const COALESCE: Duration = Duration::from_millis(10);
 /// When the scheduler must look again without a change (see `Grid::schedule`).
 fn next_wake(all: &[JobView], now: u64) -> Option<Duration> {
     let unfinished = all.iter().filter(|j| !j.is_cancelled()).flat_map(|j| {
-        j.segments
-            .iter()
-            .filter(|s| matches!(s.state, JobState::Pending | JobState::Running))
+        j.segments.iter().filter(|s| {
+            matches!(s.state, JobState::Pending | JobState::Running)
+                // Only "module unavailable" so far: another node may still run it.
+                || (!s.results.is_empty()
+                    && s.results
+                        .iter()
+                        .all(|r| r.status() == Some(Status::ModuleUnavailable)))
+        })
     });
     let mut wake: Option<Duration> = None;
     for seg in unfinished {
@@ -493,7 +498,23 @@ impl Grid {
         }
         self.refresh_gauges(&all);
         self.stop_cancelled(&all);
-        let wake = next_wake(&all, now);
+        let mut wake = next_wake(&all, now);
+        // A run here, or a retry waiting out its backoff: look again in a while even when no
+        // segment is pending elsewhere.
+        let local = !self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+            || self
+                .backoff
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|until| *until > now);
+        if local {
+            wake = Some(wake.map_or(RESCAN, |w| w.min(RESCAN)));
+        }
         let active: HashSet<&str> = all
             .iter()
             .filter(|j| !matches!(j.state, JobState::Done | JobState::Cancelled))

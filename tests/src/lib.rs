@@ -764,6 +764,64 @@ pub fn proc_sample(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
     Ok((utime + stime, switches, field(&status, "VmRSS:")))
 }
 
+/// Context switches (voluntary plus nonvoluntary) of every thread of `pid`, by thread id, with
+/// the thread's name (`/proc/PID/task/TID/comm`). A thread that ends between two calls takes its
+/// count with it; one that starts counts from zero.
+pub fn thread_switches(pid: u32) -> anyhow::Result<std::collections::BTreeMap<u32, (String, u64)>> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?.path();
+        let Some(tid) = task
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        // A thread can end while it is read.
+        let (Ok(comm), Ok(status)) = (
+            fs::read_to_string(task.join("comm")),
+            fs::read_to_string(task.join("status")),
+        ) else {
+            continue;
+        };
+        let n: u64 = status
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum();
+        out.insert(tid, (comm.trim().to_string(), n));
+    }
+    Ok(out)
+}
+
+/// Context switches per thread name between two [`thread_switches`] samples of one process, with
+/// the number of threads of that name at the end. Names are grouped without a trailing number
+/// (`dns-udp-0` and `dns-udp-1` are `dns-udp`).
+pub fn switches_by_name(
+    before: &std::collections::BTreeMap<u32, (String, u64)>,
+    after: &std::collections::BTreeMap<u32, (String, u64)>,
+) -> std::collections::BTreeMap<String, (usize, u64)> {
+    let mut out: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
+    for (tid, (comm, n)) in after {
+        let start = match before.get(tid) {
+            Some((c, b)) if c == comm => *b,
+            _ => 0,
+        };
+        let name = comm
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .trim_end_matches(['-', '_', '#'])
+            .to_string();
+        let e = out.entry(name).or_default();
+        e.0 += 1;
+        e.1 += n.saturating_sub(start);
+    }
+    out
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]

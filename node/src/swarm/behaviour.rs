@@ -23,6 +23,8 @@ pub const MAX_PENDING_INCOMING: u32 = 64;
 pub const MAX_ESTABLISHED_INCOMING: u32 = 512;
 /// Connections per peer (TCP and QUIC, plus a dead one still closing, with room to spare).
 pub const MAX_PER_PEER: u32 = 8;
+/// Interval of the gossipsub heartbeat (mesh maintenance, lazy gossip of message ids).
+pub const GOSSIP_HEARTBEAT: Duration = Duration::from_secs(10);
 /// identify protocol version string (informational: membership proofs decide who is meshed with).
 pub const IDENTIFY_PROTOCOL: &str = "/voike/1.0.0";
 
@@ -113,7 +115,16 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
             (tls::Config::new, noise::Config::new),
             yamux::Config::default,
         )?
-        .with_quic()
+        // QUIC's own keep-alive (5 s by default) is not needed where libp2p pings every
+        // connection: a connection stays open while pings are answered, and closes as idle
+        // when no packet came for a ping interval plus the ping timeout (the same bound the
+        // event loop applies to pings).
+        .with_quic_config(|mut c| {
+            let idle = ping_interval + ping_timeout;
+            c.max_idle_timeout = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX);
+            c.keep_alive_interval = ping_interval.min(idle / 2);
+            c
+        })
         .with_relay_client(
             (tls::Config::new, noise::Config::new),
             yamux::Config::default,
@@ -185,10 +196,17 @@ pub fn build(key: Keypair, opts: BuildOptions) -> anyhow::Result<Swarm<Behaviour
                 },
             );
             let dcutr = dcutr::Behaviour::new(peer);
-            // Digests are small and published to every subscribed peer (flood publish); the
-            // heartbeat only maintains the mesh, so it can be slow.
+            // Digests and health reports are small and published to every subscribed peer
+            // (flood publish), so the gossipsub mesh only forwards them to members that are not
+            // connected to their author. The heartbeat only maintains that mesh, so it can be
+            // slow (each one wakes the node), and a small mesh forwards fewer duplicates (each
+            // one a message every member receives and drops).
             let gossip_config = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_secs(2))
+                .heartbeat_interval(GOSSIP_HEARTBEAT)
+                .mesh_n(3)
+                .mesh_n_low(2)
+                .mesh_n_high(4)
+                .mesh_outbound_min(1)
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .validate_messages()
                 .max_transmit_size(MAX_DIGEST_BYTES + 1024)
