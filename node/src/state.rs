@@ -1605,6 +1605,21 @@ impl StateHandle {
         zones::records(&self.docs().replica(DocId::Zones).ranked(), zone_id)
     }
 
+    /// A page of a zone's records ordered by id (see [`zones::records_page`]).
+    pub fn records_page(
+        &self,
+        zone_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Option<(Vec<Record>, bool)> {
+        zones::records_page(
+            &self.docs().replica(DocId::Zones).ranked(),
+            zone_id,
+            after,
+            limit,
+        )
+    }
+
     /// Checks that every document change this node's own ledger chain records is stored and
     /// applied (see `POST /ledger/verify`). Reads the chain and the stored changes from disk.
     pub fn check_recorded_changes(&self) -> Result<ChangeCheck, StateError> {

@@ -641,6 +641,38 @@ pub fn records(doc: &impl ZoneDoc, zone_id: &str) -> Option<Vec<Record>> {
     )
 }
 
+/// A page of zone `zone_id`'s records ordered by id: at most `limit` with an id after `after`,
+/// and whether more follow; `None` when the zone does not exist. Reads only the page and one
+/// more record (the records map is kept in key order), not the whole zone.
+pub fn records_page(
+    doc: &impl ZoneDoc,
+    zone_id: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Option<(Vec<Record>, bool)> {
+    use std::ops::Bound;
+    let zone = zone_obj(doc, zone_id)?;
+    let doc = doc.am();
+    let Some(recs) = records_obj(doc, &zone) else {
+        return Some((Vec::new(), false));
+    };
+    let from = match after {
+        Some(a) => Bound::Excluded(a.to_string()),
+        None => Bound::Unbounded,
+    };
+    let mut out = Vec::new();
+    for item in doc.map_range(&recs, (from, Bound::Unbounded)) {
+        let Some(o) = newest_map(doc, &recs, &item.key) else {
+            continue;
+        };
+        if out.len() == limit {
+            return Some((out, true));
+        }
+        out.push(record_of(doc, zone_id, &item.key, &o));
+    }
+    Some((out, false))
+}
+
 /// Finds a record by id in any zone.
 pub fn find_record(doc: &impl ZoneDoc, record_id: &str) -> Option<Record> {
     let am = doc.am();

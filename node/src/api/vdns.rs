@@ -113,10 +113,14 @@ pub async fn list_records(
         .zone_id
         .ok_or_else(|| ApiError::bad_request("missing `zoneId` query parameter"))?;
     let limit = super::page::limit(q.limit)?;
-    match state.state.records(&zone) {
-        Some(records) => {
-            let (records, next) =
-                super::page::page(records, |r| r.id.as_str(), q.after.as_deref(), limit);
+    // Only the page is read from the document, not the whole zone.
+    match state.state.records_page(&zone, q.after.as_deref(), limit) {
+        Some((records, more)) => {
+            let next = if more {
+                records.last().map(|r| r.id.clone())
+            } else {
+                None
+            };
             Ok(Json(json!({ "records": records, "next": next })).into_response())
         }
         None => Err(ApiError::new(

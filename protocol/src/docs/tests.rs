@@ -689,3 +689,32 @@ fn jobs_epochs_are_named_keyed_and_refused_before_they_begin() {
         .expect("receive");
     assert!(out.applied.is_empty());
 }
+
+#[test]
+fn a_page_of_records_is_the_same_slice_as_the_whole_zone_read() {
+    let a = node();
+    let mut r = granting(&[&a]);
+    create_zone(&mut r, &a, "z");
+    for i in 0..57u64 {
+        add_record(&mut r, &a, "z", &format!("h{i}.z.mesh."), "10.0.0.1", i);
+    }
+    let all = zones::records(&r.ranked(), "z").expect("zone");
+    let mut ids: Vec<String> = all.iter().map(|x| x.id.clone()).collect();
+    ids.sort();
+    for limit in [1, 7, 56, 57, 58] {
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) =
+                zones::records_page(&r.ranked(), "z", after.as_deref(), limit).expect("zone");
+            assert!(page.len() <= limit);
+            seen.extend(page.iter().map(|x| x.id.clone()));
+            if !more {
+                break;
+            }
+            after = page.last().map(|x| x.id.clone());
+        }
+        assert_eq!(seen, ids, "pages of {limit}");
+    }
+    assert!(zones::records_page(&r.ranked(), "nope", None, 10).is_none());
+}
