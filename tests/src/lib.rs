@@ -737,6 +737,18 @@ pub fn voiked_output(args: &[&str], timeout: Duration) -> anyhow::Result<Output>
     }
 }
 
+/// libfaketime's multi-threaded library (Debian's `faketime`), for clocks moved or skewed in
+/// tests; `None` where it is not installed.
+pub fn libfaketime() -> Option<PathBuf> {
+    for d in std::fs::read_dir("/usr/lib").ok()?.flatten() {
+        let p = d.path().join("faketime/libfaketimeMT.so.1");
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    None
+}
+
 /// (utime + stime in clock ticks, voluntary + involuntary context switches, VmRSS in KiB).
 pub fn proc_sample(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

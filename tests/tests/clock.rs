@@ -7,21 +7,9 @@
 //! ledger's last stamp), writes its skewed changes again with fresh stamps, and within a minute
 //! every member holds its records — those written while skewed and after — and the ledgers agree.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use voike_tests::{TestNode, wait_for};
-
-fn libfaketime() -> Option<PathBuf> {
-    let dirs = std::fs::read_dir("/usr/lib").ok()?;
-    for d in dirs.flatten() {
-        let p = d.path().join("faketime/libfaketimeMT.so.1");
-        if p.exists() {
-            return Some(p);
-        }
-    }
-    None
-}
+use voike_tests::{TestNode, libfaketime, wait_for};
 
 fn heads(node: &TestNode) -> anyhow::Result<String> {
     let v = node.verify()?;

@@ -13,20 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use voike_tests::{TestNode, wait_for};
+use voike_tests::{TestNode, libfaketime, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn libfaketime() -> Option<PathBuf> {
-    let dirs = std::fs::read_dir("/usr/lib").ok()?;
-    for d in dirs.flatten() {
-        let p = d.path().join("faketime/libfaketimeMT.so.1");
-        if p.exists() {
-            return Some(p);
-        }
-    }
-    None
-}
 
 fn hello() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

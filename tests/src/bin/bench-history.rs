@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use voike_tests::{TestNode, percentile, proc_sample, wait_for};
+use voike_tests::{TestNode, libfaketime, percentile, proc_sample, wait_for};
 
 const WRITERS: usize = 8;
 const ZONE: &str = "hist.test.";
@@ -329,16 +329,6 @@ fn records(checkpoints: &[usize]) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn libfaketime() -> Option<std::path::PathBuf> {
-    for d in std::fs::read_dir("/usr/lib").ok()?.flatten() {
-        let p = d.path().join("faketime/libfaketimeMT.so.1");
-        if p.exists() {
-            return Some(p);
-        }
-    }
-    None
 }
 
 fn idle(node: &TestNode, secs: u64) -> anyhow::Result<(f64, f64, f64)> {
