@@ -7,7 +7,7 @@
 //! delegations below the apex (referrals), minimal ANY (RFC 8482) and negative answers carrying
 //! the zone's SOA with the negative TTL of RFC 2308.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
@@ -33,6 +33,8 @@ pub struct ZoneData {
 /// One record as the replica holds it (values in the API's text form).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordData {
+    /// The replica's id for it: an edit names the record it changes by this id.
+    pub id: String,
     pub name: String,
     pub rtype: String,
     pub value: String,
@@ -41,7 +43,7 @@ pub struct RecordData {
 
 /// Why a record could not be compiled (the replica validated it, so this means a newer writer
 /// used a type or form this node does not know; the record is skipped, not fatal).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("record {name} {rtype} {value:?}: {reason}")]
 pub struct CompileError {
     pub name: String,
@@ -101,27 +103,130 @@ pub enum Lookup {
     Service { soa: Option<Record> },
 }
 
-#[derive(Debug, Default)]
-struct Node {
-    /// Record sets by type; empty for an empty non-terminal.
-    sets: BTreeMap<u16, Vec<Record>>,
+/// Record sets by type code, in type order: a name holds one or two sets, so a sorted vector
+/// (one allocation) rather than a tree (a node of eleven slots per name).
+#[derive(Clone, Debug, Default)]
+struct Sets(Vec<(u16, Vec<Record>)>);
+
+impl Sets {
+    fn get(&self, code: &u16) -> Option<&Vec<Record>> {
+        self.0.iter().find(|(c, _)| c == code).map(|(_, s)| s)
+    }
+
+    fn contains_key(&self, code: &u16) -> bool {
+        self.get(code).is_some()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Vec<Record>> {
+        self.0.iter().map(|(_, s)| s)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&u16, &Vec<Record>)> {
+        self.0.iter().map(|(c, s)| (c, s))
+    }
+
+    fn remove(&mut self, code: &u16) -> Option<Vec<Record>> {
+        let i = self.0.iter().position(|(c, _)| c == code)?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn insert(&mut self, code: u16, set: Vec<Record>) {
+        match self.0.binary_search_by_key(&code, |(c, _)| *c) {
+            Ok(i) => self.0[i].1 = set,
+            Err(i) => self.0.insert(i, (code, set)),
+        }
+    }
+
+    fn entry(&mut self, code: u16) -> &mut Vec<Record> {
+        let i = match self.0.binary_search_by_key(&code, |(c, _)| *c) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (code, Vec::new()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
 }
 
-#[derive(Debug)]
+impl<'a> IntoIterator for &'a Sets {
+    type Item = (&'a u16, &'a Vec<Record>);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (u16, Vec<Record>)>,
+        fn(&'a (u16, Vec<Record>)) -> (&'a u16, &'a Vec<Record>),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(c, s)| (c, s))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Node {
+    /// Served record sets by type, each in canonical order; empty for an empty non-terminal.
+    sets: Sets,
+    /// Records held at this name but not served: withheld (with why, see [`Withheld`]), or
+    /// (`None`) a second copy of a record served already.
+    aside: Vec<(Record, Option<&'static str>)>,
+    /// Names below this one that hold records: an empty non-terminal exists while this is
+    /// more than zero.
+    below: u32,
+}
+
+impl Node {
+    fn holds(&self) -> bool {
+        !self.sets.is_empty() || !self.aside.is_empty()
+    }
+}
+
+/// A compiled zone. Its maps are persistent (shared between snapshots), so that a snapshot
+/// with a few records changed costs what the change does, not what the zone holds.
+#[derive(Clone, Debug)]
 struct Zone {
     origin: Name,
     soa: Record,
-    nodes: HashMap<Name, Node>,
+    serial: u32,
+    /// This node's name, served as the zone's nameserver while the zone has no (servable) NS.
+    nameserver: Name,
+    /// Whether the apex NS set is `nameserver`, synthesized.
+    ns_synth: bool,
+    nodes: imbl::OrdMap<Name, Node>,
+    /// Every record by the replica's record id: its owner name and [`fingerprint`] (`None`:
+    /// it could not be compiled, see `skipped`).
+    ids: imbl::OrdMap<Box<str>, Option<(Name, u64)>>,
+    skipped: imbl::OrdMap<String, CompileError>,
+    /// Names holding withheld records.
+    withheld_at: imbl::OrdSet<Name>,
 }
 
 /// All served zones, compiled for lookups.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Snapshot {
     generation: u64,
+    nameserver: Name,
     zones: HashMap<Name, Zone>,
     services: HashSet<Name>,
-    skipped: Vec<CompileError>,
-    withheld: Vec<Withheld>,
+    /// Zones that could not be compiled at all.
+    bad_zones: Vec<CompileError>,
+}
+
+/// A change to the served zones, for [`Snapshot::edit`].
+#[derive(Clone, Debug)]
+pub enum ZoneEdit {
+    /// The zone as a whole (new, or changed in more than its records): compiled anew.
+    Replace(ZoneData),
+    /// Some records of a served zone changed, by record id: the record as it is now, or `None`
+    /// when it is gone. A zone not served is left alone (replace it instead).
+    Records {
+        domain: String,
+        serial: u32,
+        records: Vec<(String, Option<RecordData>)>,
+    },
+    /// The zone is no longer served.
+    Remove(String),
 }
 
 /// The number of labels of `n`, counting a leading `*` (unlike `Name::num_labels`).
@@ -246,80 +351,289 @@ fn soa_record(origin: &Name, mname: &Name, serial: u32, ttl: u32) -> Record {
     )
 }
 
+/// Tells one record at a name from the others: its type, data and TTL.
+fn fingerprint(r: &Record) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (u16::from(r.record_type()), &r.data, r.ttl).hash(&mut h);
+    h.finish()
+}
+
+/// Compiles one record of the zone at `origin`.
+fn compile_record(origin: &Name, r: &RecordData) -> Result<Record, CompileError> {
+    name(&r.name)
+        .and_then(|n| {
+            if !origin.zone_of(&n) {
+                return Err(format!("outside {origin}"));
+            }
+            Ok(Record::from_rdata(n, r.ttl, rdata(&r.rtype, &r.value)?))
+        })
+        .map_err(|reason| CompileError {
+            name: r.name.clone(),
+            rtype: r.rtype.clone(),
+            value: r.value.clone(),
+            reason,
+        })
+}
+
+/// Splits the records held at `owner` into served sets and records set aside, by the rules
+/// that concern one name alone: one copy of each record (the lowest TTL), the CNAME rules
+/// (RFC 1034 §3.6.2, RFC 2181 §10.1) and no NS at a wildcard (RFC 4592 §4.2). The result
+/// does not depend on the order the records came in.
+#[allow(clippy::type_complexity)]
+fn settle(
+    origin: &Name,
+    owner: &Name,
+    mut raw: Vec<Record>,
+) -> (Sets, Vec<(Record, Option<&'static str>)>) {
+    raw.sort_by(|a, b| {
+        (u16::from(a.record_type()), &a.data, a.ttl).cmp(&(
+            u16::from(b.record_type()),
+            &b.data,
+            b.ttl,
+        ))
+    });
+    let mut sets = Sets::default();
+    let mut aside = Vec::new();
+    for r in raw {
+        let set = sets.entry(u16::from(r.record_type()));
+        if set.last().is_some_and(|x| x.data == r.data) {
+            aside.push((r, None));
+        } else {
+            set.push(r);
+        }
+    }
+    let cname = u16::from(RecordType::CNAME);
+    if let Some(mut set) = sets.remove(&cname) {
+        if owner == origin {
+            aside.extend(set.into_iter().map(|r| (r, Some(withheld::CNAME_AT_APEX))));
+        } else if !sets.is_empty() {
+            aside.extend(
+                set.into_iter()
+                    .map(|r| (r, Some(withheld::CNAME_BESIDE_DATA))),
+            );
+        } else {
+            // Sets are in canonical order: the first is the lowest target.
+            let rest = set.split_off(1);
+            aside.extend(rest.into_iter().map(|r| (r, Some(withheld::SECOND_CNAME))));
+            sets.insert(cname, set);
+        }
+    }
+    let ns = u16::from(RecordType::NS);
+    if owner.is_wildcard()
+        && let Some(set) = sets.remove(&ns)
+    {
+        aside.extend(set.into_iter().map(|r| (r, Some(withheld::WILDCARD_NS))));
+    }
+    (sets, aside)
+}
+
 impl Zone {
-    fn compile(
-        data: &ZoneData,
-        nameserver: &Name,
-        skipped: &mut Vec<CompileError>,
-        withheld: &mut Vec<Withheld>,
-    ) -> Result<Self, String> {
+    fn new(data: &ZoneData, nameserver: &Name) -> Result<Self, String> {
         let origin = name(&data.domain)?;
-        let mut nodes: HashMap<Name, Node> = HashMap::new();
+        let mut nodes = imbl::OrdMap::new();
         nodes.insert(origin.clone(), Node::default());
-        for r in &data.records {
-            let compiled = name(&r.name).and_then(|n| {
-                if !origin.zone_of(&n) {
-                    return Err(format!("outside {origin}"));
+        let mut zone = Zone {
+            soa: soa_record(&origin, nameserver, data.serial, SOA_TIMERS.3),
+            origin,
+            serial: data.serial,
+            nameserver: nameserver.clone(),
+            ns_synth: false,
+            nodes,
+            ids: imbl::OrdMap::new(),
+            skipped: imbl::OrdMap::new(),
+            withheld_at: imbl::OrdSet::new(),
+        };
+        let records = data
+            .records
+            .iter()
+            .map(|r| (r.id.clone(), Some(r.clone())))
+            .collect();
+        zone.apply(data.serial, records);
+        Ok(zone)
+    }
+
+    /// Every record held at `owner`, served or not (the apex's SOA and synthesized NS are not
+    /// records of the replica).
+    fn held(&self, owner: &Name) -> Vec<Record> {
+        let Some(node) = self.nodes.get(owner) else {
+            return Vec::new();
+        };
+        let apex = *owner == self.origin;
+        let (soa, ns) = (u16::from(RecordType::SOA), u16::from(RecordType::NS));
+        node.sets
+            .iter()
+            .filter(|(t, _)| !(apex && (**t == soa || (**t == ns && self.ns_synth))))
+            .flat_map(|(_, set)| set.iter().cloned())
+            .chain(node.aside.iter().map(|(r, _)| r.clone()))
+            .collect()
+    }
+
+    /// Applies record changes by id, then the rules that concern the whole zone.
+    fn apply(&mut self, serial: u32, changes: Vec<(String, Option<RecordData>)>) {
+        let mut held: HashMap<Name, Vec<Record>> = HashMap::new();
+        for (id, data) in changes {
+            self.skipped.remove(&id);
+            let id: Box<str> = id.into();
+            if let Some(Some((owner, print))) = self.ids.remove(&id) {
+                let set = held.entry(owner).or_insert_with_key(|o| self.held(o));
+                if let Some(i) = set.iter().position(|r| fingerprint(r) == print) {
+                    set.swap_remove(i);
                 }
-                Ok((n, rdata(&r.rtype, &r.value)?))
-            });
-            let (owner, rd) = match compiled {
-                Ok(x) => x,
-                Err(reason) => {
-                    skipped.push(CompileError {
-                        name: r.name.clone(),
-                        rtype: r.rtype.clone(),
-                        value: r.value.clone(),
-                        reason,
-                    });
-                    continue;
-                }
+            }
+            let Some(data) = data else {
+                continue;
             };
-            // Ancestors up to the apex exist as (possibly empty) non-terminals.
-            for k in labels(&origin)..labels(&owner) {
-                nodes.entry(owner.trim_to(k)).or_default();
-            }
-            let rtype = u16::from(rd.record_type());
-            let set = nodes
-                .entry(owner.clone())
-                .or_default()
-                .sets
-                .entry(rtype)
-                .or_default();
-            if !set.iter().any(|x| x.data == rd) {
-                set.push(Record::from_rdata(owner, r.ttl, rd));
-            }
-        }
-        // Sets in canonical order, so that what is served (the SOA's MNAME is the first apex
-        // NS) and exported does not depend on the order the replica lists records in.
-        for node in nodes.values_mut() {
-            for set in node.sets.values_mut() {
-                set.sort_by(|a, b| a.data.cmp(&b.data));
+            match compile_record(&self.origin, &data) {
+                Ok(rec) => {
+                    held.entry(rec.name.clone())
+                        .or_insert_with_key(|o| self.held(o))
+                        .push(rec.clone());
+                    self.ids
+                        .insert(id, Some((rec.name.clone(), fingerprint(&rec))));
+                }
+                Err(e) => {
+                    self.skipped.insert(id.to_string(), e);
+                    self.ids.insert(id, None);
+                }
             }
         }
-        withhold_broken(&origin, &mut nodes, withheld);
-        let apex = nodes.entry(origin.clone()).or_default();
-        let ns_code = u16::from(RecordType::NS);
-        apex.sets.entry(ns_code).or_insert_with(|| {
+        for (owner, records) in held {
+            self.settle_owner(owner, records);
+        }
+        self.serial = serial;
+        self.settle_apex();
+    }
+
+    /// Serves `records` at `owner` (see [`settle`]), keeping the empty non-terminals above it.
+    fn settle_owner(&mut self, owner: Name, records: Vec<Record>) {
+        let (sets, aside) = settle(&self.origin, &owner, records);
+        if aside.iter().any(|(_, why)| why.is_some()) {
+            self.withheld_at.insert(owner.clone());
+        } else {
+            self.withheld_at.remove(&owner);
+        }
+        if owner == self.origin {
+            // The sets are the replica's records alone now: `settle_apex` adds the SOA and,
+            // if still needed, the synthesized NS.
+            let apex = self.nodes.entry(owner).or_default();
+            apex.sets = sets;
+            apex.aside = aside;
+            self.ns_synth = false;
+            return;
+        }
+        let node = self.nodes.entry(owner.clone()).or_default();
+        let had = node.holds();
+        node.sets = sets;
+        node.aside = aside;
+        let has = node.holds();
+        let keep = has || node.below > 0;
+        if !keep {
+            self.nodes.remove(&owner);
+        }
+        if had == has {
+            return;
+        }
+        for k in labels(&self.origin)..labels(&owner) {
+            let up = owner.trim_to(k);
+            let n = self.nodes.entry(up.clone()).or_default();
+            if has {
+                n.below += 1;
+            } else {
+                n.below = n.below.saturating_sub(1);
+                if n.below == 0 && !n.holds() && up != self.origin {
+                    self.nodes.remove(&up);
+                }
+            }
+        }
+    }
+
+    /// The rules that look across names: an apex NS naming a host of this zone (not at or
+    /// below a delegation) needs that host's address here, or no resolver can reach that
+    /// server. Then the synthesized NS (when no NS is left) and the SOA, whose MNAME is the
+    /// first apex NS.
+    fn settle_apex(&mut self) {
+        let ns = u16::from(RecordType::NS);
+        let origin = self.origin.clone();
+        let Some(apex) = self.nodes.get_mut(&origin) else {
+            return;
+        };
+        let mut set: Vec<Record> = if self.ns_synth {
+            Vec::new()
+        } else {
+            apex.sets.remove(&ns).unwrap_or_default()
+        };
+        apex.sets.remove(&ns);
+        apex.aside.retain(|(r, why)| {
+            if *why == Some(withheld::NS_WITHOUT_ADDRESS) {
+                set.push(r.clone());
+                false
+            } else {
+                true
+            }
+        });
+        set.sort_by(|a, b| a.data.cmp(&b.data));
+        let nodes = &self.nodes;
+        let (lame, served): (Vec<Record>, Vec<Record>) =
+            set.into_iter().partition(|r| match &r.data {
+                RData::NS(target) => {
+                    let t = target.0.to_lowercase();
+                    origin.zone_of(&t)
+                        && !cut(&origin, nodes, &t)
+                        && !has_address(&origin, nodes, &t)
+                }
+                _ => false,
+            });
+        let apex = self.nodes.entry(origin.clone()).or_default();
+        if !lame.is_empty() {
+            apex.aside.extend(
+                lame.into_iter()
+                    .map(|r| (r, Some(withheld::NS_WITHOUT_ADDRESS))),
+            );
+        }
+        self.ns_synth = served.is_empty();
+        let served = if self.ns_synth {
+            // The node's own name server is served in their place (as for a zone with no NS).
             vec![Record::from_rdata(
                 origin.clone(),
                 3600,
-                RData::NS(NS(nameserver.clone())),
+                RData::NS(NS(self.nameserver.clone())),
             )]
-        });
-        let mname = match apex
-            .sets
-            .get(&ns_code)
-            .and_then(|s| s.first())
-            .map(|r| &r.data)
-        {
-            Some(RData::NS(ns)) => ns.0.clone(),
-            _ => nameserver.clone(),
+        } else {
+            served
         };
-        let soa = soa_record(&origin, &mname, data.serial, SOA_TIMERS.3);
+        let mname = match served.first().map(|r| &r.data) {
+            Some(RData::NS(n)) => n.0.clone(),
+            _ => self.nameserver.clone(),
+        };
+        apex.sets.insert(ns, served);
+        let withheld_here = apex.aside.iter().any(|(_, why)| why.is_some());
+        self.soa = soa_record(&origin, &mname, self.serial, SOA_TIMERS.3);
         apex.sets
-            .insert(u16::from(RecordType::SOA), vec![soa.clone()]);
-        Ok(Zone { origin, soa, nodes })
+            .insert(u16::from(RecordType::SOA), vec![self.soa.clone()]);
+        if withheld_here {
+            self.withheld_at.insert(origin);
+        } else {
+            self.withheld_at.remove(&origin);
+        }
+    }
+
+    fn withheld(&self, out: &mut Vec<Withheld>) {
+        for owner in &self.withheld_at {
+            let Some(node) = self.nodes.get(owner) else {
+                continue;
+            };
+            for (r, why) in &node.aside {
+                if let Some(reason) = why {
+                    out.push(Withheld {
+                        name: owner.to_ascii(),
+                        rtype: r.record_type().to_string(),
+                        value: crate::export::rdata_text(&r.data).unwrap_or_default(),
+                        reason,
+                    });
+                }
+            }
+        }
     }
 
     /// The SOA for a negative answer: TTL is min(SOA TTL, MINIMUM) (RFC 2308 §5).
@@ -351,101 +665,34 @@ impl Zone {
     }
 }
 
-/// Takes out of `nodes` what would break the zone's rules (see [`Withheld`]), the same way on
-/// every node whatever order the records came in: first the CNAME rules, then the NS rules
-/// (which look at the addresses left).
-fn withhold_broken(origin: &Name, nodes: &mut HashMap<Name, Node>, out: &mut Vec<Withheld>) {
-    let cname = u16::from(RecordType::CNAME);
+/// Whether `n` is at or below a delegation of the zone at `origin`.
+fn cut(origin: &Name, nodes: &imbl::OrdMap<Name, Node>, n: &Name) -> bool {
     let ns = u16::from(RecordType::NS);
-    let mut take = |owner: &Name, set: Vec<Record>, reason: &'static str| {
-        for r in set {
-            out.push(Withheld {
-                name: owner.to_ascii(),
-                rtype: r.record_type().to_string(),
-                value: crate::export::rdata_text(&r.data).unwrap_or_default(),
-                reason,
-            });
-        }
-    };
-    let mut owners: Vec<Name> = nodes.keys().cloned().collect();
-    owners.sort();
-    for owner in &owners {
-        let Some(node) = nodes.get_mut(owner) else {
-            continue;
-        };
-        if let Some(mut set) = node.sets.remove(&cname) {
-            if owner == origin {
-                take(owner, set, withheld::CNAME_AT_APEX);
-            } else if !node.sets.is_empty() {
-                take(owner, set, withheld::CNAME_BESIDE_DATA);
-            } else {
-                // Sets are in canonical order: the first is the lowest target.
-                let rest = set.split_off(1);
-                take(owner, rest, withheld::SECOND_CNAME);
-                node.sets.insert(cname, set);
+    (labels(origin) + 1..=labels(n)).any(|k| {
+        nodes
+            .get(&n.trim_to(k))
+            .is_some_and(|x| x.sets.contains_key(&ns))
+    })
+}
+
+/// Whether `n` has an address in the zone at `origin` (a name that does not exist is matched
+/// by the closest wildcard, RFC 4592).
+fn has_address(origin: &Name, nodes: &imbl::OrdMap<Name, Node>, n: &Name) -> bool {
+    let node = nodes.get(n).or_else(|| {
+        let mut k = labels(n);
+        while k > labels(origin) {
+            k -= 1;
+            let ce = n.trim_to(k);
+            if nodes.contains_key(&ce) {
+                return ce.prepend_label("*").ok().and_then(|w| nodes.get(&w));
             }
         }
-        if owner.is_wildcard()
-            && let Some(set) = node.sets.remove(&ns)
-        {
-            take(owner, set, withheld::WILDCARD_NS);
-        }
-    }
-    // An apex NS naming a host of this zone (not at or below a delegation) needs its address
-    // here, or no resolver can reach that server.
-    let cut = |n: &Name| {
-        (labels(origin) + 1..=labels(n)).any(|k| {
-            nodes
-                .get(&n.trim_to(k))
-                .is_some_and(|x| x.sets.contains_key(&ns))
-        })
-    };
-    let has_address = |n: &Name| {
-        let node = nodes.get(n).or_else(|| {
-            // A name that does not exist is matched by the closest wildcard (RFC 4592).
-            let mut k = labels(n);
-            while k > labels(origin) {
-                k -= 1;
-                let ce = n.trim_to(k);
-                if nodes.contains_key(&ce) {
-                    return ce.prepend_label("*").ok().and_then(|w| nodes.get(&w));
-                }
-            }
-            None
-        });
-        node.is_some_and(|x| {
-            x.sets.contains_key(&u16::from(RecordType::A))
-                || x.sets.contains_key(&u16::from(RecordType::AAAA))
-        })
-    };
-    let lame: Vec<Record> = nodes
-        .get(origin)
-        .and_then(|apex| apex.sets.get(&ns))
-        .map(|set| {
-            set.iter()
-                .filter(|r| match &r.data {
-                    RData::NS(target) => {
-                        let t = target.0.to_lowercase();
-                        origin.zone_of(&t) && !cut(&t) && !has_address(&t)
-                    }
-                    _ => false,
-                })
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    if !lame.is_empty()
-        && let Some(set) = nodes
-            .get_mut(origin)
-            .and_then(|apex| apex.sets.get_mut(&ns))
-    {
-        set.retain(|r| !lame.contains(r));
-        if set.is_empty() {
-            // The node's own name server is served in their place (as for a zone with no NS).
-            nodes.get_mut(origin).map(|apex| apex.sets.remove(&ns));
-        }
-        take(origin, lame, withheld::NS_WITHOUT_ADDRESS);
-    }
+        None
+    });
+    node.is_some_and(|x| {
+        x.sets.contains_key(&u16::from(RecordType::A))
+            || x.sets.contains_key(&u16::from(RecordType::AAAA))
+    })
 }
 
 fn renamed<'a>(set: &'a [Record], owner: Option<&Name>) -> impl Iterator<Item = Record> + 'a {
@@ -469,31 +716,71 @@ impl Snapshot {
         nameserver: &str,
         services: &[String],
     ) -> Self {
-        let ns = name(nameserver).unwrap_or_else(|_| Name::root());
-        let mut skipped = Vec::new();
-        let mut withheld = Vec::new();
-        let mut compiled = HashMap::new();
-        for z in zones {
-            match Zone::compile(z, &ns, &mut skipped, &mut withheld) {
-                Ok(zone) => {
-                    compiled.insert(zone.origin.clone(), zone);
+        let empty = Snapshot {
+            generation,
+            nameserver: name(nameserver).unwrap_or_else(|_| Name::root()),
+            zones: HashMap::new(),
+            services: HashSet::new(),
+            bad_zones: Vec::new(),
+        };
+        empty.edit(
+            generation,
+            zones.iter().cloned().map(ZoneEdit::Replace).collect(),
+            Some(services),
+        )
+    }
+
+    /// This snapshot with `edits` applied (and the SNRL service names replaced, when given).
+    /// Zones not edited are shared with this snapshot, and an edit of some records costs what
+    /// they do, not what the zone holds.
+    pub fn edit(&self, generation: u64, edits: Vec<ZoneEdit>, services: Option<&[String]>) -> Self {
+        let mut next = self.clone();
+        next.generation = generation;
+        if let Some(services) = services {
+            next.services = services.iter().filter_map(|s| name(s).ok()).collect();
+        }
+        for e in edits {
+            match e {
+                ZoneEdit::Replace(z) => {
+                    next.bad_zones.retain(|b| b.name != z.domain);
+                    if let Ok(origin) = name(&z.domain) {
+                        next.zones.remove(&origin);
+                    }
+                    match Zone::new(&z, &next.nameserver) {
+                        Ok(zone) => {
+                            next.zones.insert(zone.origin.clone(), zone);
+                        }
+                        Err(reason) => next.bad_zones.push(CompileError {
+                            name: z.domain.clone(),
+                            rtype: "zone".into(),
+                            value: String::new(),
+                            reason,
+                        }),
+                    }
                 }
-                Err(reason) => skipped.push(CompileError {
-                    name: z.domain.clone(),
-                    rtype: "zone".into(),
-                    value: String::new(),
-                    reason,
-                }),
+                ZoneEdit::Records {
+                    domain,
+                    serial,
+                    records,
+                } => {
+                    if let Some(zone) = name(&domain).ok().and_then(|o| next.zones.get_mut(&o)) {
+                        zone.apply(serial, records);
+                    }
+                }
+                ZoneEdit::Remove(domain) => {
+                    next.bad_zones.retain(|b| b.name != domain);
+                    if let Ok(origin) = name(&domain) {
+                        next.zones.remove(&origin);
+                    }
+                }
             }
         }
-        let services = services.iter().filter_map(|s| name(s).ok()).collect();
-        Snapshot {
-            generation,
-            zones: compiled,
-            services,
-            skipped,
-            withheld,
-        }
+        next
+    }
+
+    /// Whether the zone `domain` is served.
+    pub fn has_zone(&self, domain: &str) -> bool {
+        name(domain).is_ok_and(|o| self.zones.contains_key(&o))
     }
 
     /// An empty snapshot (nothing served).
@@ -506,14 +793,24 @@ impl Snapshot {
         self.generation
     }
 
-    /// Records that could not be compiled.
-    pub fn skipped(&self) -> &[CompileError] {
-        &self.skipped
+    /// Records (and zones) that could not be compiled.
+    pub fn skipped(&self) -> Vec<CompileError> {
+        let mut out = self.bad_zones.clone();
+        for z in self.zones.values() {
+            out.extend(z.skipped.values().cloned());
+        }
+        out
     }
 
-    /// Records held by the replica but not served (see [`Withheld`]).
-    pub fn withheld(&self) -> &[Withheld] {
-        &self.withheld
+    /// Records held by the replica but not served (see [`Withheld`]), by zone and name.
+    pub fn withheld(&self) -> Vec<Withheld> {
+        let mut zones: Vec<&Zone> = self.zones.values().collect();
+        zones.sort_by(|a, b| a.origin.cmp(&b.origin));
+        let mut out = Vec::new();
+        for z in zones {
+            z.withheld(&mut out);
+        }
+        out
     }
 
     /// Number of served zones.

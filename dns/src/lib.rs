@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-pub use authority::{RecordData, Snapshot, Withheld, ZoneData};
+pub use authority::{RecordData, Snapshot, Withheld, ZoneData, ZoneEdit};
 pub use engine::{Engine, ForwardConfig, ServiceAnswer, ServiceTarget, Services};
 pub use metrics::Metrics;
 pub use udp::RrlConfig;

@@ -17,13 +17,15 @@ use libp2p::multiaddr::Protocol;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use voike_dns::{DnsServer, Engine, RecordData, ServiceAnswer, Services, Snapshot, ZoneData};
+use voike_dns::{
+    DnsServer, Engine, RecordData, ServiceAnswer, Services, Snapshot, ZoneData, ZoneEdit,
+};
 use voike_protocol::endpoints::EndpointInput;
 use voike_protocol::snrl::{self, SignedAnswer};
 
 use crate::config::Config;
 use crate::hypermesh::HypermeshHandle;
-use crate::state::StateHandle;
+use crate::state::{ServedChanges, StateHandle};
 use crate::swarm::SwarmHandle;
 
 /// TTL of the `<node>.nodes.<mesh_domain>` records.
@@ -176,6 +178,17 @@ impl Serials {
         }
         entry.1
     }
+
+    /// The next serial of `domain`, after a change read record by record.
+    fn bump(&mut self, domain: &str) -> u32 {
+        let now = (now_ms() / 1000) as u32;
+        let entry = self.zones.entry(domain.to_string()).or_insert((0, now));
+        // The fingerprint is not known without reading the zone: the next full build sees a
+        // change and moves the serial once more, which is harmless.
+        entry.0 = 0;
+        entry.1 = now.max(entry.1.wrapping_add(1));
+        entry.1
+    }
 }
 
 /// What the node's DNS serves and how.
@@ -242,15 +255,71 @@ impl NodeDns {
     }
 }
 
+/// What the DNS task keeps between snapshot updates.
+#[derive(Default)]
+struct Served {
+    serials: Serials,
+    /// The user zones of the last full build, by id: their domains.
+    zones: HashMap<String, String>,
+}
+
+fn record_data(r: voike_protocol::zones::Record) -> RecordData {
+    RecordData {
+        id: r.id,
+        name: r.name,
+        rtype: r.rtype,
+        value: r.value,
+        ttl: u32::try_from(r.ttl).unwrap_or(u32::MAX),
+    }
+}
+
+/// The mesh zone (`<node>.nodes.<mesh_domain>` for every node that registered itself) and the
+/// SNRL service names, from the endpoints.
+fn mesh_zone(state: &StateHandle, mesh_domain: &str) -> (ZoneData, Vec<String>) {
+    let endpoints = state.served_endpoints();
+    let node_service = format!("voiked.{mesh_domain}");
+    let records: Vec<RecordData> = endpoints
+        .iter()
+        .filter(|e| e.service == node_service)
+        .filter_map(|e| {
+            let rtype = match e.address.parse::<IpAddr>().ok()? {
+                IpAddr::V4(_) => "A",
+                IpAddr::V6(_) => "AAAA",
+            };
+            Some(RecordData {
+                id: e.id.clone(),
+                name: format!("{}.nodes.{mesh_domain}", e.node.to_ascii_lowercase()),
+                rtype: rtype.into(),
+                value: e.address.clone(),
+                ttl: NODE_RECORD_TTL,
+            })
+        })
+        .collect();
+    let services: Vec<String> = endpoints
+        .iter()
+        .map(|e| e.service.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let zone = ZoneData {
+        domain: mesh_domain.to_string(),
+        serial: 0,
+        records,
+    };
+    (zone, services)
+}
+
+/// Reads every served zone and compiles a snapshot from scratch.
 fn build_snapshot(
     generation: u64,
     state: &StateHandle,
     mesh_domain: &str,
     nameserver: &str,
-    serials: &mut Serials,
+    served: &mut Served,
 ) -> Snapshot {
     state.metrics().dns_snapshot_builds.inc();
     let mut zones: Vec<ZoneData> = Vec::new();
+    served.zones.clear();
     for z in state.served_zones() {
         // The mesh domain is the nodes' own namespace: a zone at or under it (merged from a
         // node that did not enforce the rule) is never served.
@@ -262,55 +331,26 @@ fn build_snapshot(
             .records(&z.id)
             .unwrap_or_default()
             .into_iter()
-            .map(|r| RecordData {
-                name: r.name,
-                rtype: r.rtype,
-                value: r.value,
-                ttl: u32::try_from(r.ttl).unwrap_or(u32::MAX),
-            })
+            .map(record_data)
             .collect();
+        served.zones.insert(z.id.clone(), z.domain.clone());
         zones.push(ZoneData {
             domain: z.domain,
             serial: 0,
             records,
         });
     }
-    let endpoints = state.served_endpoints();
-    let node_service = format!("voiked.{mesh_domain}");
-    let node_records: Vec<RecordData> = endpoints
-        .iter()
-        .filter(|e| e.service == node_service)
-        .filter_map(|e| {
-            let rtype = match e.address.parse::<IpAddr>().ok()? {
-                IpAddr::V4(_) => "A",
-                IpAddr::V6(_) => "AAAA",
-            };
-            Some(RecordData {
-                name: format!("{}.nodes.{mesh_domain}", e.node.to_ascii_lowercase()),
-                rtype: rtype.into(),
-                value: e.address.clone(),
-                ttl: NODE_RECORD_TTL,
-            })
-        })
-        .collect();
-    match zones.iter_mut().find(|z| z.domain == mesh_domain) {
-        Some(z) => z.records.extend(node_records),
-        None => zones.push(ZoneData {
-            domain: mesh_domain.to_string(),
-            serial: 0,
-            records: node_records,
-        }),
-    }
+    let (mesh, services) = mesh_zone(state, mesh_domain);
+    zones.push(mesh);
     for z in &mut zones {
-        z.serial = serials.serial(&z.domain, &z.records);
+        z.serial = served.serials.serial(&z.domain, &z.records);
     }
-    let services: Vec<String> = endpoints
-        .iter()
-        .map(|e| e.service.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
     let snapshot = Snapshot::build(generation, &zones, nameserver, &services);
+    log_unserved(&snapshot);
+    snapshot
+}
+
+fn log_unserved(snapshot: &Snapshot) {
     for s in snapshot.skipped() {
         debug!(error = %s, "record not served");
     }
@@ -318,6 +358,59 @@ fn build_snapshot(
     for w in snapshot.withheld() {
         debug!(name = %w.name, rtype = %w.rtype, value = %w.value, reason = w.reason, "record withheld");
     }
+}
+
+/// The snapshot after `changes`: records changed in a served zone are read one by one and
+/// edited into `current`, so a write costs the same in a zone of ten records or of a hundred
+/// thousand; anything else (a zone created or changed beyond its records, a grant or a
+/// revocation) reads everything again.
+fn update_snapshot(
+    generation: u64,
+    state: &StateHandle,
+    mesh_domain: &str,
+    nameserver: &str,
+    served: &mut Served,
+    current: &Snapshot,
+    changes: ServedChanges,
+) -> Snapshot {
+    if changes.all || !changes.zones.is_empty() {
+        return build_snapshot(generation, state, mesh_domain, nameserver, served);
+    }
+    state.metrics().dns_snapshot_edits.inc();
+    let mut by_zone: HashMap<&str, Vec<(String, Option<RecordData>)>> = HashMap::new();
+    for (zone, id) in &changes.records {
+        // Records of a zone that is not served (inside the mesh domain, or losing a claim)
+        // change nothing served.
+        if served.zones.contains_key(zone) {
+            let now = state.record(zone, id).map(record_data);
+            by_zone
+                .entry(zone.as_str())
+                .or_default()
+                .push((id.clone(), now));
+        }
+    }
+    let mut edits = Vec::new();
+    for (zone, records) in by_zone {
+        let domain = served.zones[zone].clone();
+        if !current.has_zone(&domain) {
+            return build_snapshot(generation, state, mesh_domain, nameserver, served);
+        }
+        let serial = served.serials.bump(&domain);
+        edits.push(ZoneEdit::Records {
+            domain,
+            serial,
+            records,
+        });
+    }
+    let mut services = None;
+    if changes.endpoints {
+        let (mut mesh, names) = mesh_zone(state, mesh_domain);
+        mesh.serial = served.serials.serial(&mesh.domain, &mesh.records);
+        edits.push(ZoneEdit::Replace(mesh));
+        services = Some(names);
+    }
+    let snapshot = current.edit(generation, edits, services.as_deref());
+    log_unserved(&snapshot);
     snapshot
 }
 
@@ -368,12 +461,14 @@ pub async fn start(
     });
     let dns_metrics = Arc::new(voike_dns::Metrics::default());
     metrics.register_with(|r| dns_metrics.register(r));
-    let mut serials = Serials::default();
+    let mut served = Served::default();
     // Subscribed before the first build, so that a change made while it builds is rebuilt.
     // Only the documents DNS serves from: a job claim or lease renewal rebuilds nothing.
     let mut docs_rx = state.watch_served_docs();
     let first_version = *docs_rx.borrow_and_update();
-    let first = build_snapshot(1, &state, &mesh_domain, &nameserver, &mut serials);
+    // Everything is read now: what changed from here on is edited in.
+    let _ = state.take_served_changes();
+    let first = build_snapshot(1, &state, &mesh_domain, &nameserver, &mut served);
     let engine = Arc::new(Engine::new(first, snrl.clone(), forward, dns_metrics));
     let server = DnsServer::start(
         voike_dns::Config {
@@ -422,26 +517,27 @@ pub async fn start(
                     _ = cancel.cancelled() => break,
                     changed = rx.changed() => if changed.is_err() { break },
                 }
-                // A burst of changes makes one snapshot: building one reads every record (it
-                // holds the documents' lock while it reads), so building one per write made
-                // every write wait for a full read of the zones. A change after a quiet spell
-                // is served at once; within a burst, changes wait SNAPSHOT_COALESCE and are
-                // built together. The delay runs only after a change.
+                // A burst of changes makes one snapshot. A change after a quiet spell is
+                // served at once; within a burst, changes wait SNAPSHOT_COALESCE and are
+                // edited in together. The delay runs only after a change.
                 if last_build.elapsed() < SNAPSHOT_COALESCE * 4 {
                     tokio::time::sleep(SNAPSHOT_COALESCE).await;
                 }
                 let version = *rx.borrow_and_update();
+                let changes = state.take_served_changes();
                 generation += 1;
                 let (s, m, n) = (state.clone(), mesh_domain.clone(), nameserver.clone());
-                let mut taken = std::mem::take(&mut serials);
+                let mut taken = std::mem::take(&mut served);
+                let current = engine.snapshot();
                 let built = tokio::task::spawn_blocking(move || {
-                    let snapshot = build_snapshot(generation, &s, &m, &n, &mut taken);
+                    let snapshot =
+                        update_snapshot(generation, &s, &m, &n, &mut taken, &current, changes);
                     (snapshot, taken)
                 })
                 .await;
                 match built {
                     Ok((snapshot, back)) => {
-                        serials = back;
+                        served = back;
                         engine.publish(snapshot);
                         published.send_replace(version);
                         last_build = tokio::time::Instant::now();

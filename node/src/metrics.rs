@@ -92,6 +92,7 @@ pub struct Metrics {
     pub relay_reservations_total: Family<ReasonLabel, Counter>,
     pub relay_circuits_total: Counter,
     pub dns_snapshot_builds: Counter,
+    pub dns_snapshot_edits: Counter,
     pub hole_punches_total: Family<ReasonLabel, Counter>,
     /// AutoNAT v2 tests of this node's addresses, by result.
     pub address_probes_total: Family<ReasonLabel, Counter>,
@@ -153,6 +154,7 @@ impl Metrics {
             relay_reservations_total: Family::default(),
             relay_circuits_total: Counter::default(),
             dns_snapshot_builds: Counter::default(),
+            dns_snapshot_edits: Counter::default(),
             hole_punches_total: Family::default(),
             address_probes_total: Family::default(),
             clock_future_total: Family::default(),
@@ -247,8 +249,13 @@ impl Metrics {
         );
         r.register(
             "voike_dns_snapshot_builds",
-            "DNS snapshots built from the zones, endpoints and members documents (one per burst of changes to them)",
+            "DNS snapshots built by reading every served zone (at start, and after a zone, grant or revocation changed)",
             m.dns_snapshot_builds.clone(),
+        );
+        r.register(
+            "voike_dns_snapshot_edits",
+            "DNS snapshots made by editing only the records and endpoints that changed (one per burst of changes)",
+            m.dns_snapshot_edits.clone(),
         );
         r.register(
             "voike_hole_punches",

@@ -7,7 +7,7 @@
 //! they are merged and stored; refusals are counted and recorded as `trust.*` ledger events
 //! (at most [`TRUST_EVENTS_PER_MINUTE`], each refused change once).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -169,6 +169,8 @@ struct Inner {
     /// Bumped only on changes of the documents DNS serves from (zones, endpoints, members):
     /// a job claim or lease renewal does not rebuild the DNS snapshot.
     served_version: tokio::sync::watch::Sender<u64>,
+    /// What changed in those documents since the DNS task last looked.
+    served_changes: Mutex<ServedChanges>,
     clock: Arc<Mutex<HlcClock>>,
     /// The records of the zone last written to, as of the zones document's heads (for the CNAME
     /// rules; rebuilt when the heads moved by anything but this node's own record writes).
@@ -190,6 +192,41 @@ struct Inner {
     /// Refused changes and entries already counted and reported.
     reported: Mutex<Rejected>,
     trust_budget: Mutex<(Instant, u32)>,
+}
+
+/// What changed in the documents DNS serves since [`StateHandle::take_served_changes`] was
+/// last called, so that the DNS snapshot is updated by what changed instead of rebuilt.
+#[derive(Debug)]
+pub struct ServedChanges {
+    /// Everything must be read again: at start, after a reload or a revocation, or when the
+    /// members document changed (grants and revocations decide what is served).
+    pub all: bool,
+    /// Zones changed in more than their records (created, claimed, domain, owners).
+    pub zones: BTreeSet<String>,
+    /// Records changed, as (zone id, record id).
+    pub records: BTreeSet<(String, String)>,
+    /// The endpoints document changed (the mesh zone and the SNRL service names).
+    pub endpoints: bool,
+}
+
+impl Default for ServedChanges {
+    fn default() -> Self {
+        ServedChanges {
+            all: true,
+            zones: BTreeSet::new(),
+            records: BTreeSet::new(),
+            endpoints: false,
+        }
+    }
+}
+
+impl ServedChanges {
+    fn none() -> Self {
+        ServedChanges {
+            all: false,
+            ..ServedChanges::default()
+        }
+    }
 }
 
 /// What `check_recorded_changes` found.
@@ -451,6 +488,7 @@ impl StateHandle {
                 changed,
                 docs_version: tokio::sync::watch::Sender::new(0),
                 served_version: tokio::sync::watch::Sender::new(0),
+                served_changes: Mutex::new(ServedChanges::default()),
                 max_future_ms,
                 retention_ms: std::sync::atomic::AtomicU64::new(DEFAULT_RETENTION_MS),
                 rejected: Mutex::new(Rejected::default()),
@@ -1584,9 +1622,51 @@ impl StateHandle {
 
     fn bump_versions(&self, doc: Option<DocId>) {
         self.inner.docs_version.send_modify(|v| *v += 1);
-        if doc.is_none_or(|d| !d.is_jobs()) {
-            self.inner.served_version.send_modify(|v| *v += 1);
+        if doc.is_some_and(|d| d.is_jobs()) {
+            return;
         }
+        // Where the zones document was written, taken before the version moves so that the
+        // DNS task woken by it finds them.
+        let touched = match doc {
+            Some(DocId::Zones) => Some(self.docs().replica(DocId::Zones).take_touched()),
+            _ => None,
+        };
+        {
+            let mut c = lock(&self.inner.served_changes);
+            match (doc, touched) {
+                (Some(DocId::Zones), Some(Some(paths))) => {
+                    for p in paths {
+                        match p.as_slice() {
+                            [zone, records, id] if records == "records" => {
+                                c.records.insert((zone.clone(), id.clone()));
+                            }
+                            [zone, ..] => {
+                                c.zones.insert(zone.clone());
+                            }
+                            [] => c.all = true,
+                        }
+                    }
+                }
+                (Some(DocId::Endpoints), _) => c.endpoints = true,
+                _ => c.all = true,
+            }
+        }
+        self.inner.served_version.send_modify(|v| *v += 1);
+    }
+
+    /// What changed in the documents DNS serves since the last call (everything, the first
+    /// time).
+    pub fn take_served_changes(&self) -> ServedChanges {
+        std::mem::replace(&mut lock(&self.inner.served_changes), ServedChanges::none())
+    }
+
+    /// Record `record_id` of zone `zone_id`, if both exist.
+    pub fn record(&self, zone_id: &str, record_id: &str) -> Option<Record> {
+        zones::record(
+            &self.docs().replica(DocId::Zones).ranked(),
+            zone_id,
+            record_id,
+        )
     }
 
     pub fn watch_docs(&self) -> tokio::sync::watch::Receiver<u64> {

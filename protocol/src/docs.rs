@@ -17,7 +17,7 @@
 //!   existing zone needs its author in that zone's `owners`. Owners can add owners.
 //! - `endpoints`, `jobs`: top-level keys are node ids; an author writes only under its own id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use automerge::{
     ActorId, Automerge, AutomergeError, Change, ChangeHash, ExpandedChange, ObjType, ReadDoc,
@@ -307,10 +307,31 @@ type ObjKey = (u64, ActorId);
 struct ObjInfo {
     /// Depth below the root (a top-level object is 1).
     depth: u16,
-    /// The top-level key it lives under.
-    top: String,
+    /// The first keys of its path from the root (at most [`TOUCH_DEPTH`]; the first is the
+    /// top-level key it lives under). Shared with its siblings and children.
+    path: std::sync::Arc<[std::sync::Arc<str>]>,
     /// The top-level object it lives in (itself at depth 1).
     top_obj: ObjKey,
+}
+
+/// How many keys of a path [`Replica::take_touched`] reports (for zones: zone, `records`,
+/// record id).
+pub const TOUCH_DEPTH: usize = 3;
+
+impl ObjInfo {
+    fn top(&self) -> &str {
+        &self.path[0]
+    }
+
+    /// The path of a child object made under `key`.
+    fn child_path(&self, key: &str) -> std::sync::Arc<[std::sync::Arc<str>]> {
+        if self.path.len() >= TOUCH_DEPTH {
+            return self.path.clone();
+        }
+        let mut p: Vec<std::sync::Arc<str>> = self.path.to_vec();
+        p.push(key.into());
+        p.into()
+    }
 }
 
 /// What happened to a batch of received changes.
@@ -430,6 +451,9 @@ pub struct Replica {
     time_ms: i64,
     /// The namespace rules and revocations every change is judged with.
     authority: std::sync::Arc<Authority>,
+    /// Where the changes registered since the last [`Replica::take_touched`] wrote, when
+    /// tracked (see [`Replica::track_touched`]).
+    touched: Option<BTreeSet<Vec<String>>>,
 }
 
 impl Replica {
@@ -445,6 +469,26 @@ impl Replica {
             since_cache: std::sync::Mutex::new(None),
             time_ms: 0,
             authority: Default::default(),
+            touched: None,
+        }
+    }
+
+    /// From now on, records where each merged or local change writes: the first
+    /// [`TOUCH_DEPTH`] keys of the path of every key it puts or deletes. A reader that keeps a
+    /// view of the document (the DNS snapshot) updates only what changed.
+    pub fn track_touched(&mut self) {
+        self.touched.get_or_insert_with(BTreeSet::new);
+    }
+
+    /// The paths written since the last call (see [`Replica::track_touched`]), or `None` when
+    /// they were not tracked (tracking starts now): the reader must then read everything.
+    pub fn take_touched(&mut self) -> Option<BTreeSet<Vec<String>>> {
+        match &mut self.touched {
+            Some(t) => Some(std::mem::take(t)),
+            None => {
+                self.track_touched();
+                None
+            }
         }
     }
 
@@ -1097,12 +1141,12 @@ impl Replica {
                     let info = match &parent {
                         None => ObjInfo {
                             depth,
-                            top: key.to_string(),
+                            path: vec![std::sync::Arc::<str>::from(key.as_str())].into(),
                             top_obj: op_id.clone(),
                         },
                         Some(p) => ObjInfo {
                             depth,
-                            top: p.top.clone(),
+                            path: p.child_path(key),
                             top_obj: p.top_obj.clone(),
                         },
                     };
@@ -1127,7 +1171,7 @@ impl Replica {
                         };
                         let zones = zones_then
                             .get_or_insert_with(|| crate::zones::zones_at(&self.ranked(), deps));
-                        let id = parent.as_ref().map_or("", |p| p.top.as_str());
+                        let id = parent.as_ref().map_or("", |p| p.top());
                         crate::authority::may_create_zone(
                             &self.authority,
                             zones,
@@ -1145,7 +1189,7 @@ impl Replica {
                 automerge::legacy::OpType::Delete => {}
                 _ => return Err(Reject::Schema("only maps of scalars are allowed".into())),
             }
-            let top = parent.as_ref().map_or(key.as_str(), |p| p.top.as_str());
+            let top = parent.as_ref().map_or(key.as_str(), |p| p.top());
             match self.id {
                 DocId::Members => {}
                 DocId::Endpoints | DocId::Jobs | DocId::JobEpoch(_) => {
@@ -1180,7 +1224,7 @@ impl Replica {
                                     .import_obj(&format!("{}@{}", p.top_obj.0, p.top_obj.1))
                                     .map_err(|e| Reject::Schema(e.to_string()))?;
                                 if !is_admin && !self.owns_at(&zone, &author, deps) {
-                                    return Err(not_writer(format!("zone {}", p.top)));
+                                    return Err(not_writer(format!("zone {}", p.top())));
                                 }
                                 allowed_zones.insert(p.top_obj.clone());
                             }
@@ -1195,7 +1239,7 @@ impl Replica {
                 if info.depth == 1 && !self.created_with_owner(expanded, obj, &author) {
                     return Err(Reject::Schema(format!(
                         "zone {} must list its creator in owners",
-                        info.top
+                        info.top()
                     )));
                 }
             }
@@ -1244,30 +1288,44 @@ impl Replica {
         self.register_expanded(&expanded);
     }
 
-    /// Records the objects a merged change created, so later changes can be placed.
+    /// Records the objects a merged change created, so later changes can be placed, and (when
+    /// tracked) where it wrote.
     fn register_expanded(&mut self, expanded: &ExpandedChange) {
         let start = expanded.start_op.get();
         for (i, op) in expanded.operations.iter().enumerate() {
-            let automerge::legacy::OpType::Make(_) = op.action else {
-                continue;
-            };
             let automerge::legacy::Key::Map(key) = &op.key else {
                 continue;
             };
+            let parent = match &op.obj {
+                automerge::legacy::ObjectId::Root => None,
+                automerge::legacy::ObjectId::Id(p) => match self.objects.get(&(p.0, p.1.clone())) {
+                    Some(parent) => Some(parent),
+                    None => continue,
+                },
+            };
+            if let Some(touched) = &mut self.touched {
+                let mut path: Vec<String> = parent
+                    .map(|p| p.path.iter().map(|k| k.to_string()).collect())
+                    .unwrap_or_default();
+                if path.len() < TOUCH_DEPTH {
+                    path.push(key.to_string());
+                }
+                touched.insert(path);
+            }
+            let automerge::legacy::OpType::Make(_) = op.action else {
+                continue;
+            };
             let id: ObjKey = (start + i as u64, expanded.actor_id.clone());
-            let info = match &op.obj {
-                automerge::legacy::ObjectId::Root => ObjInfo {
+            let info = match parent {
+                None => ObjInfo {
                     depth: 1,
-                    top: key.to_string(),
+                    path: vec![std::sync::Arc::<str>::from(key.as_str())].into(),
                     top_obj: id.clone(),
                 },
-                automerge::legacy::ObjectId::Id(p) => match self.objects.get(&(p.0, p.1.clone())) {
-                    Some(parent) => ObjInfo {
-                        depth: parent.depth + 1,
-                        top: parent.top.clone(),
-                        top_obj: parent.top_obj.clone(),
-                    },
-                    None => continue,
+                Some(parent) => ObjInfo {
+                    depth: parent.depth + 1,
+                    path: parent.child_path(key),
+                    top_obj: parent.top_obj.clone(),
                 },
             };
             self.objects.insert(id, info);

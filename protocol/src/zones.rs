@@ -673,6 +673,14 @@ pub fn records_page(
     Some((out, false))
 }
 
+/// Record `record_id` of zone `zone_id`, if both exist.
+pub fn record(doc: &impl ZoneDoc, zone_id: &str, record_id: &str) -> Option<Record> {
+    let zone = zone_obj(doc, zone_id)?;
+    let am = doc.am();
+    let recs = records_obj(am, &zone)?;
+    newest_map(am, &recs, record_id).map(|o| record_of(am, zone_id, record_id, &o))
+}
+
 /// Finds a record by id in any zone.
 pub fn find_record(doc: &impl ZoneDoc, record_id: &str) -> Option<Record> {
     let am = doc.am();

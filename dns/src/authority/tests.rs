@@ -1,7 +1,12 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
 use super::*;
 
 fn rec(name: &str, rtype: &str, value: &str) -> RecordData {
     RecordData {
+        id: format!("{name}/{rtype}/{value}"),
         name: name.into(),
         rtype: rtype.into(),
         value: value.into(),
@@ -308,4 +313,152 @@ fn labels_that_are_not_host_names_are_served_and_exported() {
     );
     let text = crate::export::zone_file(&s, "demo.mesh.").expect("zone");
     assert!(text.contains("x_y.demo.mesh."), "{text}");
+}
+
+/// What a snapshot serves for `domain`, in a form two snapshots can be compared by: every
+/// name that exists (empty non-terminals included) with its served sets, the SOA, and what is
+/// withheld and skipped.
+fn served(s: &Snapshot, domain: &str) -> (Vec<String>, String, Vec<String>, Vec<String>) {
+    let zone = &s.zones[&name(domain).expect("name")];
+    let mut names: Vec<String> = zone
+        .nodes
+        .iter()
+        .map(|(n, node)| {
+            let sets: Vec<String> = node
+                .sets
+                .values()
+                .flatten()
+                .map(|r| format!("{} {} {}", r.record_type(), r.ttl, r.data))
+                .collect();
+            format!("{n}: {}", sets.join(", "))
+        })
+        .collect();
+    names.sort();
+    let mut withheld: Vec<String> = s
+        .withheld()
+        .iter()
+        .map(|w| format!("{} {} {} {}", w.name, w.rtype, w.value, w.reason))
+        .collect();
+    withheld.sort();
+    let mut skipped: Vec<String> = s.skipped().iter().map(|e| e.to_string()).collect();
+    skipped.sort();
+    (names, zone.soa.to_string(), withheld, skipped)
+}
+
+/// The records a random edit draws from: names at several depths (a wildcard, a delegation,
+/// the apex), and values that collide, break the CNAME and NS rules, or do not compile.
+fn pool() -> Vec<RecordData> {
+    let mut v = vec![
+        rec("demo.mesh.", "NS", "ns1.demo.mesh."),
+        rec("demo.mesh.", "NS", "ns2.demo.mesh."),
+        rec("demo.mesh.", "NS", "ns.sub.demo.mesh."),
+        rec("demo.mesh.", "CNAME", "apex.example."),
+        rec("demo.mesh.", "MX", "10 mail.demo.mesh."),
+        rec("ns1.demo.mesh.", "A", "10.0.0.1"),
+        rec("ns2.demo.mesh.", "AAAA", "fd00::2"),
+        rec("*.demo.mesh.", "A", "10.0.0.9"),
+        rec("*.demo.mesh.", "NS", "ns.example."),
+        rec("sub.demo.mesh.", "NS", "ns.example."),
+        rec("www.demo.mesh.", "A", "10.0.0.7"),
+        rec("www.demo.mesh.", "A", "10.0.0.8"),
+        rec("www.demo.mesh.", "CNAME", "web.example."),
+        rec("two.demo.mesh.", "CNAME", "a.example."),
+        rec("two.demo.mesh.", "CNAME", "b.example."),
+        rec("deep.a.b.demo.mesh.", "TXT", "hello"),
+        rec("x.a.b.demo.mesh.", "TXT", "there"),
+        rec("a.demo.mesh.", "A", "10.0.0.3"),
+        rec("bad.demo.mesh.", "A", "not-an-ip"),
+        rec("elsewhere.example.", "A", "10.0.0.4"),
+    ];
+    // Two ids for one record (a value written two ways by two writers): served once.
+    let mut twin = rec("www.demo.mesh.", "A", "10.0.0.7");
+    twin.id = "twin".into();
+    twin.ttl = 30;
+    v.push(twin);
+    v
+}
+
+proptest! {
+    /// Any sequence of record changes applied one edit at a time serves exactly what a
+    /// snapshot built at once from the resulting records serves.
+    #[test]
+    fn edits_serve_what_a_fresh_build_serves(
+        steps in proptest::collection::vec(
+            proptest::collection::vec((0usize..21, any::<bool>(), 0u32..3), 1..4),
+            1..30,
+        )
+    ) {
+        let pool = pool();
+        let mut live: BTreeMap<String, RecordData> = BTreeMap::new();
+        let mut s = merged(Vec::new());
+        for (i, step) in steps.iter().enumerate() {
+            let mut records = Vec::new();
+            for (k, add, ttl) in step {
+                let mut r = pool[*k].clone();
+                r.ttl = 60 * (ttl + 1);
+                if *add {
+                    live.insert(r.id.clone(), r.clone());
+                    records.push((r.id.clone(), Some(r)));
+                } else {
+                    live.remove(&r.id);
+                    records.push((r.id.clone(), None));
+                }
+            }
+            s = s.edit(
+                i as u64 + 2,
+                vec![ZoneEdit::Records { domain: "demo.mesh.".into(), serial: 1, records }],
+                None,
+            );
+            let fresh = merged(live.values().cloned().collect());
+            prop_assert_eq!(served(&s, "demo.mesh."), served(&fresh, "demo.mesh."));
+        }
+    }
+}
+
+#[test]
+fn an_edit_leaves_the_snapshot_it_was_made_from_as_it_was() {
+    let before = snapshot();
+    let after = before.edit(
+        2,
+        vec![ZoneEdit::Records {
+            domain: "demo.mesh.".into(),
+            serial: 8,
+            records: vec![
+                ("www.demo.mesh./A/10.0.0.7".into(), None),
+                ("new".into(), Some(rec("new.demo.mesh.", "A", "10.0.0.10"))),
+            ],
+        }],
+        None,
+    );
+    assert_eq!(
+        answer(&before, "www.demo.mesh.", RecordType::A)
+            .answers
+            .len(),
+        2
+    );
+    assert_eq!(
+        answer(&after, "www.demo.mesh.", RecordType::A)
+            .answers
+            .len(),
+        1
+    );
+    assert!(
+        answer(&before, "new.demo.mesh.", RecordType::A)
+            .answers
+            .is_empty()
+    );
+    assert_eq!(
+        answer(&after, "new.demo.mesh.", RecordType::A)
+            .answers
+            .len(),
+        1
+    );
+    let serial = |s: &Snapshot| match &s.zones[&name("demo.mesh.").expect("name")].soa.data {
+        RData::SOA(soa) => soa.serial,
+        _ => 0,
+    };
+    assert_eq!((serial(&before), serial(&after)), (7, 8));
+    let removed = after.edit(3, vec![ZoneEdit::Remove("demo.mesh.".into())], None);
+    assert!(!removed.has_zone("demo.mesh."));
+    assert!(after.has_zone("demo.mesh."));
 }

@@ -718,3 +718,48 @@ fn a_page_of_records_is_the_same_slice_as_the_whole_zone_read() {
     }
     assert!(zones::records_page(&r.ranked(), "nope", None, 10).is_none());
 }
+
+/// A reader keeping a view of the zones (the DNS snapshot) learns where each local or merged
+/// change wrote: the record's (zone, `records`, id), or the zone for anything else.
+#[test]
+fn changes_report_the_paths_they_wrote() {
+    let n = node();
+    let mut w = granting(&[&n]);
+    let mut r = granting(&[&n]);
+    assert_eq!(
+        w.take_touched(),
+        None,
+        "not tracked before: read everything"
+    );
+    let zone = create_zone(&mut w, &n, "demo");
+    let record = add_record(&mut w, &n, "demo", "www.demo.mesh.", "10.0.0.7", 1);
+    let local = w.take_touched().expect("tracked");
+    let id = zones::record_id(
+        "demo",
+        &zones::check_record("demo.mesh.", &rec("www.demo.mesh.", "10.0.0.7")).expect("valid"),
+    );
+    let record_path = vec!["demo".to_string(), "records".to_string(), id];
+    assert!(local.contains(&record_path), "{local:?}");
+    assert!(
+        local.iter().any(|p| p.len() < 3 && p[0] == "demo"),
+        "{local:?}"
+    );
+    r.track_touched();
+    let roster = roster(&[(&n, Role::Member)]);
+    r.receive(vec![zone], &roster).expect("receive");
+    let merged = r.take_touched().expect("tracked");
+    assert!(
+        merged
+            .iter()
+            .all(|p| p[0] == "demo" && p.get(1).is_none_or(|k| k != "records" || p.len() < 3)),
+        "{merged:?}"
+    );
+    r.receive(vec![record], &roster).expect("receive");
+    let merged = r.take_touched().expect("tracked");
+    assert!(merged.contains(&record_path), "{merged:?}");
+    assert!(
+        merged.iter().all(|p| p.len() == 3),
+        "only the record: {merged:?}"
+    );
+    assert!(r.take_touched().expect("tracked").is_empty());
+}
