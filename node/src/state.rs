@@ -150,9 +150,6 @@ impl Rejected {
     }
 }
 
-/// Heads of the zones document, the zone id, and that zone's records as of those heads.
-type ZoneIndex = (Vec<ChangeHash>, String, Vec<Record>);
-
 struct Inner {
     key: Keypair,
     node_id: String,
@@ -172,9 +169,6 @@ struct Inner {
     /// What changed in those documents since the DNS task last looked.
     served_changes: Mutex<ServedChanges>,
     clock: Arc<Mutex<HlcClock>>,
-    /// The records of the zone last written to, as of the zones document's heads (for the CNAME
-    /// rules; rebuilt when the heads moved by anything but this node's own record writes).
-    zone_index: Arc<Mutex<ZoneIndex>>,
     /// The mesh domain: no zone may be created at or under it (see `set_reserved_domain`).
     reserved_domain: Mutex<Option<String>>,
     /// Grants and revocations, read from the members document (see `refresh_authority`).
@@ -481,7 +475,6 @@ impl StateHandle {
                 reserved_domain: Mutex::new(None),
                 authority: RwLock::new(Arc::new(Authority::default())),
                 authority_version: tokio::sync::watch::Sender::new(0),
-                zone_index: Arc::new(Mutex::new((Vec::new(), String::new(), Vec::new()))),
                 ledger,
                 metrics,
                 roster: RwLock::new(HashMap::new()),
@@ -1223,27 +1216,18 @@ impl StateHandle {
     ) -> Result<(Record, Option<Record>), StateError> {
         let me = self.inner.node_id.clone();
         let zone_id = zone_id.to_string();
-        let names = self.inner.zone_index.clone();
         self.local_write(DocId::Zones, "record.add", move |r, key, hlc| {
             let zone = zones::zone(&r.ranked(), &zone_id)
                 .ok_or_else(|| StateError::NotFound(format!("no zone {zone_id}")))?;
             let checked = zones::check_record(&zone.domain, &input)?;
             let new_id = zones::record_id(&zone_id, &checked);
-            let existing = {
-                // The zone's records as of the document's heads, kept between local writes so
-                // that a write does not read every record of the zone again.
-                let mut index = lock(&names);
-                let heads = r.heads();
-                if index.0 != heads || index.1 != zone_id {
-                    *index = (
-                        heads,
-                        zone_id.clone(),
-                        zones::records(&r.ranked(), &zone_id).unwrap_or_default(),
-                    );
-                }
-                zones::check_cname_rules(&zone.domain, &index.2, &checked, &new_id)?;
-                index.2.iter().find(|x| x.id == new_id).cloned()
-            };
+            // The rules read the records at the names they concern (the replica keeps the
+            // zones' record ids by name), never the whole zone.
+            {
+                let at = |name: &str| zones::records_at(r, &zone_id, name);
+                zones::check_cname_rules(&zone.domain, &at, &checked, &new_id)?;
+            }
+            let existing = zones::record(&r.ranked(), &zone_id, &new_id);
             if !zone.owners.contains(&me) {
                 return Err(StateError::Forbidden(format!(
                     "this node does not own zone {zone_id} (owners: {})",
@@ -1267,12 +1251,6 @@ impl StateHandle {
                 Ok(())
             })?;
             let record = record.ok_or_else(|| StateError::Internal("no record".into()))?;
-            {
-                let mut index = lock(&names);
-                index.2.retain(|x| x.id != record.id);
-                index.2.push(record.clone());
-                index.0 = r.heads();
-            }
             let body = json!({
                 "zone": zone_id, "record": record.id, "type": record.rtype,
                 "name": record.name, "value": record.value, "ttl": record.ttl,

@@ -454,6 +454,42 @@ pub struct Replica {
     /// Where the changes registered since the last [`Replica::take_touched`] wrote, when
     /// tracked (see [`Replica::track_touched`]).
     touched: Option<BTreeSet<Vec<String>>>,
+    /// The zones document's record ids by name (see [`NameIndex`]).
+    names: Option<NameIndex>,
+}
+
+/// Record ids by zone and name in the zones document, kept as changes are registered, so that
+/// the rules about what may share a name (CNAME) read the records at one name instead of the
+/// whole zone. A hint: a record rewritten concurrently, or in a zone that lost a claim, may
+/// leave an id listed under a name it no longer has, so readers check each record they read
+/// (see [`crate::zones::records_at`]).
+#[derive(Debug, Default)]
+struct NameIndex {
+    by_name: HashMap<(std::sync::Arc<str>, Box<str>), Vec<std::sync::Arc<str>>>,
+    name_of: HashMap<(std::sync::Arc<str>, std::sync::Arc<str>), Box<str>>,
+}
+
+impl NameIndex {
+    fn remove(&mut self, zone: &std::sync::Arc<str>, id: &std::sync::Arc<str>) {
+        if let Some(old) = self.name_of.remove(&(zone.clone(), id.clone())) {
+            let key = (zone.clone(), old);
+            if let Some(ids) = self.by_name.get_mut(&key) {
+                ids.retain(|x| x != id);
+                if ids.is_empty() {
+                    self.by_name.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn set(&mut self, zone: &std::sync::Arc<str>, id: &std::sync::Arc<str>, name: &str) {
+        self.remove(zone, id);
+        self.name_of.insert((zone.clone(), id.clone()), name.into());
+        self.by_name
+            .entry((zone.clone(), name.into()))
+            .or_default()
+            .push(id.clone());
+    }
 }
 
 impl Replica {
@@ -470,7 +506,19 @@ impl Replica {
             time_ms: 0,
             authority: Default::default(),
             touched: None,
+            names: (id == DocId::Zones).then(NameIndex::default),
         }
+    }
+
+    /// The ids of the records of zone `zone` that may be at `name` (a hint: check each).
+    pub fn record_ids_at(&self, zone: &str, name: &str) -> Vec<String> {
+        let Some(ix) = &self.names else {
+            return Vec::new();
+        };
+        ix.by_name
+            .get(&(std::sync::Arc::<str>::from(zone), name.into()))
+            .map(|ids| ids.iter().map(|i| i.to_string()).collect())
+            .unwrap_or_default()
     }
 
     /// From now on, records where each merged or local change writes: the first
@@ -1311,6 +1359,22 @@ impl Replica {
                     path.push(key.to_string());
                 }
                 touched.insert(path);
+            }
+            if let (Some(ix), Some(p)) = (&mut self.names, parent)
+                && p.path.len() >= 2
+                && &*p.path[1] == "records"
+            {
+                match (p.depth, &op.action) {
+                    (3, automerge::legacy::OpType::Put(ScalarValue::Str(name)))
+                        if key.as_str() == "name" =>
+                    {
+                        ix.set(&p.path[0], &p.path[2], name.as_str());
+                    }
+                    (2, automerge::legacy::OpType::Delete) => {
+                        ix.remove(&p.path[0], &std::sync::Arc::from(key.as_str()));
+                    }
+                    _ => {}
+                }
             }
             let automerge::legacy::OpType::Make(_) = op.action else {
                 continue;

@@ -151,18 +151,20 @@ pub fn zone_for<'a>(zones: &'a [Zone], name: &str) -> Option<&'a Zone> {
         .max_by_key(|z| z.domain.len())
 }
 
-/// The CNAME rules of RFC 1034 §3.6.2 for adding `new` (already checked by [`check_record`],
-/// with id `new_id`) to a zone of `domain` holding `existing`: no CNAME at the apex, nothing else
-/// at a name that has a CNAME (and one CNAME per name), and no CNAME chain that loops back.
+/// Checks the rules about what may share a name before `new` (a checked record of zone
+/// `domain`, with id `new_id`) is written: no CNAME at the apex, nothing else at a name that
+/// has a CNAME (and one CNAME per name), no CNAME chain that loops back, and an apex NS naming
+/// a host of the zone only once that host has an address. `at` returns the zone's records at
+/// one name: the rules read the names they concern, never the whole zone.
 pub fn check_cname_rules(
     domain: &str,
-    existing: &[Record],
+    at: &dyn Fn(&str) -> Vec<Record>,
     new: &RecordInput,
     new_id: &str,
 ) -> Result<(), Invalid> {
-    let others: Vec<&Record> = existing
-        .iter()
-        .filter(|r| r.id != new_id && r.name == new.name)
+    let others: Vec<Record> = at(&new.name)
+        .into_iter()
+        .filter(|r| r.id != new_id)
         .collect();
     if new.rtype == "CNAME" {
         if new.name == domain {
@@ -185,18 +187,21 @@ pub fn check_cname_rules(
             if name == new.name {
                 return Some(new.value.clone());
             }
-            existing
-                .iter()
-                .find(|r| r.rtype == "CNAME" && r.name == name)
-                .map(|r| r.value.clone())
+            at(name)
+                .into_iter()
+                .find(|r| r.rtype == "CNAME")
+                .map(|r| r.value)
         };
-        let mut at = new.value.clone();
+        let mut hop = new.value.clone();
         for _ in 0..64 {
-            if at == new.name {
+            if hop == new.name {
                 return Err(invalid("record.value", "would make a CNAME loop"));
             }
-            match cname_of(&at) {
-                Some(next) => at = next,
+            if !is_within(&hop, domain) {
+                break;
+            }
+            match cname_of(&hop) {
+                Some(next) => hop = next,
                 None => break,
             }
         }
@@ -213,18 +218,25 @@ pub fn check_cname_rules(
         // An apex NS naming a host of the zone needs that host's address in the zone (unless
         // the host is below a delegation, where the child zone answers for it).
         let target = new.value.as_str();
-        let delegated = existing.iter().any(|r| {
-            r.rtype == "NS" && r.name != domain && is_within(target, &r.name) && r.id != new_id
-        });
-        let wildcard = target
-            .split_once('.')
-            .map(|(_, parent)| format!("*.{parent}"));
-        let addressed = existing.iter().any(|r| {
-            matches!(r.rtype.as_str(), "A" | "AAAA")
-                && (r.name == target
-                    || wildcard.as_deref() == Some(r.name.as_str())
-                        && !existing.iter().any(|o| o.name == target))
-        });
+        let mut delegated = false;
+        let mut n = target;
+        while n != domain && is_within(n, domain) {
+            if at(n).iter().any(|r| r.rtype == "NS" && r.id != new_id) {
+                delegated = true;
+                break;
+            }
+            n = match n.split_once('.') {
+                Some((_, parent)) if !parent.is_empty() => parent,
+                _ => break,
+            };
+        }
+        let is_address = |r: &Record| matches!(r.rtype.as_str(), "A" | "AAAA");
+        let here = at(target);
+        let addressed = here.iter().any(is_address)
+            || here.is_empty()
+                && target
+                    .split_once('.')
+                    .is_some_and(|(_, parent)| at(&format!("*.{parent}")).iter().any(is_address));
         if !delegated && !addressed {
             return Err(invalid(
                 "record.value",
@@ -235,6 +247,17 @@ pub fn check_cname_rules(
         }
     }
     Ok(())
+}
+
+/// The records of zone `zone_id` at `name` in `replica` (the zones document).
+pub fn records_at(replica: &crate::docs::Replica, zone_id: &str, name: &str) -> Vec<Record> {
+    let ranked = replica.ranked();
+    replica
+        .record_ids_at(zone_id, name)
+        .into_iter()
+        .filter_map(|id| record(&ranked, zone_id, &id))
+        .filter(|r| r.name == name)
+        .collect()
 }
 
 /// Checks and normalises a record for `domain`.

@@ -763,3 +763,63 @@ fn changes_report_the_paths_they_wrote() {
     );
     assert!(r.take_touched().expect("tracked").is_empty());
 }
+
+/// The record ids by name that the CNAME rules read follow adds and deletes, local or merged.
+#[test]
+fn records_at_a_name_follow_adds_and_deletes() {
+    let n = node();
+    let mut w = granting(&[&n]);
+    let mut r = granting(&[&n]);
+    let roster = roster(&[(&n, Role::Member)]);
+    let mut changes = vec![create_zone(&mut w, &n, "demo")];
+    changes.push(add_record(
+        &mut w,
+        &n,
+        "demo",
+        "www.demo.mesh.",
+        "10.0.0.7",
+        1,
+    ));
+    changes.push(add_record(
+        &mut w,
+        &n,
+        "demo",
+        "www.demo.mesh.",
+        "10.0.0.8",
+        2,
+    ));
+    changes.push(add_record(
+        &mut w,
+        &n,
+        "demo",
+        "ftp.demo.mesh.",
+        "10.0.0.9",
+        3,
+    ));
+    let values = |rep: &Replica, name: &str| {
+        let mut v: Vec<String> = zones::records_at(rep, "demo", name)
+            .into_iter()
+            .map(|x| x.value)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(values(&w, "www.demo.mesh."), ["10.0.0.7", "10.0.0.8"]);
+    let gone = zones::records_at(&w, "demo", "www.demo.mesh.")
+        .into_iter()
+        .find(|x| x.value == "10.0.0.7")
+        .expect("record");
+    let obj = zones::zone_obj(w.doc(), "demo").expect("zone");
+    let del = w
+        .change(&n.key, |tx| {
+            zones::delete_record(tx, &obj, &gone.id).map(|_| ())
+        })
+        .expect("change")
+        .expect("not empty");
+    changes.push(del);
+    assert_eq!(values(&w, "www.demo.mesh."), ["10.0.0.8"]);
+    r.receive(changes, &roster).expect("receive");
+    assert_eq!(values(&r, "www.demo.mesh."), ["10.0.0.8"]);
+    assert_eq!(values(&r, "ftp.demo.mesh."), ["10.0.0.9"]);
+    assert!(values(&r, "nothing.demo.mesh.").is_empty());
+}
