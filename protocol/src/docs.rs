@@ -465,9 +465,14 @@ pub struct Replica {
 /// (see [`crate::zones::records_at`]).
 #[derive(Debug, Default)]
 struct NameIndex {
-    by_name: HashMap<(std::sync::Arc<str>, Box<str>), Vec<std::sync::Arc<str>>>,
-    name_of: HashMap<(std::sync::Arc<str>, std::sync::Arc<str>), Box<str>>,
+    /// (zone, name) → record ids.
+    by_name: HashMap<(Shared, Box<str>), Vec<Shared>>,
+    /// (zone, record id) → name.
+    name_of: HashMap<(Shared, Shared), Box<str>>,
 }
+
+/// A key shared between objects' paths and the name index.
+type Shared = std::sync::Arc<str>;
 
 impl NameIndex {
     fn remove(&mut self, zone: &std::sync::Arc<str>, id: &std::sync::Arc<str>) {
