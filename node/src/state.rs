@@ -879,7 +879,7 @@ impl StateHandle {
     /// [`authority::may_serve_endpoint`]); the others are counted (`voike_snrl_endpoints_unserved`).
     pub fn served_endpoints(&self) -> Vec<Endpoint> {
         // Every zone, served or not, keeps its names from others.
-        let zones = self.zones();
+        let zones = self.zones_meta();
         let auth = self.authority();
         let (ok, refused): (Vec<Endpoint>, Vec<Endpoint>) = self
             .endpoints()
@@ -896,7 +896,7 @@ impl StateHandle {
     /// zones stop answering; an admin can add an owner to recover one).
     pub fn served_zones(&self) -> Vec<Zone> {
         let auth = self.authority();
-        self.zones()
+        self.zones_meta()
             .into_iter()
             .filter(|z| z.owners.iter().any(|o| !auth.is_revoked(o)))
             .collect()
@@ -1217,7 +1217,7 @@ impl StateHandle {
         let me = self.inner.node_id.clone();
         let zone_id = zone_id.to_string();
         self.local_write(DocId::Zones, "record.add", move |r, key, hlc| {
-            let zone = zones::zone(&r.ranked(), &zone_id)
+            let zone = zones::zone_meta(&r.ranked(), &zone_id)
                 .ok_or_else(|| StateError::NotFound(format!("no zone {zone_id}")))?;
             let checked = zones::check_record(&zone.domain, &input)?;
             let new_id = zones::record_id(&zone_id, &checked);
@@ -1287,7 +1287,7 @@ impl StateHandle {
     pub async fn register_endpoint(&self, input: EndpointInput) -> Result<Endpoint, StateError> {
         let input = endpoints::check_endpoint(&input)?;
         let me = self.inner.node_id.clone();
-        let zones_now = self.zones();
+        let zones_now = self.zones_meta();
         if !authority::may_serve_endpoint(&self.authority(), &zones_now, &me, &input.service) {
             let zone = zones::zone_for(&zones_now, &authority::norm(&input.service))
                 .map(|z| z.id.clone())
@@ -1653,6 +1653,11 @@ impl StateHandle {
 
     pub fn zones(&self) -> Vec<Zone> {
         zones::zones(&self.docs().replica(DocId::Zones).ranked())
+    }
+
+    /// [`StateHandle::zones`] without record counts (see [`zones::zones_meta`]).
+    pub fn zones_meta(&self) -> Vec<Zone> {
+        zones::zones_meta(&self.docs().replica(DocId::Zones).ranked())
     }
 
     pub fn zone(&self, id: &str) -> Option<Zone> {

@@ -583,9 +583,11 @@ pub fn zones_at(ranked: &impl ZoneDoc, heads: &[automerge::ChangeHash]) -> Vec<Z
         .collect()
 }
 
-fn zone_of(doc: &Automerge, id: &str, obj: &ObjId) -> Zone {
+/// Zone `id` at `obj`; its record count only when `count` (counting reads every key of the
+/// records map: the API shows it, the write path does not need it).
+fn zone_of(doc: &Automerge, id: &str, obj: &ObjId, count: bool) -> Zone {
     let records = match doc.get(obj, "records") {
-        Ok(Some((Value::Object(ObjType::Map), r))) => doc.length(&r),
+        Ok(Some((Value::Object(ObjType::Map), r))) if count => doc.length(&r),
         _ => 0,
     };
     Zone {
@@ -601,13 +603,23 @@ fn zone_of(doc: &Automerge, id: &str, obj: &ObjId) -> Zone {
 /// Every zone, by id. Of two zones for one domain (claimed concurrently), only the one
 /// [`claim_order`] puts first is listed.
 pub fn zones(doc: &impl ZoneDoc) -> Vec<Zone> {
+    zones_counted(doc, true)
+}
+
+/// [`zones`] without their record counts (`records` is 0): what the write path and DNS read,
+/// at a cost that does not grow with the records.
+pub fn zones_meta(doc: &impl ZoneDoc) -> Vec<Zone> {
+    zones_counted(doc, false)
+}
+
+fn zones_counted(doc: &impl ZoneDoc, count: bool) -> Vec<Zone> {
     let am = doc.am();
     let mut by_domain: BTreeMap<String, (ObjId, Zone)> = BTreeMap::new();
     for id in am.keys(ROOT) {
         let Some(o) = zone_obj(doc, &id) else {
             continue;
         };
-        let z = zone_of(am, &id, &o);
+        let z = zone_of(am, &id, &o, count);
         match by_domain.get(&z.domain) {
             Some((other, _)) if claim_order(doc, other, &o).is_le() => {}
             _ => {
@@ -622,7 +634,12 @@ pub fn zones(doc: &impl ZoneDoc) -> Vec<Zone> {
 
 /// One zone.
 pub fn zone(doc: &impl ZoneDoc, id: &str) -> Option<Zone> {
-    zone_obj(doc, id).map(|o| zone_of(doc.am(), id, &o))
+    zone_obj(doc, id).map(|o| zone_of(doc.am(), id, &o, true))
+}
+
+/// [`zone`] without its record count (`records` is 0).
+pub fn zone_meta(doc: &impl ZoneDoc, id: &str) -> Option<Zone> {
+    zone_obj(doc, id).map(|o| zone_of(doc.am(), id, &o, false))
 }
 
 /// Whether `node` owns zone `id`.
