@@ -85,9 +85,28 @@ struct Docs {
     unsaved: HashSet<ChangeHash>,
     /// Stored changes the last rebuild could not apply, per document (see [`Replica::load`]).
     unapplied: HashMap<DocId, Vec<Unapplied>>,
+    /// The entries of each jobs document, kept up to date by [`Docs::jobs_index`].
+    jobs_index: HashMap<DocId, jobs::JobsIndex>,
 }
 
 impl Docs {
+    /// The entries of jobs document `doc` as the replica holds them now: what changed since
+    /// the last look is read again (everything, after a reload).
+    fn jobs_index(&mut self, doc: DocId) -> &jobs::JobsIndex {
+        let touched = self.replica(doc).take_touched();
+        let Some(replica) = self.replicas.get(&doc) else {
+            return self.jobs_index.entry(doc).or_default();
+        };
+        match (touched, self.jobs_index.get_mut(&doc)) {
+            (Some(paths), Some(ix)) => ix.refresh(replica.doc(), paths),
+            _ => {
+                self.jobs_index
+                    .insert(doc, jobs::JobsIndex::read(replica.doc()));
+            }
+        }
+        self.jobs_index.entry(doc).or_default()
+    }
+
     fn replica(&mut self, doc: DocId) -> &mut Replica {
         let auth = &self.authority;
         self.replicas.entry(doc).or_insert_with(|| {
@@ -426,6 +445,7 @@ impl StateHandle {
             next: HashMap::new(),
             unsaved: HashSet::new(),
             unapplied: HashMap::new(),
+            jobs_index: HashMap::new(),
         };
         let max_future_ms = max_future_skew.as_millis() as u64;
         let own_actor = voike_protocol::docs::actor_of(&key.public());
@@ -1478,6 +1498,7 @@ impl StateHandle {
                 docs.closed.insert(doc);
                 docs.next.remove(&doc);
                 docs.unapplied.remove(&doc);
+                docs.jobs_index.remove(&doc);
                 docs.replicas.remove(&doc)
             };
             // Queued after every write of the document (the store commits in order).
@@ -1573,7 +1594,7 @@ impl StateHandle {
         let mut docs = self.docs();
         let mut out = Vec::new();
         for doc in docs.job_docs() {
-            out.extend(jobs::jobs(docs.replica(doc).doc(), now_ms));
+            out.extend(docs.jobs_index(doc).views(now_ms));
         }
         out
     }

@@ -1268,7 +1268,7 @@ fn keep_newest<K: Ord, V>(map: &mut BTreeMap<K, (u64, V)>, key: K, found: (u64, 
 }
 
 /// Everything the document says, newest version of each entry.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Scan {
     jobs: BTreeMap<String, (u64, Job)>,
     claims: BTreeMap<(String, u32, String), (u64, ClaimView)>,
@@ -1467,19 +1467,7 @@ fn gather(segments: &[SegmentView]) -> Option<Gathered> {
 /// Every valid job with where it stands at `now_ms` (Unix milliseconds), ordered by submission
 /// time, then id.
 pub fn jobs(doc: &Automerge, now_ms: u64) -> Vec<JobView> {
-    let scan = Scan::read(doc, None);
-    let mut out: Vec<JobView> = scan
-        .jobs
-        .values()
-        .map(|(_, job)| scan.view(job, now_ms))
-        .collect();
-    out.sort_by(|a, b| {
-        a.job
-            .submitted_ms
-            .cmp(&b.job.submitted_ms)
-            .then_with(|| a.job.id.cmp(&b.job.id))
-    });
-    out
+    JobsIndex::read(doc).views(now_ms)
 }
 
 /// Job `id` with where it stands at `now_ms` (Unix milliseconds).
@@ -1490,6 +1478,75 @@ pub fn job(doc: &Automerge, id: &str, now_ms: u64) -> Option<JobView> {
     let scan = Scan::read(doc, Some(id));
     let (_, job) = scan.jobs.get(id)?;
     Some(scan.view(job, now_ms))
+}
+
+/// Every entry of a jobs document (newest version of each), kept up to date from where changes
+/// wrote ([`crate::docs::Replica::take_touched`]) instead of read again from the document on
+/// every look: the scheduler looks after every change, and a read of the whole document grew
+/// with the hour's jobs.
+#[derive(Debug, Default)]
+pub struct JobsIndex {
+    scan: Scan,
+}
+
+impl JobsIndex {
+    /// Reads every entry of `doc`.
+    pub fn read(doc: &Automerge) -> Self {
+        JobsIndex {
+            scan: Scan::read(doc, None),
+        }
+    }
+
+    /// Reads again the entries `paths` name (node id, then entry key; a node id alone reads
+    /// all of that node's entries). Entries are never deleted and a newer version always
+    /// replaces an older, so reading the written entries again keeps the index equal to a
+    /// fresh [`JobsIndex::read`].
+    pub fn refresh(&mut self, doc: &Automerge, paths: impl IntoIterator<Item = Vec<String>>) {
+        for p in paths {
+            let Some(node) = p.first() else {
+                continue;
+            };
+            let Ok(parents) = doc.get_all(ROOT, node.as_str()) else {
+                continue;
+            };
+            for (v, parent) in parents {
+                if !matches!(v, Value::Object(ObjType::Map)) {
+                    continue;
+                }
+                match p.get(1) {
+                    Some(key) => self.scan.read_entry(doc, node, &parent, key),
+                    None => {
+                        for key in doc.keys(&parent) {
+                            self.scan.read_entry(doc, node, &parent, &key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every valid job with where it stands at `now_ms`, ordered by submission time, then id.
+    pub fn views(&self, now_ms: u64) -> Vec<JobView> {
+        let mut out: Vec<JobView> = self
+            .scan
+            .jobs
+            .values()
+            .map(|(_, job)| self.scan.view(job, now_ms))
+            .collect();
+        out.sort_by(|a, b| {
+            a.job
+                .submitted_ms
+                .cmp(&b.job.submitted_ms)
+                .then_with(|| a.job.id.cmp(&b.job.id))
+        });
+        out
+    }
+
+    /// Job `id` with where it stands at `now_ms`.
+    pub fn view(&self, id: &str, now_ms: u64) -> Option<JobView> {
+        let (_, job) = self.scan.jobs.get(id)?;
+        Some(self.scan.view(job, now_ms))
+    }
 }
 
 /// Whether a node in `region` with capabilities `caps` may run a job with requirements `req`:

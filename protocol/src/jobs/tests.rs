@@ -1493,3 +1493,54 @@ fn no_eligible_node_names_what_is_missing() {
         Some("no live node runs grid jobs")
     );
 }
+
+proptest::proptest! {
+    /// The scheduler's index, refreshed after every change from the paths it wrote, shows what a
+    /// fresh read of the whole document shows: submissions, claims, renewals and results by
+    /// three nodes, local or merged.
+    #[test]
+    fn an_index_refreshed_from_written_paths_equals_a_fresh_read(
+        steps in proptest::collection::vec((0usize..3, 0u8..4, 0usize..4, 1u64..50), 1..25usize)
+    ) {
+        let nodes = [node(), node(), node()];
+        let mut w = Replica::new(DocId::JobEpoch(1));
+        let roster = roster(&[&nodes[0], &nodes[1], &nodes[2]]);
+        let mut r = Replica::new(DocId::JobEpoch(1));
+        let mut ix = JobsIndex::read(r.doc());
+        r.track_touched();
+        let mut ids: Vec<String> = Vec::new();
+        for (t, (who, what, pick, dt)) in steps.into_iter().enumerate() {
+            let n = &nodes[who];
+            let t = t as u64 * 100 + dt;
+            let job = ids.get(pick % ids.len().max(1)).cloned();
+            let change = w.change(&n.key, |tx| {
+                match (what, &job) {
+                    (0, _) | (_, None) => {
+                        let mut i = input();
+                        i.args = vec![format!("{t}")];
+                        let j = put_job(tx, &n.id, &i, hlc(t), NOW + t)?;
+                        ids.push(j.id);
+                    }
+                    (1, Some(j)) => {
+                        put_claim(tx, &n.id, j, 0, NOW + t + 1000, 1, hlc(t))?;
+                    }
+                    (2, Some(j)) => {
+                        put_claim(tx, &n.id, j, 0, NOW + t + 5000, 1, hlc(t))?;
+                    }
+                    (_, Some(j)) => {
+                        let res = signed(n, j, 0, &outcome(t as i64, "out", NOW + t));
+                        put_result(tx, &n.id, &res, hlc(t))?;
+                    }
+                }
+                Ok(())
+            }).expect("change").expect("not empty");
+            r.receive(vec![change], &roster).expect("receive");
+            let paths = r.take_touched().expect("tracked");
+            ix.refresh(r.doc(), paths);
+            let now = NOW + t + 2000;
+            let fresh = jobs(r.doc(), now);
+            let kept = ix.views(now);
+            proptest::prop_assert_eq!(format!("{kept:?}"), format!("{fresh:?}"));
+        }
+    }
+}
