@@ -366,7 +366,7 @@ impl Store {
             ok: fault.is_none(),
             entries,
             authors: heads.len() as u64,
-            heads_hash: hex(&heads_hash(&heads)),
+            heads_hash: hex(&heads_hash(heads)),
             fault,
         })
     }
