@@ -376,7 +376,6 @@ fn update_snapshot(
     if changes.all || !changes.zones.is_empty() {
         return build_snapshot(generation, state, mesh_domain, nameserver, served);
     }
-    state.metrics().dns_snapshot_edits.inc();
     let mut by_zone: HashMap<&str, Vec<(String, Option<RecordData>)>> = HashMap::new();
     for (zone, id) in &changes.records {
         // Records of a zone that is not served (inside the mesh domain, or losing a claim)
@@ -409,6 +408,8 @@ fn update_snapshot(
         edits.push(ZoneEdit::Replace(mesh));
         services = Some(names);
     }
+    // Counted once it is an edit (a zone no longer served falls back to a full build above).
+    state.metrics().dns_snapshot_edits.inc();
     let snapshot = current.edit(generation, edits, services.as_deref());
     log_unserved(&snapshot);
     snapshot

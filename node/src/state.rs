@@ -89,31 +89,40 @@ struct Docs {
     jobs_index: HashMap<DocId, jobs::JobsIndex>,
 }
 
+/// An empty replica of `doc` judged with `authority`.
+fn new_replica(doc: DocId, authority: &Arc<Authority>) -> Replica {
+    let mut r = Replica::new(doc);
+    r.set_authority(authority.clone());
+    r
+}
+
 impl Docs {
     /// The entries of jobs document `doc` as the replica holds them now: what changed since
     /// the last look is read again (everything, after a reload).
     fn jobs_index(&mut self, doc: DocId) -> &jobs::JobsIndex {
-        let touched = self.replica(doc).take_touched();
-        let Some(replica) = self.replicas.get(&doc) else {
-            return self.jobs_index.entry(doc).or_default();
-        };
-        match (touched, self.jobs_index.get_mut(&doc)) {
-            (Some(paths), Some(ix)) => ix.refresh(replica.doc(), paths),
-            _ => {
-                self.jobs_index
-                    .insert(doc, jobs::JobsIndex::read(replica.doc()));
-            }
+        let Docs {
+            replicas,
+            jobs_index,
+            authority,
+            ..
+        } = self;
+        let replica = replicas
+            .entry(doc)
+            .or_insert_with(|| new_replica(doc, authority));
+        let touched = replica.take_touched();
+        let ix = jobs_index.entry(doc).or_default();
+        match touched {
+            Some(paths) => ix.refresh(replica.doc(), paths),
+            None => *ix = jobs::JobsIndex::read(replica.doc()),
         }
-        self.jobs_index.entry(doc).or_default()
+        ix
     }
 
     fn replica(&mut self, doc: DocId) -> &mut Replica {
         let auth = &self.authority;
-        self.replicas.entry(doc).or_insert_with(|| {
-            let mut r = Replica::new(doc);
-            r.set_authority(auth.clone());
-            r
-        })
+        self.replicas
+            .entry(doc)
+            .or_insert_with(|| new_replica(doc, auth))
     }
 
     /// The documents held: the fixed ones, then the open jobs epochs, oldest first.

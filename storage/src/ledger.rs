@@ -394,6 +394,16 @@ mod tests {
         .expect("sign")
     }
 
+    /// Signs entry `i` after `prev` and stores it.
+    async fn append(store: &Store, key: &Keypair, prev: Head, i: u64) -> Entry {
+        let e = entry(key, prev, i);
+        store
+            .write(vec![WriteOp::AppendEntry(Box::new(e.clone()))])
+            .await
+            .expect("append");
+        e
+    }
+
     /// A verify whose heads were read before an append that lands before its walk checks the
     /// chains up to those heads (it reported a gap that is not there: seen in the 50-kill test,
     /// where the node appends at start while the test verifies).
@@ -404,19 +414,10 @@ mod tests {
         let a = Keypair::generate_ed25519();
         let mut head = Head::GENESIS;
         for i in 0..3 {
-            let e = entry(&a, head, i);
-            head = e.head();
-            store
-                .write(vec![WriteOp::AppendEntry(Box::new(e))])
-                .await
-                .expect("append");
+            head = append(&store, &a, head, i).await.head();
         }
         let heads = store.ledger_heads().expect("heads");
-        let e = entry(&a, head, 3);
-        store
-            .write(vec![WriteOp::AppendEntry(Box::new(e))])
-            .await
-            .expect("append");
+        append(&store, &a, head, 3).await;
         let report = store.verify_upto(&heads).expect("verify");
         assert!(report.ok, "{:?}", report.fault);
         assert_eq!(report.entries, 3);
@@ -518,13 +519,9 @@ mod tests {
         let mut head = Head::GENESIS;
         let mut entries = Vec::new();
         for i in 0..5 {
-            let e = entry(&a, head, i);
+            let e = append(&store, &a, head, i).await;
             head = e.head();
-            entries.push(e.clone());
-            store
-                .write(vec![WriteOp::AppendEntry(Box::new(e))])
-                .await
-                .expect("append");
+            entries.push(e);
         }
         let mut bad = entries[2].clone();
         bad.body.body = b"{\"tampered\":true}".to_vec();
