@@ -185,6 +185,21 @@ impl NetLab {
         ns_run(&self.hosts[h], &["nft", "-f", &path.to_string_lossy()])
     }
 
+    /// Cuts the link between hosts `h` and `o` only (both keep reaching the others): every
+    /// packet between the two is dropped in `h`'s namespace, both ways, with no answer.
+    pub fn cut(&self, h: usize, o: usize) -> anyhow::Result<()> {
+        let ip = self.ip(o);
+        let rules = format!(
+            "table inet vklink{o} {{\n\
+             chain input {{ type filter hook input priority 0; policy accept; ip saddr {ip} drop; }}\n\
+             chain output {{ type filter hook output priority 0; policy accept; ip daddr {ip} drop; }}\n\
+             }}\n"
+        );
+        let path = std::env::temp_dir().join(format!("{}-cut-{h}-{o}.nft", self.tag));
+        std::fs::write(&path, rules)?;
+        ns_run(&self.hosts[h], &["nft", "-f", &path.to_string_lossy()])
+    }
+
     /// Undoes [`NetLab::isolate`].
     pub fn heal(&self, h: usize) -> anyhow::Result<()> {
         ns_run(&self.hosts[h], &["nft", "delete", "table", "inet", "vkcut"])

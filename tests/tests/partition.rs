@@ -5,6 +5,9 @@
 //! ping fails, not kept until TCP gives up); after the heal, records and ledger heads are
 //! identical on all three within 10 s, and in the minute after it neither of the two that stayed
 //! together suspects the third (health reports flow again over a fresh connection).
+//!
+//! A cut of one link only (A–C, both still reaching B): the health reports of each reach the
+//! other through B's gossipsub mesh, so neither declares the other down.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -203,6 +206,86 @@ fn a_cut_off_node_converges_within_ten_seconds_of_the_heal() -> anyhow::Result<(
         assert!(
             false_suspicions.is_empty(),
             "{name} suspected the healthy, connected C after the heal: {false_suspicions:?}"
+        );
+    }
+    Ok(())
+}
+
+/// `observer`'s failure detector's view of `who`.
+fn state_of(observer: &TestNode, who: &str) -> anyhow::Result<Option<String>> {
+    let s = observer.get("/hypermesh/status")?.body;
+    Ok(s["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["nodeId"] == who))
+        .and_then(|p| p["state"].as_str().map(String::from)))
+}
+
+/// Health reports reach a member through the others when its own link to their author is cut
+/// (gossipsub's mesh forwards them): with only the link between A and C cut, C keeps hearing A
+/// through B, and neither declares the other down, while the cut link is still open (unused)
+/// and after it is closed as dead.
+#[test]
+fn a_member_that_loses_one_link_is_still_heard_through_the_others() -> anyhow::Result<()> {
+    voike_tests::require_netns!();
+    let lab = NetLab::new(3)?;
+    // Fast heartbeats and a detector that declares a member down after 1.5 s of silence; pings
+    // slow enough that the cut link stays open (and unused) for a while.
+    let env = [
+        ("VOIKED_HYPERMESH__HEARTBEAT_INTERVAL", "300ms"),
+        ("VOIKED_HYPERMESH__MIN_DEAD", "1500ms"),
+        ("VOIKED_P2P__PING_INTERVAL", "5s"),
+        ("VOIKED_P2P__PING_TIMEOUT", "5s"),
+    ];
+    let mut a = TestNode::in_netns("link-a", lab.ns(0), &lab.ip(0), &[])?;
+    a.set_env(&env);
+    a.start()?;
+    let t1 = a.invite("10m")?;
+    let mut b = TestNode::in_netns("link-b", lab.ns(1), &lab.ip(1), &["--join", &t1])?;
+    b.set_env(&env);
+    b.start()?;
+    let t2 = a.invite("10m")?;
+    let mut c = TestNode::in_netns("link-c", lab.ns(2), &lab.ip(2), &["--join", &t2])?;
+    c.set_env(&env);
+    c.start()?;
+    let nodes = [&a, &b, &c];
+    wait_for(Duration::from_secs(60), "all three connected", || {
+        all_connected(&nodes)
+    })?;
+    let cut_ms = unix_ms();
+    lab.cut(0, 2)?;
+    // Twenty seconds of the cut: the link itself stays open until its pings go unanswered for
+    // 10 s, and the failure detector would declare a silent member down after 1.5 s.
+    let start = Instant::now();
+    wait_for(Duration::from_secs(25), "20 s of the cut", || {
+        for (o, w, name) in [
+            (&a, &c, "A sees C"),
+            (&c, &a, "C sees A"),
+            (&b, &a, "B sees A"),
+        ] {
+            let s = state_of(o, &w.node_id)?;
+            if s.as_deref() != Some("alive") && s.as_deref() != Some("suspect") {
+                panic!("{name}: {s:?} during the cut");
+            }
+        }
+        Ok(start.elapsed() >= Duration::from_secs(20))
+    })?;
+    // The cut was real: the link between A and C was found dead and closed, while both kept
+    // their links to B.
+    wait_for(Duration::from_secs(15), "the cut link to be closed", || {
+        Ok(!a.sees_connected(&c.node_id)?
+            && !c.sees_connected(&a.node_id)?
+            && a.sees_connected(&b.node_id)?
+            && c.sees_connected(&b.node_id)?)
+    })?;
+    for (o, w, name) in [(&a, &c, "A"), (&c, &a, "C")] {
+        let down: Vec<Value> = events(o)?
+            .into_iter()
+            .filter(|e| e["peer"] == w.node_id.as_str() && e["kind"] == "peer_down")
+            .filter(|e| e["atMs"].as_u64().unwrap_or(0) >= cut_ms)
+            .collect();
+        assert!(
+            down.is_empty(),
+            "{name} declared a member heard through B down: {down:?}"
         );
     }
     Ok(())

@@ -288,6 +288,7 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|p| thread_switches(*p))
         .collect::<anyhow::Result<_>>()?;
+    let metrics_before = nodes[0].metrics()?;
     let t = Instant::now();
     // The measurement window: nothing to do.
     std::thread::sleep(Duration::from_secs(idle_secs));
@@ -305,6 +306,14 @@ fn main() -> anyhow::Result<()> {
         .map(|s| sample(s.child.id()))
         .collect::<anyhow::Result<_>>()?;
     let load_end = loadavg();
+    let metrics_after = nodes[0].metrics()?;
+    let sessions: Vec<usize> = nodes
+        .iter()
+        .map(|n| {
+            let s = n.get("/trust/sessions")?;
+            Ok(s.body["sessions"].as_array().map_or(0, |a| a.len()))
+        })
+        .collect::<anyhow::Result<_>>()?;
 
     let ticks = 100.0; // USER_HZ
     let line = |name: &str, pid: u32, b: &Sample, a: &Sample| {
@@ -353,5 +362,40 @@ fn main() -> anyhow::Result<()> {
             count as f64 / n
         );
     }
+    println!("connections held per node (members are 4): {sessions:?}");
+    if std::env::var_os("BENCH_IDLE_SESSIONS").is_some() {
+        let s = nodes[0].get("/trust/sessions")?;
+        for x in s.body["sessions"].as_array().into_iter().flatten() {
+            println!("  {} {} {}", x["peer"], x["transport"], x["remoteAddr"]);
+        }
+    }
+    println!("{}: counters that moved during the window:", nodes[0].name);
+    for (name, d) in counter_deltas(&metrics_before, &metrics_after) {
+        println!("  {name} +{d}");
+    }
     Ok(())
+}
+
+/// Counters (`*_total` samples) that grew between two `/metrics` texts, and by how much.
+fn counter_deltas(before: &str, after: &str) -> Vec<(String, f64)> {
+    let parse = |text: &str| -> BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                let name = name.to_string();
+                (name.contains("_total") || name.contains("_count"))
+                    .then(|| Some((name, value.parse().ok()?)))
+                    .flatten()
+            })
+            .collect()
+    };
+    let b = parse(before);
+    parse(after)
+        .into_iter()
+        .filter_map(|(name, a)| {
+            let d = a - b.get(&name).copied().unwrap_or(0.0);
+            (d > 0.0).then_some((name, d))
+        })
+        .collect()
 }
