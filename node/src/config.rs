@@ -29,6 +29,11 @@ pub struct Config {
     /// How long a graceful shutdown may take before the process exits anyway. Default `"10s"`.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Threads of the async runtime (the event loop, API, sync, Hypermesh, DNS bookkeeping);
+    /// 0 = one per core. Default 1: an idle mesh node wakes a second worker for nearly every
+    /// message, and record writes are no faster with two (they meet at the store's one writer).
+    /// DNS packets, the store, WebAssembly runs and compiles have threads of their own.
+    pub worker_threads: usize,
     pub p2p: P2pConfig,
     pub api: ApiConfig,
     pub sync: SyncConfig,
@@ -36,6 +41,9 @@ pub struct Config {
     pub dns: DnsConfig,
     pub grid: GridConfig,
 }
+
+/// Largest `worker_threads`.
+pub const MAX_WORKER_THREADS: usize = 256;
 
 /// `[grid]`: the VVM (WebAssembly runtime) and the grid job scheduler.
 #[derive(Clone, Debug, Deserialize)]
@@ -425,6 +433,7 @@ impl Default for Config {
             data_dir: None,
             log_format: LogFormat::Human,
             shutdown_timeout: Duration::from_secs(10),
+            worker_threads: 1,
             p2p: P2pConfig::default(),
             api: ApiConfig::default(),
             sync: SyncConfig::default(),
@@ -816,7 +825,21 @@ impl Config {
         if self.shutdown_timeout < Duration::from_millis(100) {
             return Err(("shutdown_timeout", "must be at least 100ms".into()));
         }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err((
+                "worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (0 = one per core)"),
+            ));
+        }
         Ok(())
+    }
+
+    /// The runtime's worker threads: `worker_threads`, or one per core for 0.
+    pub fn runtime_workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     /// The data directory, from the config or the per-user default.
@@ -1009,6 +1032,25 @@ mod tests {
         .expect_err("bad");
         assert!(e.to_string().contains("`shutdown_timeout`"), "{e}");
         assert!(e.to_string().contains("VOIKED_SHUTDOWN_TIMEOUT"), "{e}");
+
+        for bad in ["-1", "two", "100000"] {
+            let e = Config::load(
+                None,
+                env(&[("VOIKED_WORKER_THREADS", bad)]),
+                Overrides::default(),
+            )
+            .expect_err("bad");
+            assert!(e.to_string().contains("`worker_threads`"), "{bad}: {e}");
+        }
+        let c = Config::load(
+            None,
+            env(&[("VOIKED_WORKER_THREADS", "0")]),
+            Overrides::default(),
+        )
+        .expect("0 is one per core");
+        assert!(c.runtime_workers() >= 1);
+        let c = Config::load(None, env(&[]), Overrides::default()).expect("defaults");
+        assert_eq!(c.runtime_workers(), 1);
 
         let f = file("[api]\nlisten = \"0.0.0.0:8080\"\n");
         let e = Config::load(Some(f.path()), env(&[]), Overrides::default()).expect_err("bad");

@@ -112,6 +112,7 @@ fn main() -> ExitCode {
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime_workers())
         .enable_all()
         .build()
     {

@@ -222,6 +222,16 @@ impl Metrics {
             })
             .set(1);
         r.register("voike_build_info", "Build of this voiked", build);
+        // The runtime the metrics were made in (`worker_threads`); 0 outside one.
+        let workers: Gauge = Gauge::default();
+        workers.set(
+            tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers() as i64),
+        );
+        r.register(
+            "voike_runtime_worker_threads",
+            "Worker threads of the async runtime (worker_threads)",
+            workers,
+        );
         r.register(
             "voike_sync_changes_applied",
             "Document changes merged, by document (local and remote)",

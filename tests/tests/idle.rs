@@ -114,3 +114,58 @@ fn grid_jobs_do_not_rebuild_the_dns_snapshot_and_records_are_edited_in() -> anyh
     assert_eq!(after.0, before.0, "a record write read every zone again");
     Ok(())
 }
+
+/// Threads of `pid` named `tokio-rt-worker` (the runtime's workers and its blocking threads).
+fn runtime_threads(pid: u32) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let comm = std::fs::read_to_string(task?.path().join("comm"))?;
+        if comm.trim() == "tokio-rt-worker" {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The runtime runs `worker_threads` workers: one by default (an idle node wakes less), as many
+/// as configured otherwise, and the node works either way.
+#[test]
+fn the_runtime_runs_the_configured_number_of_workers() -> anyhow::Result<()> {
+    let one = TestNode::genesis("workers-default")?;
+    let two = TestNode::spawn_with_env("workers-two", &[], &[("VOIKED_WORKER_THREADS", "2")])?;
+    for (node, want) in [(&one, 1.0), (&two, 2.0)] {
+        wait_for(Duration::from_secs(30), "the node to answer", || {
+            Ok(node.get("/readyz")?.status == 200)
+        })?;
+        assert_eq!(
+            node.metric("voike_runtime_worker_threads")?,
+            want,
+            "{}",
+            node.name
+        );
+        let pid = node.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+        assert!(runtime_threads(pid)? >= want as usize, "{}", node.name);
+        let m = voike_tests::dns::udp(
+            node.dns_addr()?,
+            &format!(
+                "{}.nodes.voike.internal.",
+                node.node_id.to_ascii_lowercase()
+            ),
+            voike_tests::dns::RecordType::A,
+        )?;
+        assert!(!voike_tests::dns::answers(&m).is_empty(), "{}", node.name);
+    }
+    // A bad value is a config error naming the key, before anything starts.
+    let out = std::process::Command::new(voike_tests::bin("voiked"))
+        .args(["--data-dir", "/nonexistent/voike-workers-bad"])
+        .env("VOIKED_WORKER_THREADS", "100000")
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`worker_threads`"), "{err}");
+    assert!(
+        !std::path::Path::new("/nonexistent/voike-workers-bad").exists(),
+        "nothing created"
+    );
+    Ok(())
+}
