@@ -109,11 +109,11 @@ async fn run_with_store(
         metrics.clone(),
         changed,
         config.sync.max_future_skew,
+        config.grid.retention,
     )
     .map_err(|e| anyhow::anyhow!("cannot load replicated state: {e}"))?;
     state.set_reserved_domain(&crate::dns::lower_fqdn(&config.dns.mesh_domain));
     state.repair_orphans().await;
-    state.set_retention(config.grid.retention);
     let mesh = MeshState::open(
         key.clone(),
         store,

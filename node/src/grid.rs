@@ -5,9 +5,12 @@
 //! that still needs a run, the live nodes meeting the job's requirements are ordered by weighted
 //! rendezvous hashing (weight = Hypermesh health); walking that order, nodes that already hold a
 //! live claim or a result are counted, and a node claims the segment when its turn comes before
-//! `replicas` runners are counted. A claim is a lease (`grid.lease`), renewed while the segment
-//! runs; a claim whose lease ran out, or whose runner Hypermesh declares dead, no longer counts,
-//! so the next node in the order takes the segment. Results are signed by the runner.
+//! `replicas` runners are counted. A claim is a lease (`grid.lease`): one change of the jobs
+//! document, then kept alive while the segment runs by signed renewals gossiped every third of
+//! the lease ([`voike_protocol::lease`]; no change, no ledger entry). A claim whose lease ran
+//! out, or whose runner Hypermesh declares dead, no longer counts, so the next node in the order
+//! takes the segment. A node that has just started has heard no renewal yet: for two leases it
+//! still counts the claims of runners not known dead. Results are signed by the runner.
 //!
 //! One member cannot exhaust the others: a module is scanned against the runtime's module
 //! limits before it is compiled (at upload, and on a runner that fetched it), the compiled
@@ -31,6 +34,7 @@ use libp2p::identity::Keypair;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use voike_protocol::jobs::{self, FairShare, JobState, JobView, RunOutcome, SegmentResult, Status};
+use voike_protocol::lease::LeaseRenewal;
 use voike_protocol::sync::{MAX_MODULE_BYTES, SyncRequest, SyncResponse};
 use voike_runtime::{CompileError, Module, Runtime, RuntimeConfig};
 use voike_storage::{Table, WriteOp};
@@ -128,7 +132,8 @@ impl ModuleCache {
 /// Settings of the grid.
 #[derive(Clone, Debug)]
 pub struct GridConfig {
-    /// Length of a claim's lease; renewed every third of it while the segment runs.
+    /// Length of a claim's lease; renewed (by a signed renewal) every third of it while the
+    /// segment runs.
     pub lease: Duration,
     /// Segments this node runs at once.
     pub max_parallel: usize,
@@ -192,6 +197,9 @@ pub struct Grid {
     /// Why this node cannot run WebAssembly (found at start by compiling [`PROBE_MODULE`]):
     /// it then runs no segment and does not advertise [`GRID_CAPABILITY`].
     unusable: Option<String>,
+    /// Until then (Unix ms; two leases after the start) claims whose lease ran out by the
+    /// document still count: their runners' renewals have not had time to arrive.
+    heard_renewals_from_ms: u64,
 }
 
 /// The smallest module with an entry, compiled at start: a runtime that cannot compile it (no
@@ -258,6 +266,9 @@ impl Grid {
         {
             warn!(dir = %config.scratch_root.display(), error = %e, "cannot remove stale scratch directories");
         }
+        // Two leases: the connections and the gossip mesh form first, then a renewal comes
+        // within a third of a lease.
+        let heard_renewals_from_ms = now_ms() + 2 * config.lease.as_millis() as u64;
         Ok(Arc::new(Grid {
             node_id: key.public().to_peer_id().to_string(),
             key,
@@ -270,6 +281,7 @@ impl Grid {
             compiled: Mutex::new(ModuleCache::new(MODULE_CACHE_BYTES)),
             running: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
+            heard_renewals_from_ms,
             fair: Mutex::new(FairShare::new()),
             cancel,
             unusable,
@@ -676,10 +688,15 @@ impl Grid {
         if tried.contains(self.node_id.as_str()) {
             return false;
         }
+        // Just after the start, renewals of others' claims may not have arrived yet.
+        let young = now < self.heard_renewals_from_ms;
         let claimed: HashSet<&str> = seg
             .claims
             .iter()
-            .filter(|c| c.lease_until_ms > now && !dead.contains(&c.runner))
+            .filter(|c| {
+                (c.lease_until_ms > now || (young && c.runner != self.node_id))
+                    && !dead.contains(&c.runner)
+            })
             .map(|c| c.runner.as_str())
             .collect();
         let replicas = job.job.spec.replicas as usize;
@@ -783,7 +800,7 @@ impl Grid {
         let spec = self.job_spec(job, segment, scratch.as_ref());
         let runtime = self.runtime.clone();
         let mut run = tokio::task::spawn_blocking(move || runtime.run(&module, &spec));
-        // Renew the lease while the segment runs.
+        // Renew the lease while the segment runs: signed renewals to the members, not changes.
         let outcome = loop {
             tokio::select! {
                 done = &mut run => break done,
@@ -808,10 +825,7 @@ impl Grid {
                     return recorded;
                 }
                 _ = tokio::time::sleep(lease / 3) => {
-                    let until = now_ms() + lease.as_millis() as u64;
-                    if let Err(e) = self.state.claim_segment(&id, segment, until, attempt).await {
-                        warn!(job = %id, segment, error = %e, "cannot renew a lease");
-                    }
+                    self.renew(&id, segment, attempt, now_ms() + lease.as_millis() as u64);
                 }
             }
         };
@@ -848,6 +862,27 @@ impl Grid {
         };
         info!(job = %id, segment, status = %outcome.status, "segment finished");
         self.record(&id, segment, &result).await
+    }
+
+    /// Renews this node's claim on `segment` of `job` (attempt `attempt`) until `until_ms`:
+    /// noted here and gossiped to the members.
+    fn renew(&self, job: &str, segment: u32, attempt: u32, until_ms: u64) {
+        match LeaseRenewal::sign(&self.key, job, segment, attempt, until_ms) {
+            Ok(r) => {
+                self.state.renew_lease(&self.node_id, &r.body, now_ms());
+                if self.swarm.publish_lease(r.to_bytes()) {
+                    self.metrics
+                        .grid_lease_renewals
+                        .get_or_create(&crate::metrics::ResultLabel {
+                            result: "sent".into(),
+                        })
+                        .inc();
+                } else {
+                    debug!(%job, segment, "lease renewal not sent (the event loop is busy)");
+                }
+            }
+            Err(e) => warn!(%job, segment, error = %e, "cannot sign a lease renewal"),
+        }
     }
 
     async fn record(

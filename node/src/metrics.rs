@@ -105,6 +105,10 @@ pub struct Metrics {
     /// Module fetches from members: `fetched`, `hash_mismatch`, `absent`, `refused`, `failed`.
     pub vvm_fetches: Family<ResultLabel, Counter>,
     pub vvm_jobs_submitted: Counter,
+    /// Lease renewals of segment claims: `sent` by this node's runs, and those heard from
+    /// members by what became of them (`renewed`, `stale`, `unknown`, `full`, `not_member`,
+    /// `invalid`).
+    pub grid_lease_renewals: Family<ResultLabel, Counter>,
     /// Jobs by state, as this node sees them.
     pub vvm_jobs_by_state: Family<StateLabel, Gauge>,
     /// Segment runs on this node by status.
@@ -162,6 +166,7 @@ impl Metrics {
             vvm_module_cache_total: Family::default(),
             vvm_fetches: Family::default(),
             vvm_jobs_submitted: Counter::default(),
+            grid_lease_renewals: Family::default(),
             vvm_jobs_by_state: Family::default(),
             vvm_runs: Family::default(),
             vvm_run_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 12)),
@@ -187,6 +192,11 @@ impl Metrics {
             "voike_vvm_jobs_submitted",
             "Grid jobs submitted to this node",
             m.vvm_jobs_submitted.clone(),
+        );
+        r.register(
+            "voike_grid_lease_renewals",
+            "Lease renewals of segment claims: sent by this node, or heard from members by outcome (renewed, stale, unknown, full, not_member, invalid)",
+            m.grid_lease_renewals.clone(),
         );
         r.register(
             "voike_vvm_jobs",

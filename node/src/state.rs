@@ -24,6 +24,7 @@ use voike_protocol::docs::{
 use voike_protocol::endpoints::{self, Endpoint, EndpointInput};
 use voike_protocol::hlc::{Hlc, HlcClock};
 use voike_protocol::jobs::{self, JobInput};
+use voike_protocol::lease::{LeaseBook, Noted, RenewalBody};
 use voike_protocol::ledger::{Entry, heads_hash};
 use voike_protocol::mesh::Role;
 use voike_protocol::signing::hex;
@@ -41,8 +42,6 @@ pub const TRUST_EVENTS_PER_MINUTE: u32 = 30;
 const REJECTED_REMEMBERED: usize = 10_000;
 /// Most ledger entries served in one response.
 const MAX_ENTRIES_PER_PAGE: usize = 10_000;
-/// `grid.retention` until the daemon sets it.
-const DEFAULT_RETENTION_MS: u64 = 24 * 3_600_000;
 
 /// Errors of state operations, mapped to HTTP statuses by the API.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +86,9 @@ struct Docs {
     unapplied: HashMap<DocId, Vec<Unapplied>>,
     /// The entries of each jobs document, kept up to date by [`Docs::jobs_index`].
     jobs_index: HashMap<DocId, jobs::JobsIndex>,
+    /// Jobs epochs found at start old enough to close whatever they hold: not loaded, held
+    /// closed in memory (in `closed`) until `close_expired_jobs` drops them from the store.
+    due_unloaded: Vec<DocId>,
 }
 
 /// An empty replica of `doc` judged with `authority`.
@@ -214,6 +216,34 @@ struct Inner {
     /// Refused changes and entries already counted and reported.
     reported: Mutex<Rejected>,
     trust_budget: Mutex<(Instant, u32)>,
+    /// Lease renewals of segment claims heard from the runners (not stored; see
+    /// [`voike_protocol::lease`]). Locked after `docs`, never before.
+    leases: Mutex<LeaseBook>,
+}
+
+/// What [`StateHandle::renew_lease`] did with a renewal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// The claim's lease now reaches further.
+    Renewed,
+    /// The claim is held, but the renewal ran out or an equal or later one is held.
+    Stale,
+    /// No open document holds this runner's claim with this attempt (not arrived yet, already
+    /// finished, or never made).
+    Unknown,
+    /// The renewals held reached their bound.
+    Full,
+}
+
+impl LeaseOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseOutcome::Renewed => "renewed",
+            LeaseOutcome::Stale => "stale",
+            LeaseOutcome::Unknown => "unknown",
+            LeaseOutcome::Full => "full",
+        }
+    }
 }
 
 /// What changed in the documents DNS serves since [`StateHandle::take_served_changes`] was
@@ -445,6 +475,7 @@ impl StateHandle {
         metrics: Arc<Metrics>,
         changed: Arc<Notify>,
         max_future_skew: Duration,
+        retention: Duration,
     ) -> Result<StateHandle, StateError> {
         let closed = closed_set(&store)?;
         let mut docs = Docs {
@@ -455,14 +486,28 @@ impl StateHandle {
             unsaved: HashSet::new(),
             unapplied: HashMap::new(),
             jobs_index: HashMap::new(),
+            due_unloaded: Vec::new(),
         };
         let max_future_ms = max_future_skew.as_millis() as u64;
+        let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+        let now = now_ms();
         let own_actor = voike_protocol::docs::actor_of(&key.public());
         let mut auth = Authority::default();
         let mut ids = DocId::ALL.to_vec();
         ids.extend(store.job_epochs()?);
         for doc in ids {
             if closed.contains(&doc) {
+                continue;
+            }
+            // An epoch twice the retention past its end closes whatever it holds: loading it
+            // (after a long stop, hours of jobs) only to drop it would cost the time and leave
+            // the memory with the allocator.
+            if doc
+                .epoch_end_ms()
+                .is_some_and(|end| now >= end.saturating_add(retention_ms.saturating_mul(2)))
+            {
+                docs.closed.insert(doc);
+                docs.due_unloaded.push(doc);
                 continue;
             }
             let started = Instant::now();
@@ -497,6 +542,7 @@ impl StateHandle {
                 own_author: key.public().encode_protobuf(),
                 key,
                 docs: Mutex::new(docs),
+                leases: Mutex::new(LeaseBook::default()),
                 store,
                 clock: ledger.clock(),
                 write_order: tokio::sync::Mutex::new(()),
@@ -512,7 +558,7 @@ impl StateHandle {
                 served_version: tokio::sync::watch::Sender::new(0),
                 served_changes: Mutex::new(ServedChanges::default()),
                 max_future_ms,
-                retention_ms: std::sync::atomic::AtomicU64::new(DEFAULT_RETENTION_MS),
+                retention_ms: std::sync::atomic::AtomicU64::new(retention_ms),
                 rejected: Mutex::new(Rejected::default()),
                 reported: Mutex::new(Rejected::default()),
                 trust_budget: Mutex::new((Instant::now(), 0)),
@@ -1401,7 +1447,8 @@ impl StateHandle {
         .await
     }
 
-    /// Claims (or renews this node's lease on) segment `segment` of job `job`.
+    /// Claims segment `segment` of job `job`, with a lease until `lease_until_ms` (renewals
+    /// go outside the document: [`StateHandle::renew_lease`]).
     pub async fn claim_segment(
         &self,
         job: &str,
@@ -1443,14 +1490,6 @@ impl StateHandle {
 
     // ---- retention ----------------------------------------------------------------------
 
-    /// Sets `grid.retention`.
-    pub fn set_retention(&self, retention: Duration) {
-        self.inner.retention_ms.store(
-            u64::try_from(retention.as_millis()).unwrap_or(u64::MAX),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-
     fn retention_ms(&self) -> u64 {
         self.inner
             .retention_ms
@@ -1474,6 +1513,10 @@ impl StateHandle {
         let mut due = Vec::new();
         {
             let mut docs = self.docs();
+            // Those not even loaded (see `open`): their changes are not counted.
+            for doc in std::mem::take(&mut docs.due_unloaded) {
+                due.push((doc, None, None));
+            }
             for doc in docs.job_docs() {
                 let r = docs.replica(doc);
                 if r.is_empty() {
@@ -1492,7 +1535,7 @@ impl StateHandle {
                     )
                 });
                 if now >= hard || (now >= soft && ended) {
-                    due.push((doc, views.len(), r.len()));
+                    due.push((doc, Some(views.len()), Some(r.len())));
                     continue;
                 }
                 let at = if now < soft { soft } else { hard };
@@ -1527,7 +1570,14 @@ impl StateHandle {
                 Ok(()) => {
                     drop(order);
                     self.inner.metrics.job_docs_closed.inc();
-                    info!(doc = %doc, jobs, changes, "closed a jobs document after its retention");
+                    info!(doc = %doc, jobs, changes, loaded = jobs.is_some(), "closed a jobs document after its retention");
+                }
+                Err(e) if jobs.is_none() => {
+                    // Never loaded: held closed in memory, tried again on the next pass.
+                    error!(doc = %doc, error = %e, "cannot close a jobs document; trying again");
+                    self.docs().due_unloaded.push(doc);
+                    drop(order);
+                    next = Some(now + 60_000);
                 }
                 Err(e) => {
                     error!(doc = %doc, error = %e, "cannot close a jobs document; keeping it");
@@ -1598,23 +1648,58 @@ impl StateHandle {
         Err(StateError::NotFound(format!("no job {id}")))
     }
 
-    /// Every grid job with its derived state at `now_ms` (of every open jobs document).
+    /// Every grid job with its derived state at `now_ms` (of every open jobs document), leases
+    /// moved on by the renewals heard.
     pub fn jobs(&self, now_ms: u64) -> Vec<jobs::JobView> {
         let mut docs = self.docs();
+        let leases = self.leases();
         let mut out = Vec::new();
         for doc in docs.job_docs() {
-            out.extend(docs.jobs_index(doc).views(now_ms));
+            out.extend(docs.jobs_index(doc).views_with(now_ms, Some(&leases)));
         }
         out
     }
 
-    /// One grid job.
+    /// One grid job, leases moved on by the renewals heard.
     pub fn job(&self, id: &str, now_ms: u64) -> Option<jobs::JobView> {
         let mut docs = self.docs();
+        let leases = self.leases();
         docs.job_docs()
             .into_iter()
             .rev()
-            .find_map(|doc| jobs::job(docs.replica(doc).doc(), id, now_ms))
+            .find_map(|doc| jobs::job_with(docs.replica(doc).doc(), id, now_ms, Some(&leases)))
+    }
+
+    fn leases(&self) -> MutexGuard<'_, LeaseBook> {
+        lock(&self.inner.leases)
+    }
+
+    /// Takes `runner`'s renewal of its claim (signature checked by the caller): kept only when
+    /// an open jobs document holds that runner's claim with the same attempt, so the renewals
+    /// held are bounded by the live claims.
+    pub fn renew_lease(&self, runner: &str, renewal: &RenewalBody, now_ms: u64) -> LeaseOutcome {
+        let mut docs = self.docs();
+        let held = docs.job_docs().into_iter().rev().find_map(|doc| {
+            jobs::claim(
+                docs.replica(doc).doc(),
+                runner,
+                &renewal.job,
+                renewal.segment,
+            )
+        });
+        match held {
+            Some(c) if c.attempt == renewal.attempt => {}
+            _ => return LeaseOutcome::Unknown,
+        }
+        let mut leases = self.leases();
+        if leases.len() > 256 {
+            leases.prune(now_ms);
+        }
+        match leases.note(runner, renewal, now_ms) {
+            Noted::Renewed => LeaseOutcome::Renewed,
+            Noted::Stale => LeaseOutcome::Stale,
+            Noted::Full => LeaseOutcome::Full,
+        }
     }
 
     /// Every registered endpoint.

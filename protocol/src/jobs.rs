@@ -4,8 +4,9 @@
 //! Grid jobs run WebAssembly on the mesh without a coordinator. A job is written once into the
 //! replicated `jobs` document by the node that accepted it; every node then decides placement the
 //! same way, with weighted [`rendezvous`] hashing over the live nodes that are [`eligible`]. The
-//! chosen node claims a segment with a lease that it renews while running; when it dies the lease
-//! runs out and the next node in rendezvous order claims the segment. Results are signed by their
+//! chosen node claims a segment with a lease that it renews while running (with signed renewals
+//! outside the document, [`crate::lease`]); when it dies the lease runs out and the next node in
+//! rendezvous order claims the segment. Results are signed by their
 //! runner ([`SegmentResult::sign`]); when a partition made two nodes run one segment both results
 //! are kept and a difference between them is flagged as a mismatch.
 //!
@@ -57,6 +58,7 @@ use sha2::{Digest, Sha256};
 
 use crate::docs::DocError;
 use crate::hlc::Hlc;
+use crate::lease::LeaseBook;
 use crate::signing::{self, SigningError, hex};
 use crate::snrl::{self, SnrlError};
 use crate::zones::{Invalid, newest_map, pack_hlc, str_of, uint_of, unpack_hlc};
@@ -1348,9 +1350,9 @@ impl Scan {
         scan
     }
 
-    fn view(&self, job: &Job, now_ms: u64) -> JobView {
+    fn view(&self, job: &Job, now_ms: u64, leases: Option<&LeaseBook>) -> JobView {
         let segments: Vec<SegmentView> = (0..job.spec.split)
-            .map(|i| self.segment(job, i, now_ms))
+            .map(|i| self.segment(job, i, now_ms, leases))
             .collect();
         let states: Vec<JobState> = segments.iter().map(|s| s.state).collect();
         let state = if states.contains(&JobState::Failed) {
@@ -1393,13 +1395,28 @@ impl Scan {
         view
     }
 
-    fn segment(&self, job: &Job, index: u32, now_ms: u64) -> SegmentView {
+    fn segment(
+        &self,
+        job: &Job,
+        index: u32,
+        now_ms: u64,
+        leases: Option<&LeaseBook>,
+    ) -> SegmentView {
         let lo = (job.id.clone(), index, String::new());
         let claims: Vec<ClaimView> = self
             .claims
             .range(lo.clone()..)
             .take_while(|((j, s, _), _)| *j == job.id && *s == index)
-            .map(|(_, (_, c))| c.clone())
+            .map(|(_, (_, c))| {
+                let mut c = c.clone();
+                // A renewal of the same attempt seen outside the document moves the lease on.
+                if let Some(until) =
+                    leases.and_then(|b| b.until(&job.id, index, &c.runner, c.attempt))
+                {
+                    c.lease_until_ms = c.lease_until_ms.max(until);
+                }
+                c
+            })
             .collect();
         let mut results: Vec<SegmentResult> = self
             .results
@@ -1472,12 +1489,36 @@ pub fn jobs(doc: &Automerge, now_ms: u64) -> Vec<JobView> {
 
 /// Job `id` with where it stands at `now_ms` (Unix milliseconds).
 pub fn job(doc: &Automerge, id: &str, now_ms: u64) -> Option<JobView> {
+    job_with(doc, id, now_ms, None)
+}
+
+/// [`job`], with the claims' leases moved on by the renewals of `leases`.
+pub fn job_with(
+    doc: &Automerge,
+    id: &str,
+    now_ms: u64,
+    leases: Option<&LeaseBook>,
+) -> Option<JobView> {
     if !is_job_id(id) {
         return None;
     }
     let scan = Scan::read(doc, Some(id));
     let (_, job) = scan.jobs.get(id)?;
-    Some(scan.view(job, now_ms))
+    Some(scan.view(job, now_ms, leases))
+}
+
+/// `runner`'s claim on segment `segment` of job `job`, if the document holds one (a result
+/// drops the claim).
+pub fn claim(doc: &Automerge, runner: &str, job: &str, segment: u32) -> Option<ClaimView> {
+    let mut scan = Scan::default();
+    for (v, parent) in doc.get_all(ROOT, runner).ok()? {
+        if matches!(v, Value::Object(ObjType::Map)) {
+            scan.read_entry(doc, runner, &parent, &claim_key(job, segment));
+        }
+    }
+    scan.claims
+        .remove(&(job.to_string(), segment, runner.to_string()))
+        .map(|(_, c)| c)
 }
 
 /// Every entry of a jobs document (newest version of each), kept up to date from where changes
@@ -1527,11 +1568,16 @@ impl JobsIndex {
 
     /// Every valid job with where it stands at `now_ms`, ordered by submission time, then id.
     pub fn views(&self, now_ms: u64) -> Vec<JobView> {
+        self.views_with(now_ms, None)
+    }
+
+    /// [`JobsIndex::views`], with the claims' leases moved on by the renewals of `leases`.
+    pub fn views_with(&self, now_ms: u64, leases: Option<&LeaseBook>) -> Vec<JobView> {
         let mut out: Vec<JobView> = self
             .scan
             .jobs
             .values()
-            .map(|(_, job)| self.scan.view(job, now_ms))
+            .map(|(_, job)| self.scan.view(job, now_ms, leases))
             .collect();
         out.sort_by(|a, b| {
             a.job
@@ -1545,7 +1591,7 @@ impl JobsIndex {
     /// Job `id` with where it stands at `now_ms`.
     pub fn view(&self, id: &str, now_ms: u64) -> Option<JobView> {
         let (_, job) = self.scan.jobs.get(id)?;
-        Some(self.scan.view(job, now_ms))
+        Some(self.scan.view(job, now_ms, None))
     }
 }
 

@@ -20,6 +20,7 @@
 //! - [`endpoints`]: the `endpoints` document's layout, endpoint validation and typed reads.
 //! - [`jobs`]: the `jobs` document's layout, job validation, rendezvous placement, leases and
 //!   signed segment results.
+//! - [`lease`]: signed lease renewals of segment claims, kept in memory outside the document.
 //! - [`sync`]: digests and pull messages of state sync.
 //! - [`time`]: Unix times as people read them (RFC 3339, "in 59 min"), for messages.
 //! - [`health`]: Hypermesh health reports, the phi-accrual failure detector, overload
@@ -34,6 +35,7 @@ pub mod endpoints;
 pub mod health;
 pub mod hlc;
 pub mod jobs;
+pub mod lease;
 pub mod ledger;
 pub mod membership;
 pub mod mesh;

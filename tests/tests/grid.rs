@@ -1,7 +1,8 @@
 //! Grid jobs on real `voiked` processes: the sandbox ends bad jobs with a clear status and
 //! never the daemon; split jobs fan out over three nodes and gather a correct result, also when
 //! the node running a segment is killed; modules travel between members and a tampered copy
-//! is refused; jobs written while a node is cut off run once it rejoins.
+//! is refused; jobs written while a node is cut off run once it rejoins; a long segment is
+//! claimed once and kept by lease renewals, not by a change per renewal.
 
 use std::time::Duration;
 
@@ -380,4 +381,160 @@ fn jobs_written_offline_run_once_the_node_rejoins() -> anyhow::Result<()> {
     assert_eq!(r["returns"], json!([x]));
     c.stop()?;
     Ok(())
+}
+
+/// A segment that runs for four leases is claimed once: its runner keeps the claim alive with
+/// signed renewals outside the jobs document, so the other eligible node never takes it over,
+/// and the runner's ledger holds one `job.claim` for it (before, a change and a ledger entry
+/// every third of the lease).
+#[test]
+fn a_long_segment_is_claimed_once_and_kept_by_renewals() -> anyhow::Result<()> {
+    let mut a = spawn("grid-lease-a", &[], "eu", "")?;
+    let mut b = spawn("grid-lease-b", &["--join", &a.invite("10m")?], "eu", "")?;
+    wait_for(DEADLINE, "B connected", || a.sees_connected(&b.node_id))?;
+    // Each knows the other runs grid jobs (from its health report): placement agrees.
+    wait_for(DEADLINE, "both see the other as a grid runner", || {
+        for n in [&a, &b] {
+            let routes = n.get("/hypermesh/routes")?.body["routes"].clone();
+            let ok = routes.as_array().is_some_and(|l| {
+                l.iter().any(|r| {
+                    r["capabilities"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|x| x == "grid"))
+                })
+            });
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    let forever = upload(&a, "forever.wat")?;
+    // Grid leases are 2 s (see `env`): the run takes 8 s, four leases.
+    let id = submit(
+        &a,
+        json!({ "module": forever, "entry": "run",
+                "limits": { "wallMs": 8_000, "fuel": 1_000_000_000_000u64 } }),
+    )?;
+    let (runner, running_late) = watch_one_claimant(&[&a, &b], &id, None)?;
+    assert!(
+        !runner.is_empty(),
+        "no claim was seen while the segment ran"
+    );
+    assert!(
+        running_late >= 2,
+        "the segment was not seen running past its first lease ({running_late} looks)"
+    );
+    let (r, other) = if runner == a.node_id {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let j = job(r, &id)?;
+    assert_eq!(first_result(&j, 0)["status"], "timeout", "{j}");
+    assert_eq!(first_result(&j, 0)["runner"], runner.as_str(), "{j}");
+    // One claim in the runner's ledger for this job: the renewals wrote nothing.
+    let entries = r.get("/ledger/recent?limit=1000")?.body["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let claims = entries
+        .iter()
+        .filter(|e| e["kind"] == "job.claim" && e["body"]["job"] == id.as_str())
+        .count();
+    assert_eq!(claims, 1, "job.claim entries for {id}: {entries:?}");
+    // The runner sent renewals and the other node took them.
+    let sent = r.metric("voike_grid_lease_renewals_total{result=\"sent\"}")?;
+    assert!(sent >= 6.0, "renewals sent: {sent}");
+    let renewed = other.metric("voike_grid_lease_renewals_total{result=\"renewed\"}")?;
+    assert!(
+        renewed >= 6.0,
+        "renewals taken by the other node: {renewed}"
+    );
+    // The timeout failed the segment on the runner; the other node may retry it. Stop it.
+    let r2 = a.post(&format!("/grid/jobs/{id}/cancel"), &json!({}))?;
+    assert_eq!(r2.status, 200, "{}", r2.body);
+
+    // A node that restarts while the other runs a segment has heard no renewal yet and finds
+    // the claim's lease in the document long run out: it still does not take the segment.
+    let id = submit(
+        &a,
+        json!({ "module": forever, "entry": "run",
+                "limits": { "wallMs": 10_000, "fuel": 1_000_000_000_000u64 } }),
+    )?;
+    let mut holder = String::new();
+    wait_for(DEADLINE, "the second job claimed", || {
+        let j = job(&a, &id)?;
+        holder = j["segments"][0]["claims"][0]["runner"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        Ok(!holder.is_empty())
+    })?;
+    // Until the document's own lease has run out.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let other = if holder == a.node_id { &mut b } else { &mut a };
+    other.stop()?;
+    other.restart()?;
+    let (again, _) = watch_one_claimant(&[&a, &b], &id, Some(&holder))?;
+    assert_eq!(again, holder);
+    let mut j = Value::Null;
+    wait_for(DEADLINE, "A holds the second job's first result", || {
+        j = job(&a, &id)?;
+        Ok(j["segments"][0]["results"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()))
+    })?;
+    assert_eq!(first_result(&j, 0)["runner"], holder.as_str(), "{j}");
+    let r2 = a.post(&format!("/grid/jobs/{id}/cancel"), &json!({}))?;
+    assert_eq!(r2.status, 200, "{}", r2.body);
+    Ok(())
+}
+
+/// Watches job `id` (one segment) on `nodes` until its first result: no look may show two
+/// claimants or a claim by another runner than the first seen (`expect`, when given). Returns
+/// the runner and how many looks, two leases or more after the claim was first seen, showed the
+/// segment `running`.
+fn watch_one_claimant(
+    nodes: &[&TestNode],
+    id: &str,
+    expect: Option<&str>,
+) -> anyhow::Result<(String, usize)> {
+    let mut runner = expect.unwrap_or_default().to_string();
+    let mut claimed_at: Option<std::time::Instant> = None;
+    let mut running_late = 0;
+    wait_for(DEADLINE, "the segment's first result", || {
+        for n in nodes {
+            // A node that is restarting does not answer: look at the others.
+            let Ok(j) = job(n, id) else {
+                continue;
+            };
+            let seg = &j["segments"][0];
+            if seg["results"].as_array().is_some_and(|r| !r.is_empty()) {
+                return Ok(true);
+            }
+            let claims = seg["claims"].as_array().cloned().unwrap_or_default();
+            assert!(
+                claims.len() <= 1,
+                "a second node claimed a segment whose runner is alive and running it: {j}"
+            );
+            if let Some(c) = claims.first() {
+                let who = c["runner"].as_str().unwrap_or_default().to_string();
+                if runner.is_empty() {
+                    runner = who.clone();
+                }
+                claimed_at.get_or_insert_with(std::time::Instant::now);
+                assert_eq!(who, runner, "the claim changed hands: {j}");
+                // Two leases after the claim, the document's own lease has run out: the
+                // segment still runs, for every node, by the renewals.
+                if claimed_at.is_some_and(|t| t.elapsed() > Duration::from_secs(4))
+                    && seg["state"] == "running"
+                {
+                    running_late += 1;
+                }
+            }
+        }
+        Ok(false)
+    })?;
+    Ok((runner, running_late))
 }

@@ -164,6 +164,17 @@ fn finished_jobs_leave_every_node_after_the_retention_and_stay_in_every_ledger()
             "{} does not log the close",
             n.name
         );
+        // An hour twice the retention past its end is closed without being loaded first.
+        let log = n.log();
+        let loaded: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("loaded document") && l.contains("jobs/"))
+            .collect();
+        assert!(
+            loaded.is_empty(),
+            "{} loaded a jobs hour it closes at once: {loaded:?}",
+            n.name
+        );
         // Still in the ledger, which still verifies.
         assert!(
             ledger_records_submit(n, &old)?,

@@ -139,6 +139,9 @@ pub enum Command {
     Goodbye {
         reply: oneshot::Sender<Goodbye>,
     },
+    /// Publishes a signed lease renewal ([`voike_protocol::lease::LeaseRenewal`]) on the lease
+    /// topic.
+    PublishLease(Vec<u8>),
 }
 
 /// What became of a goodbye (see [`SwarmHandle::goodbye`]).
@@ -223,6 +226,12 @@ impl SwarmHandle {
     /// the caller bounds the wait. `None` when the loop has ended.
     pub async fn goodbye(&self) -> Option<Goodbye> {
         self.ask(|reply| Command::Goodbye { reply }).await
+    }
+
+    /// Publishes an encoded, signed lease renewal to the members (dropped when the loop is
+    /// busy: the next renewal comes a third of a lease later).
+    pub fn publish_lease(&self, renewal: Vec<u8>) -> bool {
+        self.tx.try_send(Command::PublishLease(renewal)).is_ok()
     }
 }
 
@@ -412,6 +421,8 @@ pub struct EventLoop {
     next_anti_entropy: Instant,
     topic: gossipsub::IdentTopic,
     health_topic: gossipsub::IdentTopic,
+    /// Lease renewals of grid segment claims.
+    lease_topic: gossipsub::IdentTopic,
     hyper_tx: mpsc::Sender<HyperInput>,
     health_rx: mpsc::Receiver<Vec<u8>>,
     /// The directory generation last published to the state (`u64::MAX`: none yet).
@@ -607,12 +618,19 @@ impl EventLoop {
             .inner_mut()
             .subscribe(&health_topic)
             .map_err(|e| anyhow::anyhow!("cannot subscribe to the health topic: {e}"))?;
+        let lease_topic = gossipsub::IdentTopic::new(format!("voike/lease/1/{}", mesh.mesh_id()));
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .inner_mut()
+            .subscribe(&lease_topic)
+            .map_err(|e| anyhow::anyhow!("cannot subscribe to the lease topic: {e}"))?;
         swarm
             .behaviour_mut()
             .gossipsub
             .inner_mut()
             .with_peer_score(
-                peer_score_params(&[&topic, &health_topic]),
+                peer_score_params(&[&topic, &health_topic, &lease_topic]),
                 peer_score_thresholds(),
             )
             .map_err(|e| anyhow::anyhow!("gossipsub peer scoring: {e}"))?;
@@ -682,6 +700,7 @@ impl EventLoop {
                 announce_at: None,
                 topic,
                 health_topic,
+                lease_topic,
                 hyper_tx: sync_parts.hyper_tx,
                 health_rx: sync_parts.health_rx,
                 roster_len: u64::MAX,
@@ -1381,6 +1400,8 @@ impl EventLoop {
             }) => {
                 if message.topic == self.health_topic.hash() {
                     self.on_health(propagation_source, message_id, message)
+                } else if message.topic == self.lease_topic.hash() {
+                    self.on_lease_renewal(propagation_source, message_id, message)
                 } else {
                     self.on_gossip(propagation_source, message_id, message)
                 }
@@ -1949,6 +1970,12 @@ impl EventLoop {
                 let _ = reply.send(self.sessions());
             }
             Command::Goodbye { reply } => self.say_goodbye(reply),
+            Command::PublishLease(renewal) => {
+                if self.mesh.is_member() && !self.leaving {
+                    let topic = self.lease_topic.clone();
+                    self.publish(topic, renewal, "lease renewal");
+                }
+            }
             Command::Ready { reply } => {
                 let _ = reply.send(self.mesh.is_member() && self.listeners_pending.is_empty());
             }
@@ -2243,6 +2270,55 @@ impl EventLoop {
         if let Some((report, from)) = verified {
             let _ = self.hyper_tx.try_send(HyperInput::Report { from, report });
         }
+    }
+
+    /// A lease renewal: accepted only from a member, signed by that member's key, for a
+    /// claim of that member the documents hold ([`StateHandle::renew_lease`]).
+    fn on_lease_renewal(
+        &mut self,
+        via: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        let via_verified = self.peers.get(&via).is_some_and(|p| p.verified);
+        let (outcome, acceptance) =
+            match voike_protocol::lease::LeaseRenewal::from_bytes(&message.data) {
+                Ok((renewal, author)) if Some(author) == message.source => {
+                    if via_verified
+                        && author != self.mesh.peer_id
+                        && self.mesh.directory.contains(&author)
+                    {
+                        let now_ms = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        let outcome =
+                            self.state
+                                .renew_lease(&author.to_string(), &renewal.body, now_ms);
+                        // A renewal of a claim not (yet) merged here is passed on all the
+                        // same: the claim may be on its way to this node and others.
+                        (outcome.as_str(), gossipsub::MessageAcceptance::Accept)
+                    } else {
+                        ("not_member", gossipsub::MessageAcceptance::Ignore)
+                    }
+                }
+                Ok(_) => ("invalid", gossipsub::MessageAcceptance::Reject),
+                Err(error) => {
+                    debug!(%via, %error, "refused a lease renewal");
+                    ("invalid", gossipsub::MessageAcceptance::Reject)
+                }
+            };
+        self.state
+            .metrics()
+            .grid_lease_renewals
+            .get_or_create(&crate::metrics::ResultLabel {
+                result: outcome.into(),
+            })
+            .inc();
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .inner_mut()
+            .report_message_validation_result(&id, &via, acceptance);
     }
 
     /// Publishes this node's digest on the sync topic.

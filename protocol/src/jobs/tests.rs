@@ -1544,3 +1544,62 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn renewals_outside_the_document_keep_a_claim_running() {
+    let (a, b) = (node(), node());
+    let mut doc = Automerge::new();
+    let job = submit(&mut doc, &a.id, &input(), 1);
+    // B claims once (attempt 1), with a 10 s lease.
+    claim(&mut doc, &b.id, &job.id, 0, NOW + 10_000, 2);
+    let mut book = LeaseBook::default();
+    let renew = |book: &mut LeaseBook, runner: &str, attempt: u32, until: u64, now: u64| {
+        let body = crate::lease::RenewalBody {
+            node: Vec::new(),
+            job: job.id.clone(),
+            segment: 0,
+            attempt,
+            until_ms: until,
+        };
+        book.note(runner, &body, now)
+    };
+    // Past the claim's own lease, with no renewal: pending again.
+    let view = job_with(&doc, &job.id, NOW + 12_000, Some(&book)).expect("job");
+    assert_eq!(view.segments[0].state, JobState::Pending);
+    // B's renewal at 8 s carries the lease to 18 s: running at 12 s, through both readers.
+    assert_eq!(
+        renew(&mut book, &b.id, 1, NOW + 18_000, NOW + 8_000),
+        crate::lease::Noted::Renewed
+    );
+    let view = job_with(&doc, &job.id, NOW + 12_000, Some(&book)).expect("job");
+    assert_eq!(view.state, JobState::Running);
+    assert_eq!(view.segments[0].state, JobState::Running);
+    assert_eq!(view.segments[0].claims[0].lease_until_ms, NOW + 18_000);
+    let ix = JobsIndex::read(&doc);
+    assert_eq!(
+        ix.views_with(NOW + 12_000, Some(&book))[0].segments[0].state,
+        JobState::Running
+    );
+    // Without the book (what the document alone says): pending.
+    assert_eq!(
+        ix.views(NOW + 12_000)[0].segments[0].state,
+        JobState::Pending
+    );
+    // Once the renewal ran out too: pending.
+    let view = job_with(&doc, &job.id, NOW + 18_000, Some(&book)).expect("job");
+    assert_eq!(view.segments[0].state, JobState::Pending);
+
+    // A renewal of another attempt, or by another runner, does not extend B's claim.
+    let mut other = LeaseBook::default();
+    renew(&mut other, &b.id, 0, NOW + 30_000, NOW + 8_000);
+    renew(&mut other, &a.id, 1, NOW + 30_000, NOW + 8_000);
+    let view = job_with(&doc, &job.id, NOW + 12_000, Some(&other)).expect("job");
+    assert_eq!(view.segments[0].state, JobState::Pending);
+    assert_eq!(view.segments[0].claims[0].lease_until_ms, NOW + 10_000);
+    // A renewal never shortens the claim's own lease.
+    let mut early = LeaseBook::default();
+    renew(&mut early, &b.id, 1, NOW + 5_000, NOW + 1_000);
+    let view = job_with(&doc, &job.id, NOW + 7_000, Some(&early)).expect("job");
+    assert_eq!(view.segments[0].state, JobState::Running);
+    assert_eq!(view.segments[0].claims[0].lease_until_ms, NOW + 10_000);
+}
