@@ -136,6 +136,8 @@ struct Inner {
     detector: Detector,
     peers: HashMap<PeerId, PeerInfo>,
     samples: Samples,
+    /// The samples of this node's last published report: what the others weigh it by.
+    published: Option<Samples>,
     activity: Activity,
     sample_interval: Duration,
     events: VecDeque<Event>,
@@ -295,9 +297,13 @@ impl HypermeshHandle {
                 }
             })
             .collect();
+        // Weighed by what it last published, as the others weigh it, so that every node
+        // computes the same placement (current samples would put it first on its own view
+        // more often than on the others').
+        let own = h.published.as_ref().unwrap_or(&h.samples);
         out.push(LiveNode {
             node: self.node_id.clone(),
-            health: voike_protocol::health::health_of(PeerState::Alive, Some(&h.samples)),
+            health: voike_protocol::health::health_of(PeerState::Alive, Some(own)),
             region: self.config.region.clone(),
             capabilities: h.capabilities.clone(),
         });
@@ -466,6 +472,7 @@ impl Hypermesh {
                 detector,
                 peers: HashMap::new(),
                 samples: Samples::default(),
+                published: None,
                 activity: Activity::Active,
                 sample_interval: config.sample_fast,
                 events: VecDeque::new(),
@@ -833,6 +840,7 @@ impl Hypermesh {
                         .inc();
                 }
                 self.last_report = Some(Instant::now());
+                self.handle.lock().published = Some(samples.clone());
                 self.last_published = Some(samples);
             }
             Err(e) => warn!(error = %e, "cannot sign a health report"),
