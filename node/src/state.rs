@@ -86,6 +86,8 @@ struct Docs {
     unapplied: HashMap<DocId, Vec<Unapplied>>,
     /// The entries of each jobs document, kept up to date by [`Docs::jobs_index`].
     jobs_index: HashMap<DocId, jobs::JobsIndex>,
+    /// The endpoints, kept up to date by [`Docs::endpoints_index`].
+    endpoints_index: Option<endpoints::EndpointsIndex>,
     /// Jobs epochs found at start old enough to close whatever they hold: not loaded, held
     /// closed in memory (in `closed`) until `close_expired_jobs` drops them from the store.
     due_unloaded: Vec<DocId>,
@@ -116,6 +118,28 @@ impl Docs {
         match touched {
             Some(paths) => ix.refresh(replica.doc(), paths),
             None => *ix = jobs::JobsIndex::read(replica.doc()),
+        }
+        ix
+    }
+
+    /// The endpoints as the replica holds them now: those changes wrote are read again
+    /// (everything, after a reload).
+    fn endpoints_index(&mut self) -> &endpoints::EndpointsIndex {
+        let Docs {
+            replicas,
+            endpoints_index,
+            authority,
+            ..
+        } = self;
+        let replica = replicas
+            .entry(DocId::Endpoints)
+            .or_insert_with(|| new_replica(DocId::Endpoints, authority));
+        let touched = replica.take_touched();
+        let fresh = touched.is_none() || endpoints_index.is_none();
+        let ix = endpoints_index.get_or_insert_with(Default::default);
+        match touched {
+            Some(paths) if !fresh => ix.refresh(replica.doc(), paths),
+            _ => *ix = endpoints::EndpointsIndex::read(replica.doc()),
         }
         ix
     }
@@ -486,6 +510,7 @@ impl StateHandle {
             unsaved: HashSet::new(),
             unapplied: HashMap::new(),
             jobs_index: HashMap::new(),
+            endpoints_index: None,
             due_unloaded: Vec::new(),
         };
         let max_future_ms = max_future_skew.as_millis() as u64;
@@ -1704,7 +1729,7 @@ impl StateHandle {
 
     /// Every registered endpoint.
     pub fn endpoints(&self) -> Vec<Endpoint> {
-        endpoints::endpoints(self.docs().replica(DocId::Endpoints).doc())
+        self.docs().endpoints_index().endpoints()
     }
 
     /// Resolves when a document changed (locally or by merging) after the last seen version.

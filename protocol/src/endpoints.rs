@@ -247,32 +247,124 @@ pub fn delete_endpoint(tx: &mut Transaction<'_>, node: &str, id: &str) -> Result
 
 /// Every valid endpoint, ordered by id.
 pub fn endpoints(doc: &Automerge) -> Vec<Endpoint> {
-    // Two replicas of one node that each created its map leave both side by side: read them all.
-    let mut out: BTreeMap<String, (u64, Endpoint)> = BTreeMap::new();
+    EndpointsIndex::read(doc).endpoints()
+}
+
+/// Every node map of the document (two replicas of one node that each created its map leave
+/// both side by side: read them all), with the node id.
+fn node_maps(doc: &Automerge) -> Vec<(String, ObjId)> {
+    let mut out = Vec::new();
     for node in doc.keys(ROOT) {
         let Ok(parents) = doc.get_all(ROOT, node.as_str()) else {
             continue;
         };
         for (v, parent) in parents {
-            if !matches!(v, Value::Object(ObjType::Map)) {
-                continue;
+            if matches!(v, Value::Object(ObjType::Map)) {
+                out.push((node.clone(), parent));
             }
+        }
+    }
+    out
+}
+
+/// The newest valid version of endpoint `id` under any node (an id is derived from its node,
+/// so only that node's entry is valid; the others are checked all the same).
+fn read_one(doc: &Automerge, maps: &[(String, ObjId)], id: &str) -> Option<(u64, Endpoint)> {
+    let mut best: Option<(u64, Endpoint)> = None;
+    for (node, parent) in maps {
+        let Some(found) = newest_map(doc, parent, id).and_then(|o| endpoint_of(doc, node, id, &o))
+        else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(hlc, _)| found.0 > *hlc) {
+            best = Some(found);
+        }
+    }
+    best
+}
+
+/// Every valid endpoint of the document, kept up to date from where changes wrote
+/// ([`crate::docs::Replica::take_touched`]) instead of read again on every look: DNS reads the
+/// endpoints after each change and SNRL on each query, and a read of the whole document grew
+/// with the endpoints.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointsIndex {
+    by_id: BTreeMap<String, (u64, Endpoint)>,
+}
+
+impl EndpointsIndex {
+    /// Reads every endpoint of `doc`.
+    pub fn read(doc: &Automerge) -> Self {
+        let mut by_id: BTreeMap<String, (u64, Endpoint)> = BTreeMap::new();
+        for (node, parent) in node_maps(doc) {
             for id in doc.keys(&parent) {
                 let Some(found) =
                     newest_map(doc, &parent, &id).and_then(|o| endpoint_of(doc, &node, &id, &o))
                 else {
                     continue;
                 };
-                match out.get(&id) {
+                match by_id.get(&id) {
                     Some((hlc, _)) if *hlc >= found.0 => {}
                     _ => {
-                        out.insert(id, found);
+                        by_id.insert(id, found);
                     }
                 }
             }
         }
+        EndpointsIndex { by_id }
     }
-    out.into_values().map(|(_, e)| e).collect()
+
+    /// Reads again the endpoints `paths` name (node id, then endpoint id; a node id alone
+    /// reads everything again). An endpoint no longer in the document (deleted) leaves the
+    /// index, so the index stays equal to a fresh [`EndpointsIndex::read`].
+    pub fn refresh(&mut self, doc: &Automerge, paths: impl IntoIterator<Item = Vec<String>>) {
+        let mut ids: Vec<String> = Vec::new();
+        for p in paths {
+            match p.get(1) {
+                Some(id) => ids.push(id.clone()),
+                None if !p.is_empty() => {
+                    *self = EndpointsIndex::read(doc);
+                    return;
+                }
+                None => {}
+            }
+        }
+        if ids.is_empty() {
+            return;
+        }
+        ids.sort();
+        ids.dedup();
+        let maps = node_maps(doc);
+        for id in ids {
+            match read_one(doc, &maps, &id) {
+                Some(found) => {
+                    self.by_id.insert(id, found);
+                }
+                None => {
+                    self.by_id.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Every endpoint, ordered by id.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.by_id.values().map(|(_, e)| e.clone()).collect()
+    }
+
+    /// Endpoint `id`.
+    pub fn get(&self, id: &str) -> Option<&Endpoint> {
+        self.by_id.get(id).map(|(_, e)| e)
+    }
+
+    /// How many endpoints.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
 }
 
 /// The endpoints of `service` (compared after normalisation), ordered by id; none when `service`
@@ -287,9 +379,9 @@ pub fn endpoints_for(doc: &Automerge, service: &str) -> Vec<Endpoint> {
         .collect()
 }
 
-/// Finds an endpoint by id.
+/// Finds an endpoint by id (reads that id under each node, not every endpoint).
 pub fn find_endpoint(doc: &Automerge, id: &str) -> Option<Endpoint> {
-    endpoints(doc).into_iter().find(|e| e.id == id)
+    read_one(doc, &node_maps(doc), id).map(|(_, e)| e)
 }
 
 fn capabilities_of(doc: &Automerge, obj: &ObjId) -> Vec<String> {
@@ -691,5 +783,80 @@ mod tests {
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].node, a_id);
         assert_eq!(seen[0].id, endpoint_id(&a_id, &e));
+    }
+
+    #[test]
+    fn the_index_follows_puts_re_puts_and_deletes_as_a_fresh_read_would() {
+        let (a_key, a_id) = member();
+        let (b_key, b_id) = member();
+        let roster: HashMap<PeerId, Role> = [
+            (a_key.public().to_peer_id(), Role::Admin),
+            (b_key.public().to_peer_id(), Role::Member),
+        ]
+        .into_iter()
+        .collect();
+        let mut ra = Replica::new(DocId::Endpoints);
+        let mut rb = Replica::new(DocId::Endpoints);
+        rb.track_touched();
+        let mut ix = EndpointsIndex::read(rb.doc());
+        let mut at = 0;
+        let mut step =
+            |ra: &mut Replica,
+             rb: &mut Replica,
+             key: &Keypair,
+             f: &dyn Fn(&mut Transaction<'_>, u64) -> Result<(), DocError>| {
+                at += 1;
+                let t = at;
+                let c = ra
+                    .change(key, |tx| f(tx, t))
+                    .expect("change")
+                    .expect("not empty");
+                let out = rb.receive(vec![c], &roster).expect("receive");
+                assert_eq!(out.applied.len(), 1, "{out:?}");
+            };
+        let e = |port: u64, weight: u32| EndpointInput {
+            port,
+            weight,
+            ..check_endpoint(&input()).expect("valid")
+        };
+        // A's first endpoint (creates A's map), a second, then B's.
+        step(&mut ra, &mut rb, &a_key, &|tx, t| {
+            put_endpoint(tx, &a_id, &e(80, 100), hlc(t)).map(|_| ())
+        });
+        step(&mut ra, &mut rb, &a_key, &|tx, t| {
+            put_endpoint(tx, &a_id, &e(81, 100), hlc(t)).map(|_| ())
+        });
+        step(&mut ra, &mut rb, &b_key, &|tx, t| {
+            put_endpoint(tx, &b_id, &e(80, 100), hlc(t)).map(|_| ())
+        });
+        let touched = rb.take_touched().expect("tracked");
+        ix.refresh(rb.doc(), touched);
+        assert_eq!(ix.endpoints(), endpoints(rb.doc()));
+        assert_eq!(ix.len(), 3);
+        // Re-announced with another weight: one entry, the new weight.
+        step(&mut ra, &mut rb, &a_key, &|tx, t| {
+            put_endpoint(tx, &a_id, &e(80, 7), hlc(t)).map(|_| ())
+        });
+        let touched = rb.take_touched().expect("tracked");
+        assert!(
+            touched.iter().all(|p| p.len() >= 2),
+            "an endpoint write names its entry: {touched:?}"
+        );
+        ix.refresh(rb.doc(), touched);
+        assert_eq!(ix.endpoints(), endpoints(rb.doc()));
+        let id = endpoint_id(&a_id, &e(80, 7));
+        assert_eq!(ix.get(&id).map(|x| x.weight), Some(7));
+        // Deleted: gone from the index too.
+        let gone = endpoint_id(&a_id, &e(81, 100));
+        step(&mut ra, &mut rb, &a_key, &|tx, _| {
+            delete_endpoint(tx, &a_id, &gone).map(|_| ())
+        });
+        let touched = rb.take_touched().expect("tracked");
+        ix.refresh(rb.doc(), touched);
+        assert_eq!(ix.endpoints(), endpoints(rb.doc()));
+        assert!(ix.get(&gone).is_none());
+        assert_eq!(ix.len(), 2);
+        assert_eq!(find_endpoint(rb.doc(), &id).map(|x| x.weight), Some(7));
+        assert_eq!(find_endpoint(rb.doc(), &gone), None);
     }
 }

@@ -11,8 +11,14 @@
 //!   moved past twice the default retention (libfaketime): its start-up time and RSS once the
 //!   finished jobs have left the live state.
 //!
+//! - endpoints: one node, ENDPOINTS (default none) SNRL endpoints registered through the API by
+//!   8 writers, each its own service in a zone of the node: CPU per registration, registrations
+//!   per second, RSS and RSS per endpoint, `POST /snrl/resolve` latency for one service. No
+//!   peer daemon with a service catalogue could be installed here: run it with RECORDS in the
+//!   same invocation, and read it next to the record writes and knotd's updates of that run.
+//!
 //! Run with release binaries: `cargo build --release --workspace --bins && cargo run --release
-//! -p voike-tests --bin bench-history -- [RECORDS] [JOBS]`. Needs `knot knot-dnsutils faketime`.
+//! -p voike-tests --bin bench-history -- [RECORDS] [JOBS] [ENDPOINTS]`. Needs `knot knot-dnsutils faketime`.
 //! Prints figures, with the load average; asserts nothing about speed.
 
 use std::net::{SocketAddr, UdpSocket};
@@ -255,6 +261,77 @@ fn voiked_writes(node: &TestNode, from: usize, to: usize) -> anyhow::Result<()> 
     Ok(())
 }
 
+fn voiked_registrations(node: &TestNode, from: usize, to: usize) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(from));
+    let failed = Arc::new(AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..WRITERS {
+            let next = next.clone();
+            let failed = failed.clone();
+            s.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= to {
+                        return;
+                    }
+                    let r = node.post(
+                        "/snrl/endpoints",
+                        &json!({ "service": format!("e{i}.{ZONE}"), "address": addr_of(i), "port": 8080, "region": "eu" }),
+                    );
+                    if !r.is_ok_and(|r| r.status == 201) {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let f = failed.load(Ordering::Relaxed);
+    anyhow::ensure!(f == 0, "{f} endpoint registrations failed");
+    Ok(())
+}
+
+fn endpoints(checkpoints: &[usize]) -> anyhow::Result<()> {
+    println!(
+        "endpoints: {WRITERS} writers, checkpoints {checkpoints:?}; load {}",
+        loadavg()
+    );
+    let node = TestNode::spawn_with_env("bench-hist-ep", &[], &[("VOIKED_DNS__RRL_RATE", "0")])?;
+    node.create_zone("hist", ZONE)?;
+    let pid = node.pid().unwrap_or(0);
+    let (_, _, rss0) = proc_sample(pid)?;
+    let mut done = 0;
+    for &upto in checkpoints {
+        let n = upto - done;
+        let (c0, _, _) = proc_sample(pid)?;
+        let t = Instant::now();
+        voiked_registrations(&node, done, upto)?;
+        let secs = t.elapsed().as_secs_f64();
+        let (c1, _, rss) = proc_sample(pid)?;
+        done = upto;
+        let cpu_ms = (c1 - c0) as f64 / ticks_per_sec() * 1000.0 / n as f64;
+        let mut v = Vec::new();
+        for k in 0..50 {
+            let body = json!({ "domain": format!("e{}.{ZONE}", (k * 7919) % upto) });
+            let t = Instant::now();
+            let r = node.post("/snrl/resolve", &body)?;
+            anyhow::ensure!(r.status == 200, "resolve: {} {}", r.status, r.body);
+            v.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        v.sort_by(f64::total_cmp);
+        println!(
+            "  {upto} endpoints (load {}): {:.2} ms CPU/registration, {:.0} registrations/s, RSS {:.1} MiB ({:.2} KiB/endpoint), POST /snrl/resolve p50 {:.2} ms p99 {:.2} ms",
+            loadavg(),
+            cpu_ms,
+            n as f64 / secs,
+            rss as f64 / 1024.0,
+            (rss.saturating_sub(rss0)) as f64 / upto as f64,
+            percentile(&v, 0.5),
+            percentile(&v, 0.99),
+        );
+    }
+    Ok(())
+}
+
 fn page_ms(node: &TestNode, path: &str) -> anyhow::Result<f64> {
     let mut v = Vec::new();
     for _ in 0..10 {
@@ -422,11 +499,15 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let recs = list(args.next(), &[1000, 10_000])?;
     let js = list(args.next(), &[100, 2000])?;
+    let eps = list(args.next(), &[0])?;
     if !recs.is_empty() && recs[0] > 0 {
         records(&recs)?;
     }
     if !js.is_empty() && js[0] > 0 {
         jobs(&js)?;
+    }
+    if !eps.is_empty() && eps[0] > 0 {
+        endpoints(&eps)?;
     }
     Ok(())
 }
