@@ -754,16 +754,21 @@ mod tests {
         (key, id)
     }
 
-    #[test]
-    fn endpoint_under_another_nodes_id_is_rejected() {
-        let (a_key, a_id) = member();
-        let (b_key, b_id) = member();
-        let roster: HashMap<PeerId, Role> = [
-            (a_key.public().to_peer_id(), Role::Admin),
-            (b_key.public().to_peer_id(), Role::Member),
+    /// An admin and a member, and the roster that holds them.
+    fn admin_and_member() -> ((Keypair, String), (Keypair, String), HashMap<PeerId, Role>) {
+        let (a, b) = (member(), member());
+        let roster = [
+            (a.0.public().to_peer_id(), Role::Admin),
+            (b.0.public().to_peer_id(), Role::Member),
         ]
         .into_iter()
         .collect();
+        (a, b, roster)
+    }
+
+    #[test]
+    fn endpoint_under_another_nodes_id_is_rejected() {
+        let ((a_key, a_id), (_, b_id), roster) = admin_and_member();
         let e = check_endpoint(&input()).expect("valid");
         let mut ra = Replica::new(DocId::Endpoints);
         let own = ra
@@ -787,14 +792,7 @@ mod tests {
 
     #[test]
     fn the_index_follows_puts_re_puts_and_deletes_as_a_fresh_read_would() {
-        let (a_key, a_id) = member();
-        let (b_key, b_id) = member();
-        let roster: HashMap<PeerId, Role> = [
-            (a_key.public().to_peer_id(), Role::Admin),
-            (b_key.public().to_peer_id(), Role::Member),
-        ]
-        .into_iter()
-        .collect();
+        let ((a_key, a_id), (b_key, b_id), roster) = admin_and_member();
         let mut ra = Replica::new(DocId::Endpoints);
         let mut rb = Replica::new(DocId::Endpoints);
         rb.track_touched();

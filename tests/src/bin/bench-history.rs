@@ -232,24 +232,27 @@ fn knot_updates(port: u16, from: usize, to: usize, dir: &Path) -> anyhow::Result
     Ok(())
 }
 
-fn voiked_writes(node: &TestNode, from: usize, to: usize) -> anyhow::Result<()> {
-    let next = Arc::new(AtomicUsize::new(from));
-    let failed = Arc::new(AtomicUsize::new(0));
+/// Posts `body(i)` to `path` for every `i` in `from..to`, from [`WRITERS`] threads; every
+/// answer must be 201.
+fn post_all(
+    node: &TestNode,
+    path: &str,
+    what: &str,
+    from: usize,
+    to: usize,
+    body: impl Fn(usize) -> serde_json::Value + Sync,
+) -> anyhow::Result<()> {
+    let next = AtomicUsize::new(from);
+    let failed = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..WRITERS {
-            let next = next.clone();
-            let failed = failed.clone();
-            s.spawn(move || {
+            s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= to {
                         return;
                     }
-                    let r = node.post(
-                        "/vdns/records",
-                        &json!({ "zoneId": "hist", "record": { "type": "A", "name": name(i), "value": addr_of(i), "ttl": 60 } }),
-                    );
-                    if !r.is_ok_and(|r| r.status == 201) {
+                    if !node.post(path, &body(i)).is_ok_and(|r| r.status == 201) {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -257,37 +260,30 @@ fn voiked_writes(node: &TestNode, from: usize, to: usize) -> anyhow::Result<()> 
         }
     });
     let f = failed.load(Ordering::Relaxed);
-    anyhow::ensure!(f == 0, "{f} record writes failed");
+    anyhow::ensure!(f == 0, "{f} {what} failed");
     Ok(())
 }
 
+fn voiked_writes(node: &TestNode, from: usize, to: usize) -> anyhow::Result<()> {
+    post_all(
+        node,
+        "/vdns/records",
+        "record writes",
+        from,
+        to,
+        |i| json!({ "zoneId": "hist", "record": { "type": "A", "name": name(i), "value": addr_of(i), "ttl": 60 } }),
+    )
+}
+
 fn voiked_registrations(node: &TestNode, from: usize, to: usize) -> anyhow::Result<()> {
-    let next = Arc::new(AtomicUsize::new(from));
-    let failed = Arc::new(AtomicUsize::new(0));
-    std::thread::scope(|s| {
-        for _ in 0..WRITERS {
-            let next = next.clone();
-            let failed = failed.clone();
-            s.spawn(move || {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= to {
-                        return;
-                    }
-                    let r = node.post(
-                        "/snrl/endpoints",
-                        &json!({ "service": format!("e{i}.{ZONE}"), "address": addr_of(i), "port": 8080, "region": "eu" }),
-                    );
-                    if !r.is_ok_and(|r| r.status == 201) {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-    });
-    let f = failed.load(Ordering::Relaxed);
-    anyhow::ensure!(f == 0, "{f} endpoint registrations failed");
-    Ok(())
+    post_all(
+        node,
+        "/snrl/endpoints",
+        "endpoint registrations",
+        from,
+        to,
+        |i| json!({ "service": format!("e{i}.{ZONE}"), "address": addr_of(i), "port": 8080, "region": "eu" }),
+    )
 }
 
 fn endpoints(checkpoints: &[usize]) -> anyhow::Result<()> {
